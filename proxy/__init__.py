@@ -1,0 +1,1 @@
+"""jobproxy: blocking HTTP job requests turned into callback jobs."""

@@ -1,0 +1,149 @@
+"""The proxy's errors, each carrying the HTTP answer it becomes.
+
+Library errors (httpx, Redis) are translated into these at one boundary each
+(``proxy.upstream`` and ``proxy.shared``); ``proxy.app`` maps them to JSON responses in
+one exception handler. Route handlers never build error responses by hand.
+
+    ProxyError                      500 internal_error
+    ├── BadRequest                  400 bad_request
+    │   └── BodyTooLarge            413 body_too_large
+    ├── BadSignature                401 bad_signature
+    ├── UnknownCallback             404 unknown_callback
+    ├── IdempotencyConflict         422 idempotency_conflict
+    ├── UpstreamError               502 upstream_error
+    │   ├── UpstreamUnavailable     502 upstream_unavailable   (no job can have started)
+    │   ├── UpstreamBadResponse     502 upstream_bad_response
+    │   └── UpstreamRejected        upstream's 4xx, passed on
+    ├── Unavailable                 503 (+ Retry-After)
+    │   ├── AtCapacity              503 at_capacity
+    │   ├── ShuttingDown            503 shutting_down
+    │   └── BusUnavailable          503 bus_unavailable
+    └── JobTimeout                  504 job_timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with; ``detail`` is a human sentence."""
+
+    status_code: int = 500
+    error: str = "internal_error"
+
+    def __init__(self, detail: Any = None) -> None:
+        super().__init__(detail)
+        self.detail = detail if detail is not None else (self.__doc__ or "").strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail}
+
+
+class BadRequest(ProxyError):
+    """The request body is not what the API accepts."""
+
+    status_code = 400
+    error = "bad_request"
+
+
+class BodyTooLarge(BadRequest):
+    """The request body is larger than the configured limit."""
+
+    status_code = 413
+    error = "body_too_large"
+
+
+class BadSignature(ProxyError):
+    """The callback's webhook signature is missing, stale or wrong."""
+
+    status_code = 401
+    error = "bad_signature"
+
+
+class UnknownCallback(ProxyError):
+    """No job is waiting on this callback token (unknown, or already answered)."""
+
+    status_code = 404
+    error = "unknown_callback"
+
+
+class IdempotencyConflict(ProxyError):
+    """This Idempotency-Key was already used with a different request body."""
+
+    status_code = 422
+    error = "idempotency_conflict"
+
+
+class UpstreamError(ProxyError):
+    """The job server could not be used."""
+
+    status_code = 502
+    error = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The job server could not be reached; no job was started."""
+
+    error = "upstream_unavailable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The job server answered with something that is not a valid job response."""
+
+    error = "upstream_bad_response"
+
+
+class UpstreamRejected(UpstreamError):
+    """The job server refused the request; its status and answer are passed on."""
+
+    error = "upstream_rejected"
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class Unavailable(ProxyError):
+    """The proxy cannot take this request now; retry later."""
+
+    status_code = 503
+    error = "unavailable"
+
+    def __init__(self, detail: Any = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class AtCapacity(Unavailable):
+    """The proxy holds as many requests as it is configured to."""
+
+    error = "at_capacity"
+
+
+class ShuttingDown(Unavailable):
+    """The proxy is shutting down and did not see this job finish in time."""
+
+    error = "shutting_down"
+
+
+class BusUnavailable(Unavailable):
+    """The shared Redis bus is unreachable; requests that need it cannot be served."""
+
+    error = "bus_unavailable"
+
+
+class JobTimeout(ProxyError):
+    """The job did not finish within the deadline."""
+
+    status_code = 504
+    error = "job_timeout"
+

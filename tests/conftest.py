@@ -1,0 +1,24 @@
+"""Fixtures shared by every test tier.
+
+End-to-end tests start the real console scripts (``jobserver``, ``jobproxy``) on
+127.0.0.1 with ``--port 0`` through :func:`run_server`, the same command lines the demo,
+the benchmarks and the Docker image use; the process is stopped when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from jobserver.harness import ServerProcess
+from jobserver.harness import run_server as _run_server
+
+
+@contextlib.asynccontextmanager
+async def run_server(
+    script: str, *flags: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """Run ``script --host 127.0.0.1 --port 0 *flags`` for the duration of the block."""
+    argv: Sequence[str] = [script, "--host", "127.0.0.1", "--port", "0", *flags]
+    async with _run_server(argv, env=env) as server:
+        yield server
