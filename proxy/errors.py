@@ -17,8 +17,10 @@ one exception handler. Route handlers never build error responses by hand.
     ├── Unavailable                 503 (+ Retry-After)
     │   ├── AtCapacity              503 at_capacity
     │   ├── ShuttingDown            503 shutting_down
-    │   └── BusUnavailable          503 bus_unavailable
-    └── JobTimeout                  504 job_timeout
+    │   ├── BusUnavailable          503 bus_unavailable
+    │   └── NotReady                503 not_ready              (/readyz)
+    ├── JobTimeout                  504 job_timeout
+    └── ClientGone                  499 client_closed_request  (never reaches the client)
 """
 
 from __future__ import annotations
@@ -147,3 +149,15 @@ class JobTimeout(ProxyError):
     status_code = 504
     error = "job_timeout"
 
+
+class NotReady(Unavailable):
+    """A dependency of the proxy (job server, Redis) is unreachable."""
+
+    error = "not_ready"
+
+
+class ClientGone(ProxyError):
+    """The client disconnected before its job finished; nobody reads this answer."""
+
+    status_code = 499  # nginx's "client closed request"
+    error = "client_closed_request"

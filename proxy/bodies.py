@@ -1,0 +1,77 @@
+"""Reading request bodies within a size limit, and the job request they must hold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+
+from proxy.errors import BadRequest, BodyTooLarge
+
+MAX_ACCOUNT_LENGTH = 256
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(declared) > limit:
+            raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a client asks for: ``POST /proxy {"account", "wait", "callback"}``."""
+
+    account: str
+    wait: bool
+    callback: str | None
+
+    @classmethod
+    def parse(cls, body: bytes) -> JobRequest:
+        fields = parse_object(body)
+        account = fields.get("account")
+        if not isinstance(account, str) or not account:
+            raise BadRequest("account: a non-empty string is required")
+        if len(account) > MAX_ACCOUNT_LENGTH:
+            raise BadRequest(f"account: at most {MAX_ACCOUNT_LENGTH} characters")
+        wait = fields.get("wait", False)
+        if not isinstance(wait, bool):
+            raise BadRequest("wait: must be true or false")
+        callback = fields.get("callback")
+        if callback is not None and not (isinstance(callback, str) and _is_http_url(callback)):
+            raise BadRequest("callback: must be an absolute http(s) URL")
+        return cls(account, wait, callback)
+
+    def upstream_body(self, callback: str | None) -> dict[str, Any]:
+        """The body sent to the job server's ``/start``: never waiting there."""
+        body: dict[str, Any] = {"account": self.account, "wait": False}
+        if callback is not None:
+            body["callback"] = callback
+        return body

@@ -1,0 +1,86 @@
+"""Serving the app with uvicorn: a pre-bound socket, a ready line, and an ordered drain.
+
+Shutdown order on SIGTERM/SIGINT: stop accepting; let held requests finish as their
+jobs do, up to ``drain_timeout``; answer what remains with 503; then let uvicorn close
+the connections and run the lifespan's shutdown (which closes the outbound client).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+
+from proxy.app import Services, create_app
+from proxy.config import Settings
+
+logger = logging.getLogger(__name__)
+
+# After the drain every held request has its answer; this bounds sending them.
+CLOSE_GRACE = 5
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so ``--port 0`` resolves to a real port up front."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class ProxyServer(uvicorn.Server):
+    """uvicorn's server with the proxy's ready line and drain."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette, settings: Settings) -> None:
+        super().__init__(config)
+        self._app = app
+        self._settings = settings
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            logger.info("jobproxy listening on http://%s:%d", host, port)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        services: Services | None = getattr(self._app.state, "services", None)
+        if services is not None:
+            began = time.monotonic()
+            held = len(services.waiters)
+            finished, failed = await services.waiters.drain(self._settings.drain_timeout)
+            logger.info(
+                "drained %d held requests in %.1f s: %d finished, %d answered 503",
+                held,
+                time.monotonic() - began,
+                finished,
+                failed,
+            )
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Run the proxy until SIGTERM or SIGINT."""
+    sock = bind_socket(settings.host, settings.port)
+    settings = settings.with_public_url(sock.getsockname()[1])
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=settings.access_log,
+        backlog=settings.backlog,
+        timeout_graceful_shutdown=CLOSE_GRACE,
+    )
+    ProxyServer(config, app, settings).run(sockets=[sock])

@@ -1,0 +1,178 @@
+"""Calls to the job server, and the one place where httpx errors become ours.
+
+``/start`` is retried only when no job can have been created: the connection was
+refused or never established, or the job server answered ``503``/``429`` (honouring
+``Retry-After``). Retries use capped exponential backoff with full jitter and stop at
+the retry budget or the job's deadline, whichever is first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from proxy.config import Settings
+from proxy.errors import (
+    JobTimeout,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE = 0.05
+RETRY_CAP = 1.0
+RETRYABLE_STATUS = frozenset({429, 503})
+TERMINAL_STATES = frozenset({"completed", "failed"})
+MAX_JOB_ID_LENGTH = 256
+
+Job = dict[str, Any]
+
+
+def build_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The one outbound client of the proxy; ``transport`` lets tests plug in a fake."""
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_connections,
+    )
+    if transport is None and settings.upstream_transport == "aiohttp":
+        transport = AiohttpTransport(limits=limits)
+    # The pool wait is bounded by each call's own timeout, never by a fixed pool timeout.
+    timeout = httpx.Timeout(settings.start_timeout, pool=None)
+    return httpx.AsyncClient(transport=transport, limits=limits, timeout=timeout)
+
+
+def nothing_was_sent(exc: httpx.TransportError) -> bool:
+    """True when the request cannot have reached the job server (so a retry is safe)."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        # httpx-aiohttp maps every aiohttp connection error, including a server that hung
+        # up after reading the request, to ConnectTimeout: look at the original instead.
+        return isinstance(cause, aiohttp.ClientConnectorError)
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    """Full jitter: uniform(0, min(cap, base·2^attempt))."""
+    return rng.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def is_terminal(job: Job) -> bool:
+    return job.get("state") in TERMINAL_STATES
+
+
+def job_id_of(job: Job) -> str:
+    job_id = job.get("id")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_LENGTH:
+        raise UpstreamBadResponse(f"the job server's answer has no valid job id: {job!r:.200}")
+    return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """A job server answer that is passed on to the client as it is."""
+
+    status_code: int
+    body: Any
+
+
+class Upstream:
+    """The job server, as the proxy uses it."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self._client = client
+        self._start_url = settings.upstream_url.rstrip("/") + "/start"
+        self.base_url = settings.upstream_url.rstrip("/")
+        self._timeout = settings.start_timeout
+        self._budget = settings.start_retry_budget
+        self._rng = random.Random()
+        self.retries = 0
+
+    async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
+        """POST ``/start``, retrying while it is safe; returns the answer to pass on.
+
+        ``deadline`` is a ``time.monotonic()`` value the call never goes past.
+        """
+        give_up = min(deadline, time.monotonic() + self._budget)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobTimeout("the deadline passed before the job server accepted the job")
+            pause: float | None
+            try:
+                response = await self._client.post(
+                    self._start_url, json=body, timeout=min(self._timeout, remaining)
+                )
+            except httpx.TransportError as exc:
+                if not nothing_was_sent(exc):
+                    raise _translate(exc) from exc
+                failure: UpstreamError = UpstreamUnavailable(
+                    f"cannot reach the job server at {self._start_url}: {exc!r}"
+                )
+                pause = None
+            else:
+                if response.status_code not in RETRYABLE_STATUS:
+                    return _answer(response)
+                failure = UpstreamUnavailable(
+                    f"the job server answered {response.status_code} to every attempt"
+                )
+                pause = retry_after(response)
+            delay = backoff_delay(attempt, self._rng) if pause is None else pause
+            if time.monotonic() + delay > give_up:
+                raise failure
+            attempt += 1
+            self.retries += 1
+            logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
+            await asyncio.sleep(delay)
+
+    async def reachable(self, timeout: float) -> bool:
+        """Whether the job server answers HTTP at all (any status below 500)."""
+        try:
+            response = await self._client.get(
+                f"{self.base_url}/status/0000000000000000", timeout=timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+
+def _answer(response: httpx.Response) -> UpstreamAnswer:
+    try:
+        body = response.json()
+    except ValueError:
+        raise UpstreamBadResponse(
+            f"the job server answered {response.status_code} with a body that is not JSON"
+        ) from None
+    if 400 <= response.status_code < 500:
+        raise UpstreamRejected(response.status_code, body)
+    if not 200 <= response.status_code < 300:
+        raise UpstreamBadResponse(f"the job server answered {response.status_code}: {body!r:.200}")
+    return UpstreamAnswer(response.status_code, body)
+
+
+def _translate(exc: httpx.TransportError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamBadResponse(f"the job server did not answer in time: {exc!r}")
+    return UpstreamBadResponse(f"the connection to the job server failed: {exc!r}")

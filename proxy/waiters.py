@@ -1,0 +1,140 @@
+"""Waiters: the futures that park held client requests until their job's result arrives.
+
+A waiter is registered under a fresh, unguessable callback token *before* the job is
+started upstream, so a callback can never arrive before its waiter exists. The holder
+removes its waiter in a ``finally`` (see :meth:`WaiterRegistry.hold`), whatever happened:
+answered, timed out, client gone or shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from proxy.errors import AtCapacity, ProxyError, ShuttingDown
+
+logger = logging.getLogger(__name__)
+
+TOKEN_BYTES = 16  # 128 bits of randomness per callback token
+REPLICA_ID_BYTES = 4
+SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
+
+Job = dict[str, Any]
+
+
+class Delivery(str, Enum):
+    """What became of a result handed to the registry."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    UNKNOWN = "unknown"
+
+
+def new_replica_id() -> str:
+    return secrets.token_hex(REPLICA_ID_BYTES)
+
+
+def replica_of(token: str) -> str:
+    """The replica named by a callback token (``<replica>.<random>``), or ``""``."""
+    replica, dot, _ = token.partition(".")
+    return replica if dot else ""
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """One held request: its token, the future its result lands in, and its job id."""
+
+    token: str
+    future: asyncio.Future[Job]
+    job_id: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class WaiterRegistry:
+    """Every waiter of this process, by callback token."""
+
+    def __init__(self, replica_id: str, max_pending: int) -> None:
+        self.replica_id = replica_id
+        self.max_pending = max_pending
+        self._waiters: dict[str, Waiter] = {}
+        self._spent: OrderedDict[str, None] = OrderedDict()
+        self._emptied = asyncio.Event()
+        self._emptied.set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(list(self._waiters.values()))
+
+    def get(self, token: str) -> Waiter | None:
+        return self._waiters.get(token)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Waiter]:
+        """Register a waiter under a fresh token for the duration of the block."""
+        if self.closing:
+            raise ShuttingDown("the proxy is shutting down")
+        if len(self._waiters) >= self.max_pending:
+            raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
+        token = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+        waiter = Waiter(token, asyncio.get_running_loop().create_future())
+        self._waiters[token] = waiter
+        self._emptied.clear()
+        try:
+            yield waiter
+        finally:
+            del self._waiters[token]
+            self._remember_spent(token)
+            if not waiter.future.done():
+                waiter.future.cancel()
+            elif not waiter.future.cancelled():
+                waiter.future.exception()  # mark retrieved: an unread failure is not an error
+            if not self._waiters:
+                self._emptied.set()
+
+    def resolve(self, token: str, job: Job) -> Delivery:
+        """Hand a finished job to the waiter holding ``token``."""
+        waiter = self._waiters.get(token)
+        if waiter is None:
+            return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
+        if waiter.future.done():
+            return Delivery.DUPLICATE
+        waiter.future.set_result(job)
+        return Delivery.OK
+
+    def fail_all(self, error: ProxyError) -> int:
+        """Answer every waiter still pending with ``error``; returns how many."""
+        failed = 0
+        for waiter in self._waiters.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+                failed += 1
+        return failed
+
+    async def drain(self, timeout: float) -> tuple[int, int]:
+        """Refuse new waiters, wait up to ``timeout`` for held ones, fail the rest.
+
+        Returns (answered while draining, failed with 503).
+        """
+        self.closing = True
+        held = len(self._waiters)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._emptied.wait()
+        failed = self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
+        return held - failed, failed
+
+    def _remember_spent(self, token: str) -> None:
+        self._spent[token] = None
+        if len(self._spent) > SPENT_TOKENS_KEPT:
+            self._spent.popitem(last=False)

@@ -1,0 +1,140 @@
+"""In-process fixtures: the proxy app wired to a scriptable fake job server.
+
+Both apps run in the test's event loop through ``httpx.ASGITransport``: the proxy's
+outbound client reaches the fake, and the fake's callbacks reach the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from proxy.app import create_app
+from proxy.config import Settings
+
+PROXY_URL = "http://proxy.test"
+UPSTREAM_URL = "http://jobserver.test"
+
+StartHook = Callable[[dict[str, Any]], Awaitable[Response | None]]
+
+
+@dataclass
+class FakeJobServer:
+    """Records every /start and answers like the job server; tests decide when jobs end."""
+
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callbacks: dict[str, str] = field(default_factory=dict)
+    started: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    on_start: StartHook | None = None
+    status_codes: dict[str, int] = field(default_factory=dict)
+    to_proxy: httpx.AsyncClient | None = None
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(0xABC0000000001))
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/start", self._start, methods=["POST"]),
+                Route("/status/{id}", self._status, methods=["GET"]),
+            ]
+        )
+
+    async def _start(self, request: Request) -> Response:
+        body = await request.json()
+        self.starts.append(body)
+        if self.on_start is not None:
+            override = await self.on_start(body)
+            if override is not None:
+                return override
+        job_id = f"{next(self._ids):x}"
+        self.jobs[job_id] = {"id": job_id, "state": "running"}
+        if body.get("callback"):
+            self.callbacks[job_id] = body["callback"]
+        self.started.put_nowait(job_id)
+        return JSONResponse({"state": "running", "id": job_id})
+
+    async def _status(self, request: Request) -> Response:
+        job = self.jobs.get(request.path_params["id"])
+        if job is None:
+            return JSONResponse({"error": "not_found", "detail": "no such job"}, 404)
+        return JSONResponse(job)
+
+    def finish(self, job_id: str, state: str = "completed") -> dict[str, Any]:
+        job = {"id": job_id, "state": state, "startedAt": "2026-11-25T13:00:00.000Z"}
+        job.update({"proof": "A" * 40} if state == "completed" else {"error": "it broke"})
+        self.jobs[job_id] = job
+        return job
+
+    async def callback(
+        self, job_id: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """POST the job (or ``body``) to the callback URL the proxy gave for ``job_id``."""
+        assert self.to_proxy is not None
+        payload = self.jobs[job_id] if body is None else body
+        return await self.to_proxy.post(self.callbacks[job_id], json=payload, headers=headers)
+
+    async def next_job(self, timeout: float = 5.0) -> str:
+        async with asyncio.timeout(timeout):
+            return await self.started.get()
+
+
+@dataclass
+class ProxyUnderTest:
+    app: Starlette
+    client: httpx.AsyncClient
+    upstream: FakeJobServer
+
+    async def held_job(self, account: str = "acme") -> tuple[asyncio.Task[httpx.Response], str]:
+        """Start a wait:true request in the background; returns it and its upstream job id."""
+        request = asyncio.ensure_future(
+            self.client.post("/proxy", json={"account": account, "wait": True})
+        )
+        return request, await self.upstream.next_job()
+
+
+ProxyFactory = Callable[..., contextlib.AbstractAsyncContextManager[ProxyUnderTest]]
+
+
+@pytest.fixture
+def proxy_factory() -> ProxyFactory:
+    """Build a proxy (settings overridable) around a fresh fake job server."""
+
+    @contextlib.asynccontextmanager
+    async def build(
+        upstream: FakeJobServer | None = None, **overrides: Any
+    ) -> AsyncIterator[ProxyUnderTest]:
+        upstream = upstream or FakeJobServer()
+        settings = dataclasses.replace(
+            Settings(upstream_url=UPSTREAM_URL, public_url=PROXY_URL), **overrides
+        )
+        app = create_app(settings, transport=httpx.ASGITransport(app=upstream.app()))
+        async with LifespanManager(app) as manager:
+            # manager.app hands the lifespan's state to every request.
+            transport = httpx.ASGITransport(app=manager.app)
+            async with (
+                httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as client,
+                httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as to_proxy,
+            ):
+                upstream.to_proxy = to_proxy
+                yield ProxyUnderTest(app, client, upstream)
+
+    return build
+
+
+@pytest.fixture
+async def proxy(proxy_factory: ProxyFactory) -> AsyncIterator[ProxyUnderTest]:
+    async with proxy_factory() as built:
+        yield built
