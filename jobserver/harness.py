@@ -54,7 +54,9 @@ class ServerProcess:
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
             except TimeoutError:
-                logger.warning("pid %d ignored signal %d for %.0f s: killing", self.pid, sig, timeout)
+                logger.warning(
+                    "pid %d ignored signal %d for %.0f s: killing", self.pid, sig, timeout
+                )
                 self.process.kill()
                 await self.process.wait()
         return self.process.returncode if self.process.returncode is not None else -1

@@ -1,0 +1,28 @@
+# jobproxy: one process, all concurrency from asyncio.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies come from the project's own metadata (pyproject.toml).
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+COPY jobserver ./jobserver
+COPY bench ./bench
+COPY config ./config
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home jobproxy
+
+USER 10001
+
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+
+# The same console script and flags the end-to-end tests start (with port 0 there).
+CMD ["jobproxy", "--host", "0.0.0.0", "--port", "8000"]

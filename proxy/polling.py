@@ -1,0 +1,245 @@
+"""Learned poll schedules and status polling of the job server.
+
+The proxy normally answers a held request when the job server's callback arrives. If a
+callback is lost, it polls ``GET {base_url}/status/{id}`` once the job has run for its
+expected duration (learned from observed durations as mean + k·stddev), with capped
+exponential backoff and full jitter, and answers from whichever comes first.
+
+The poller is usable on its own::
+
+    from proxy.polling import PollSchedule, wait_for_job
+
+    async with httpx.AsyncClient() as client:
+        job = await wait_for_job(
+            client, "http://127.0.0.1:8001", "3f2a...", deadline=time.monotonic() + 30,
+            schedule=PollSchedule(first_delay=1.0),  # the job's expected duration
+        )
+    print(job["state"])  # "completed" or "failed"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import httpx
+
+from proxy.errors import JobTimeout
+
+logger = logging.getLogger(__name__)
+
+MIN_SAMPLES_FOR_ESTIMATE = 2
+FINAL_STATES = frozenset({"completed", "failed"})
+JOB_STATES = FINAL_STATES | {"running"}
+# A hung connection should not eat the whole budget; later polls get a fresh chance.
+MAX_POLL_TIMEOUT = 10.0
+
+
+class DurationStats:
+    """Running mean and sample standard deviation of job durations (Welford, O(1) memory).
+
+    Negative and non-finite samples are ignored.
+    """
+
+    __slots__ = ("_m2", "_mean", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Record one observed duration in seconds."""
+        if not math.isfinite(seconds) or seconds < 0:
+            return
+        self.count += 1
+        delta = seconds - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (seconds - self._mean)
+
+    @property
+    def mean(self) -> float:
+        """The mean duration; 0.0 before any observation."""
+        return self._mean
+
+    @property
+    def stddev(self) -> float:
+        """The sample standard deviation (n - 1, like ``statistics.stdev``); 0.0 below 2."""
+        if self.count < 2:
+            return 0.0
+        return math.sqrt(self._m2 / (self.count - 1))
+
+    def expected(self, k: float, initial: float) -> float:
+        """``initial`` until MIN_SAMPLES_FOR_ESTIMATE observations, then mean + k·stddev."""
+        if self.count < MIN_SAMPLES_FOR_ESTIMATE:
+            return initial
+        return max(0.0, self._mean + k * self.stddev)
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """When to poll: first after ``first_delay`` seconds, then with jittered backoff.
+
+    The n-th delay (n = 0, 1, ...) is uniform(0, min(cap, base·factor^n)): capped
+    exponential backoff with full jitter.
+    """
+
+    first_delay: float = 0.0
+    base: float = 0.05
+    cap: float = 2.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("first_delay", "base", "cap", "factor"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"PollSchedule.{name} must be a finite number >= 0, got {value!r}")
+        # A zero backoff would turn polling into a busy loop against the job server.
+        if self.base == 0 or self.cap == 0 or self.factor < 1:
+            raise ValueError(f"PollSchedule needs base > 0, cap > 0 and factor >= 1: {self!r}")
+
+    @classmethod
+    def from_stats(
+        cls,
+        stats: DurationStats,
+        k: float = 2.0,
+        initial: float = 0.5,
+        *,
+        base: float = 0.05,
+        cap: float = 2.0,
+        factor: float = 2.0,
+    ) -> PollSchedule:
+        """A schedule whose first poll comes after the learned expected duration."""
+        return cls(stats.expected(k, initial), base=base, cap=cap, factor=factor)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Yield the successive delays between polls, forever."""
+        rng = random.Random() if rng is None else rng
+        ceiling = min(self.cap, self.base)
+        while True:
+            yield rng.uniform(0.0, ceiling)
+            # Grow a running ceiling instead of computing factor**n, which overflows.
+            ceiling = min(self.cap, ceiling * self.factor)
+
+
+class _Failure(NamedTuple):
+    reason: str
+    retry_after: float = 0.0
+    expected: bool = False  # a 404 early on is normal: the job may not be visible yet
+
+
+def status_url(base_url: str, job_id: str) -> str:
+    """The job server's status URL for ``job_id`` (quoted) under ``base_url``."""
+    return f"{base_url.rstrip('/')}/status/{quote(job_id, safe='')}"
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient,
+    base_url: str,
+    job_id: str,
+    *,
+    deadline: float,
+    schedule: PollSchedule | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """Poll the job's status until it is completed or failed, and return that answer.
+
+    ``deadline`` is an absolute time on ``clock``; ``schedule.first_delay`` counts from
+    this call. Transport errors, timeouts, 404, 5xx and malformed answers are logged and
+    polling goes on; ``Retry-After`` on 429/503 is honoured. ``on_update`` sees every
+    well-formed answer, running or final (its exceptions propagate). Raises ``JobTimeout``
+    when the deadline passes; never sleeps past it.
+    """
+    if not job_id:
+        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    if not base_url:
+        raise ValueError("base_url must not be empty")
+    schedule = schedule or PollSchedule()
+    url = status_url(base_url, job_id)
+    delays = schedule.delays(rng)
+    polls = failure_streak = 0
+    last_answer = "none yet"
+
+    def time_left() -> float:
+        left = deadline - clock()
+        if left <= 0:
+            raise JobTimeout(
+                f"Job {job_id!r} did not finish before the deadline "
+                f"({polls} status polls; last answer: {last_answer})."
+            )
+        return left
+
+    pause = schedule.first_delay
+    while True:
+        if pause > 0:
+            await sleep(min(pause, time_left()))
+        outcome = await _poll_once(client, url, job_id, time_left())
+        polls += 1
+        if isinstance(outcome, _Failure):
+            failure_streak += 1
+            last_answer = outcome.reason
+            level = logging.DEBUG if outcome.expected or failure_streak > 1 else logging.WARNING
+            logger.log(level, "status poll %d of job %s failed: %s", polls, job_id, last_answer)
+            pause = max(next(delays), outcome.retry_after)
+            continue
+        failure_streak = 0
+        last_answer = f"state {outcome['state']}"
+        if on_update is not None:
+            on_update(outcome)
+        if outcome["state"] in FINAL_STATES:
+            logger.debug("job %s is %s after %d status polls", job_id, outcome["state"], polls)
+            return outcome
+        pause = next(delays)
+
+
+async def _poll_once(
+    client: httpx.AsyncClient, url: str, job_id: str, remaining: float
+) -> dict[str, Any] | _Failure:
+    budget = min(remaining, MAX_POLL_TIMEOUT)
+    try:
+        # httpx timeouts bound each network step; asyncio.timeout bounds the whole request.
+        async with asyncio.timeout(budget):
+            response = await client.get(url, timeout=httpx.Timeout(budget))
+    except (httpx.TransportError, TimeoutError) as exc:
+        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    status = response.status_code
+    if status in (429, 503):
+        return _Failure(f"HTTP {status}", _retry_after_seconds(response))
+    if status == 404:
+        return _Failure("HTTP 404", expected=True)
+    if not response.is_success:
+        return _Failure(f"HTTP {status}")
+    return _parse_job(response, job_id)
+
+
+def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failure:
+    try:
+        job = response.json()
+    except ValueError:
+        return _Failure("an answer that is not JSON")
+    if (
+        not isinstance(job, dict)
+        or job.get("state") not in JOB_STATES
+        or job.get("id", job_id) != job_id
+    ):
+        return _Failure(f"a malformed status answer: {response.text[:200]!r}")
+    return job
+
+
+def _retry_after_seconds(response: httpx.Response) -> float:
+    # Only the delta-seconds form: an HTTP date would need a wall clock we do not inject.
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

@@ -1,0 +1,390 @@
+"""Tests for proxy.polling: duration statistics, poll schedules and status polling.
+
+Time is a FakeClock whose sleep advances it, so the deadline logic runs instantly; the
+job server is an httpx.MockTransport answering a scripted sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.errors import JobTimeout
+from proxy.polling import (
+    MIN_SAMPLES_FOR_ESTIMATE,
+    DurationStats,
+    PollSchedule,
+    status_url,
+    wait_for_job,
+)
+
+BASE_URL = "http://jobserver.test"
+JOB_ID = "3f2a9c"
+
+Step = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeClock:
+    """A monotonic clock that only moves when something sleeps on it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[tuple[float, float]] = []  # (started at, duration)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append((self.now, seconds))
+        self.now += seconds
+
+
+class ScriptedJobServer:
+    """Answers status polls from a script of steps; the last step repeats forever."""
+
+    def __init__(self, clock: FakeClock, *steps: Step) -> None:
+        self.clock = clock
+        self.steps = list(steps)
+        self.requests: list[tuple[float, httpx.Request]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((self.clock.now, request))
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        return step(request)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self))
+
+
+def job(state: str, **extra: Any) -> Step:
+    return lambda request: httpx.Response(200, json={"id": JOB_ID, "state": state, **extra})
+
+
+def status(code: int, headers: dict[str, str] | None = None) -> Step:
+    return lambda request: httpx.Response(code, headers=headers, json={"error": "x"})
+
+
+def body(text: str) -> Step:
+    return lambda request: httpx.Response(200, text=text)
+
+
+def raises(exc_type: type[httpx.TransportError]) -> Step:
+    def step(request: httpx.Request) -> httpx.Response:
+        raise exc_type("scripted failure", request=request)
+
+    return step
+
+
+class UpperBoundRandom(random.Random):
+    """An rng whose uniform(a, b) is always b, exposing the backoff ceilings."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_welford_matches_statistics_module() -> None:
+    """DurationStats' mean and stddev equal statistics.mean and statistics.stdev."""
+    rng = random.Random(7)
+    samples = [rng.expovariate(1 / 3) for _ in range(1000)]
+    stats = DurationStats()
+    for sample in samples:
+        stats.add(sample)
+    assert stats.count == len(samples)
+    assert stats.mean == pytest.approx(statistics.mean(samples), rel=1e-12)
+    assert stats.stddev == pytest.approx(statistics.stdev(samples), rel=1e-9)
+
+
+def test_negative_and_non_finite_samples_are_ignored() -> None:
+    """Negative, NaN and infinite durations do not change the statistics."""
+    stats = DurationStats()
+    for sample in (1.0, -2.0, math.nan, math.inf, 3.0):
+        stats.add(sample)
+    assert (stats.count, stats.mean) == (2, 2.0)
+    assert stats.stddev == pytest.approx(statistics.stdev([1.0, 3.0]))
+
+
+def test_expected_is_initial_until_enough_samples_then_mean_plus_k_sigma() -> None:
+    """expected() answers initial below MIN_SAMPLES_FOR_ESTIMATE, then mean + k·stddev."""
+    assert MIN_SAMPLES_FOR_ESTIMATE == 2
+    stats = DurationStats()
+    assert stats.expected(2.0, initial=0.5) == 0.5
+    stats.add(4.0)
+    assert stats.expected(2.0, initial=0.5) == 0.5
+    stats.add(6.0)
+    assert stats.expected(2.0, initial=0.5) == pytest.approx(5.0 + 2.0 * math.sqrt(2.0))
+
+
+def test_from_stats_polls_first_after_the_expected_duration() -> None:
+    """PollSchedule.from_stats uses stats.expected(k, initial) as first_delay."""
+    stats = DurationStats()
+    assert PollSchedule.from_stats(stats, k=3.0, initial=0.7).first_delay == 0.7
+    for sample in (1.0, 2.0, 3.0):
+        stats.add(sample)
+    schedule = PollSchedule.from_stats(stats, k=3.0, cap=5.0)
+    assert schedule.first_delay == pytest.approx(2.0 + 3.0 * 1.0)
+    assert schedule.cap == 5.0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"base": 0.0}, {"cap": 0.0}, {"factor": 0.5}, {"first_delay": -1.0}]
+)
+def test_schedule_rejects_values_that_cannot_schedule(kwargs: dict[str, float]) -> None:
+    """PollSchedule refuses zero backoff, shrinking factors and negative delays."""
+    with pytest.raises(ValueError, match="PollSchedule"):
+        PollSchedule(**kwargs)
+
+
+def test_backoff_delays_stay_within_capped_exponential_bounds() -> None:
+    """Each delay n lies in [0, min(cap, base·factor^n)], even after many polls."""
+    schedule = PollSchedule(base=0.05, cap=2.0, factor=2.0)
+    delays = schedule.delays(random.Random(1))
+    for n in range(2000):
+        delay = next(delays)
+        ceiling = schedule.cap if n > 100 else min(schedule.cap, schedule.base * 2.0**n)
+        assert 0.0 <= delay <= ceiling
+
+
+def test_backoff_ceiling_grows_exponentially_then_caps() -> None:
+    """The jitter's upper bound doubles from base and stops at cap."""
+    delays = PollSchedule(base=0.05, cap=2.0).delays(UpperBoundRandom())
+    first = [next(delays) for _ in range(9)]
+    assert first == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0])
+
+
+def test_full_jitter_draws_from_the_given_rng() -> None:
+    """Equal seeds give equal delays, and the delays spread below the ceiling."""
+
+    def take(seed: int) -> list[float]:
+        delays = PollSchedule(cap=2.0).delays(random.Random(seed))
+        return [next(delays) for _ in range(50)]
+
+    assert take(3) == take(3)
+    assert take(3) != take(4)
+    assert len(set(take(3)[10:])) == 40  # jittered, not the constant cap
+
+
+def test_status_url_quotes_the_id_with_or_without_trailing_slash() -> None:
+    """The job id is percent-quoted and base URLs may end with '/'."""
+    assert status_url("http://h:1", "a/b c") == "http://h:1/status/a%2Fb%20c"
+    assert status_url("http://h:1/api/", "x") == "http://h:1/api/status/x"
+
+
+@pytest.mark.parametrize("base_url", [BASE_URL, BASE_URL + "/"])
+async def test_job_id_is_url_quoted_in_the_request(clock: FakeClock, base_url: str) -> None:
+    """A job id with '/', spaces and '?' reaches the server as one quoted path segment."""
+    odd_id = "a/b c?d#e"
+    server = ScriptedJobServer(
+        clock, lambda r: httpx.Response(200, json={"id": odd_id, "state": "completed"})
+    )
+    async with server.client() as client:
+        await wait_for_job(
+            client, base_url, odd_id, deadline=clock() + 5, clock=clock, sleep=clock.sleep
+        )
+    assert server.requests[0][1].url.raw_path == b"/status/a%2Fb%20c%3Fd%23e"
+
+
+@pytest.mark.parametrize("final", ["completed", "failed"])
+async def test_final_answer_is_returned_unchanged(clock: FakeClock, final: str) -> None:
+    """A completed or failed status answer is returned exactly as the server sent it."""
+    extra = {"proof": "abc", "startedAt": 12.5, "error": None, "nested": {"k": [1, 2]}}
+    server = ScriptedJobServer(clock, job("running"), job(final, **extra))
+    async with server.client() as client:
+        answer = await wait_for_job(
+            client, BASE_URL, JOB_ID, deadline=clock() + 5, clock=clock, sleep=clock.sleep
+        )
+    assert answer == {"id": JOB_ID, "state": final, **extra}
+    assert len(server.requests) == 2
+
+
+async def test_first_poll_happens_after_first_delay(clock: FakeClock) -> None:
+    """No request goes out before schedule.first_delay has passed."""
+    start = clock()
+    server = ScriptedJobServer(clock, job("completed"))
+    async with server.client() as client:
+        await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=start + 10,
+            schedule=PollSchedule(first_delay=3.0),
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert clock.sleeps == [(start, 3.0)]
+    assert [at for at, _ in server.requests] == [start + 3.0]
+
+
+@pytest.mark.parametrize("code", [429, 503])
+async def test_retry_after_is_honoured(clock: FakeClock, code: int) -> None:
+    """After a 429/503 with Retry-After: 2 the next poll waits at least 2 seconds."""
+    server = ScriptedJobServer(clock, status(code, {"Retry-After": "2"}), job("completed"))
+    async with server.client() as client:
+        await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 10,
+            clock=clock,
+            sleep=clock.sleep,
+            rng=random.Random(0),
+        )
+    (first_at, _), (second_at, _) = server.requests
+    assert second_at - first_at >= 2.0
+
+
+async def test_transient_errors_are_retried_and_on_update_sees_each_answer(
+    clock: FakeClock,
+) -> None:
+    """Transport errors, 5xx, 404 and malformed answers are skipped until the job ends."""
+    server = ScriptedJobServer(
+        clock,
+        job("running"),
+        job("running", progress=0.5),
+        status(503, {"Retry-After": "2"}),
+        raises(httpx.ConnectError),
+        raises(httpx.ReadTimeout),
+        body("<html>garbage</html>"),
+        body("[1, 2]"),
+        lambda r: httpx.Response(200, json={"id": JOB_ID, "state": "exploded"}),
+        lambda r: httpx.Response(200, json={"id": "someone-else", "state": "completed"}),
+        status(404),
+        status(500),
+        job("completed", proof="p"),
+    )
+    updates: list[dict[str, Any]] = []
+    async with server.client() as client:
+        answer = await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 60,
+            on_update=updates.append,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert answer == {"id": JOB_ID, "state": "completed", "proof": "p"}
+    assert len(server.requests) == 12
+    assert updates == [
+        {"id": JOB_ID, "state": "running"},
+        {"id": JOB_ID, "state": "running", "progress": 0.5},
+        answer,
+    ]
+
+
+async def test_deadline_raises_job_timeout_without_sleeping_past_it(clock: FakeClock) -> None:
+    """A job that never ends raises JobTimeout naming it, and no sleep crosses the deadline."""
+    deadline = clock() + 5.0
+    server = ScriptedJobServer(clock, job("running"))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout, match=JOB_ID) as caught:
+            await wait_for_job(
+                client,
+                BASE_URL,
+                JOB_ID,
+                deadline=deadline,
+                schedule=PollSchedule(first_delay=1.0),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+    assert caught.value.status_code == 504
+    assert clock() == pytest.approx(deadline)
+    assert all(at + seconds <= deadline for at, seconds in clock.sleeps)
+    assert all(at < deadline for at, _ in server.requests)
+    assert len(server.requests) > 5
+
+
+async def test_retry_after_beyond_the_deadline_is_cut_short(clock: FakeClock) -> None:
+    """A Retry-After longer than the time left sleeps only until the deadline, then times out."""
+    deadline = clock() + 3.0
+    server = ScriptedJobServer(clock, status(503, {"Retry-After": "100"}))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout):
+            await wait_for_job(
+                client, BASE_URL, JOB_ID, deadline=deadline, clock=clock, sleep=clock.sleep
+            )
+    assert len(server.requests) == 1
+    assert clock.sleeps == [(deadline - 3.0, 3.0)]
+
+
+async def test_first_delay_beyond_the_deadline_times_out_without_polling(
+    clock: FakeClock,
+) -> None:
+    """A first_delay past the deadline sleeps until the deadline and never polls."""
+    server = ScriptedJobServer(clock, job("completed"))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout):
+            await wait_for_job(
+                client,
+                BASE_URL,
+                JOB_ID,
+                deadline=clock() + 2.0,
+                schedule=PollSchedule(first_delay=10.0),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+    assert server.requests == []
+    assert [seconds for _, seconds in clock.sleeps] == [2.0]
+
+
+async def test_past_deadline_times_out_at_once(clock: FakeClock) -> None:
+    """A deadline that has already passed raises JobTimeout without polling or sleeping."""
+    server = ScriptedJobServer(clock, job("completed"))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout):
+            await wait_for_job(
+                client, BASE_URL, JOB_ID, deadline=clock() - 1, clock=clock, sleep=clock.sleep
+            )
+    assert server.requests == [] and clock.sleeps == []
+
+
+async def test_request_timeout_never_extends_past_the_deadline(clock: FakeClock) -> None:
+    """Every poll's httpx timeouts are at most the time left before the deadline."""
+    deadline = clock() + 4.0
+    server = ScriptedJobServer(clock, job("running"))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout):
+            await wait_for_job(
+                client, BASE_URL, JOB_ID, deadline=deadline, clock=clock, sleep=clock.sleep
+            )
+    for at, request in server.requests:
+        timeouts = request.extensions["timeout"]
+        assert all(0 < value <= deadline - at for value in timeouts.values())
+
+
+async def test_repeated_failures_warn_once_per_streak(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run of connection errors logs one warning; the rest go to debug."""
+    server = ScriptedJobServer(
+        clock, *[raises(httpx.ConnectError)] * 5, job("running"), raises(httpx.ConnectError)
+    )
+    caplog.set_level(logging.DEBUG, logger="proxy.polling")
+    async with server.client() as client:
+        with pytest.raises(JobTimeout, match="ConnectError"):
+            await wait_for_job(
+                client, BASE_URL, JOB_ID, deadline=clock() + 10, clock=clock, sleep=clock.sleep
+            )
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    debugs = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(warnings) == 2  # one per streak: before and after the running answer
+    assert len(debugs) >= 4
+
+
+async def test_empty_job_id_is_rejected(clock: FakeClock) -> None:
+    """An empty job id is a ValueError, not a poll of /status/."""
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ValueError, match="job_id"):
+            await wait_for_job(client, BASE_URL, "", deadline=clock() + 1, clock=clock)
