@@ -3,16 +3,19 @@
 A held request's path: :func:`start_job` registers a waiter (``proxy.waiters``), starts
 the job upstream with its callback URL (``proxy.upstream``), and waits for the callback
 (:func:`receive_callback`, ``proxy.callbacks``) or, once the job is overdue, for a
-status poll (``proxy.polling``), whichever answers first.
+status poll (``proxy.polling``), whichever answers first. With an ``Idempotency-Key``,
+a retry follows the first request's job instead (``proxy.idempotency``); with Redis,
+callbacks for other replicas travel through it (``proxy.shared``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -29,6 +32,7 @@ from proxy.callbacks import parse_job, signing_key, verify_signature
 from proxy.config import Settings
 from proxy.errors import (
     BadRequest,
+    BusUnavailable,
     ClientGone,
     JobTimeout,
     NotReady,
@@ -37,9 +41,12 @@ from proxy.errors import (
     UpstreamBadResponse,
     UpstreamError,
 )
+from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
 from proxy.metrics import Metrics
+from proxy.openapi import OPENAPI
 from proxy.polling import DurationStats, PollSchedule, wait_for_job
-from proxy.upstream import Upstream, build_client, is_terminal, job_id_of
+from proxy.shared import RedisBus, connect
+from proxy.upstream import Upstream, UpstreamAnswer, build_client, is_terminal, job_id_of
 from proxy.waiters import Delivery, Job, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ class Services:
     client: httpx.AsyncClient
     upstream: Upstream
     waiters: WaiterRegistry
+    results: ResultStore
+    bus: RedisBus | None
     stats: DurationStats
     metrics: Metrics
     signing_key: bytes | None
@@ -75,25 +84,36 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
         waiters = WaiterRegistry(settings.replica_id or new_replica_id(), settings.max_pending)
-        async with build_client(settings, transport) as client:
+        async with contextlib.AsyncExitStack() as resources:
+            client = await resources.enter_async_context(build_client(settings, transport))
+            bus: RedisBus | None = None
+            if settings.redis_url:
+                redis = connect(settings.redis_url)
+                resources.push_async_callback(redis.aclose)
+                bus = RedisBus(redis, waiters, settings.result_ttl)
+                listener = asyncio.create_task(bus.listen(), name="redis-listener")
+                resources.push_async_callback(_cancel, listener)
             services = Services(
                 settings=settings,
                 client=client,
                 upstream=Upstream(client, settings),
                 waiters=waiters,
+                results=bus or LocalResults(settings.result_ttl),
+                bus=bus,
                 stats=DurationStats(),
                 metrics=Metrics.create(lambda: len(waiters)),
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
                 else None,
             )
-            # The server drains these waiters on shutdown before the lifespan ends.
+            # The server drains these waiters on shutdown, before the lifespan ends.
             app.state.services = services
             logger.info(
-                "replica %s proxying to %s, callbacks via %s",
+                "replica %s proxying to %s, callbacks via %s, %s",
                 waiters.replica_id,
                 settings.upstream_url,
                 settings.public_url,
+                "shared through Redis" if bus else "in-process",
             )
             yield {"services": services}
 
@@ -105,6 +125,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={
@@ -115,21 +136,30 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     )
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def start_job(request: Request) -> Response:
     services = services_of(request)
     settings = services.settings
     outcome = "internal_error"
     try:
         job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
+        key = request.headers.get("idempotency-key")
+        key = None if key is None else check_key(key)
         deadline = time.monotonic() + settings.job_deadline
-        if job_request.wait:
-            job = await _run_held(request, services, job_request, deadline)
-            outcome = str(job.get("state"))
-            return JSONResponse(job)
-        answer = await services.upstream.start(
-            job_request.upstream_body(job_request.callback), deadline=deadline
-        )
-        outcome = "forwarded"
+        with services.waiters.hold() as waiter:
+            # The client's disconnect arrives as the next ASGI message once the body is read.
+            watcher = asyncio.ensure_future(request.receive())
+            watcher.add_done_callback(lambda done: _abandon(waiter, done))
+            try:
+                answer = await _serve(services, waiter, job_request, key, deadline)
+            finally:
+                watcher.cancel()
+        outcome = str(answer.body.get("state")) if job_request.wait else "forwarded"
         return JSONResponse(answer.body, answer.status_code)
     except ProxyError as exc:
         outcome = exc.error
@@ -140,33 +170,55 @@ async def start_job(request: Request) -> Response:
         services.metrics.requests.labels(outcome).inc()
 
 
-async def _run_held(
-    request: Request, services: Services, job_request: JobRequest, deadline: float
-) -> Job:
-    """Start the job with our callback and hold the request until its result."""
-    with services.waiters.hold() as waiter:
-        callback = f"{services.settings.public_url}/callback/{waiter.token}"
-        # The client's disconnect arrives as the next ASGI message once the body is read.
-        watcher = asyncio.ensure_future(request.receive())
-        watcher.add_done_callback(lambda done: _abandon(waiter, done))
-        try:
-            answer = await services.upstream.start(
-                job_request.upstream_body(callback), deadline=deadline
-            )
-            if not isinstance(answer.body, dict):
-                raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
-            if is_terminal(answer.body):
-                return answer.body  # a job server may finish the job before answering
-            waiter.job_id = job_id_of(answer.body)
-            waiter.started_at = time.monotonic()
-            return await _await_result(services, waiter, deadline)
-        finally:
-            watcher.cancel()
-
-
 def _abandon(waiter: Waiter, watcher: asyncio.Future[Any]) -> None:
     if not watcher.cancelled() and not waiter.future.done():
         waiter.future.set_exception(ClientGone())
+
+
+async def _serve(
+    services: Services, waiter: Waiter, job_request: JobRequest, key: str | None, deadline: float
+) -> UpstreamAnswer:
+    """Run the client's job (or follow the one its Idempotency-Key names)."""
+    results = services.results
+    if key is not None:
+        digest = fingerprint(dataclasses.asdict(job_request))
+        claim = await results.claim(key, digest, waiter.token)
+        if not claim.owner:
+            return UpstreamAnswer(200, await _follow(services, waiter, key, claim, job_request))
+    own_callback = f"{services.settings.public_url}/callback/{waiter.token}"
+    callback = own_callback if job_request.wait else job_request.callback
+    try:
+        answer = await services.upstream.start(
+            job_request.upstream_body(callback), deadline=deadline
+        )
+    except ProxyError:
+        if key is not None:  # no job was started for this key: let a retry start one
+            await _quietly(results.release(key, waiter.token))
+        raise
+    if not isinstance(answer.body, dict):
+        raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
+    job: Job = answer.body
+    if not job_request.wait:
+        if key is not None:
+            await _quietly(results.put_result(waiter.token, job))
+        return answer
+    if not is_terminal(job):  # a job server may finish the job before answering
+        waiter.job_id = job_id_of(job)
+        waiter.started_at = time.monotonic()
+        if key is not None:
+            await _quietly(results.bind_job(key, waiter.job_id))
+        job = await _await_result(services, waiter, deadline)
+    if key is not None:
+        await _quietly(results.put_result(waiter.token, job))
+    return UpstreamAnswer(200, job)
+
+
+async def _quietly(step: Awaitable[Any]) -> None:
+    """Bookkeeping for later retries must not fail the request at hand."""
+    try:
+        await step
+    except BusUnavailable as exc:
+        logger.warning("%s", exc.detail)
 
 
 async def _await_result(services: Services, waiter: Waiter, deadline: float) -> Job:
@@ -180,18 +232,7 @@ async def _await_result(services: Services, waiter: Waiter, deadline: float) -> 
     if time.monotonic() >= deadline:
         raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
     assert waiter.job_id is not None
-    schedule = PollSchedule(
-        first_delay=0.0, base=settings.poll_backoff_base, cap=settings.poll_backoff_cap
-    )
-    poll = asyncio.ensure_future(
-        wait_for_job(
-            services.client,
-            services.upstream.base_url,
-            waiter.job_id,
-            deadline=deadline,
-            schedule=schedule,
-        )
-    )
+    poll = asyncio.ensure_future(_poll(services, waiter.job_id, deadline, first_delay=0.0))
     try:
         await asyncio.wait((waiter.future, poll), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -204,13 +245,57 @@ async def _await_result(services: Services, waiter: Waiter, deadline: float) -> 
     return _observe(services, waiter, poll.result(), via="poll")
 
 
+def _poll(services: Services, job_id: str, deadline: float, first_delay: float) -> Awaitable[Job]:
+    settings = services.settings
+    schedule = PollSchedule(
+        first_delay=first_delay, base=settings.poll_backoff_base, cap=settings.poll_backoff_cap
+    )
+    base_url = services.upstream.base_url
+    return wait_for_job(services.client, base_url, job_id, deadline=deadline, schedule=schedule)
+
+
 def _observe(services: Services, waiter: Waiter, job: Job, *, via: str) -> Job:
     duration = time.monotonic() - waiter.started_at
     services.metrics.job_duration.labels(via).observe(duration)
-    if via == "callback" and waiter.job_id is not None:
+    if via == "callback":
         # A poll only bounds the duration from above; callbacks teach the schedule.
         services.stats.add(duration)
     return job
+
+
+async def _follow(
+    services: Services, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
+) -> Job:
+    """A retry's answer: the first request's stored result, waited for if need be."""
+    settings = services.settings
+    deadline = time.monotonic() + settings.job_deadline
+    delays = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap).delays()
+    job_id = claim.job_id
+    poll: asyncio.Future[Job] | None = None
+    try:
+        while True:
+            result = await services.results.get_result(claim.token)
+            if result is not None:
+                return result
+            if job_request.wait and poll is None:
+                job_id = job_id or await services.results.job_id_for(key)
+                if job_id is not None:
+                    # The first request's holder may be gone: ask the job server too.
+                    overdue_in = services.stats.expected(settings.poll_k, settings.poll_initial)
+                    poll = asyncio.ensure_future(_poll(services, job_id, deadline, overdue_in))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")
+            watched: set[asyncio.Future[Any]] = {waiter.future, *([poll] if poll else [])}
+            timeout = min(next(delays), remaining)
+            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.future.done():
+                return waiter.future.result()  # raises ClientGone or ShuttingDown
+            if poll is not None and poll.done():
+                return poll.result()
+    finally:
+        if poll is not None:
+            poll.cancel()
 
 
 async def receive_callback(request: Request) -> Response:
@@ -228,18 +313,29 @@ async def receive_callback(request: Request) -> Response:
         if not is_terminal(job):
             outcome = "not_final"
             return JSONResponse({"status": "ignored", "detail": "the job is not finished"})
-        delivery = services.waiters.resolve(token, job)
+        delivery = await _deliver(services, token, job)
         outcome = delivery.value
-        if delivery is not Delivery.OK:
+        if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
             logger.info("dropped the result of job %s: %s token", job["id"], delivery.value)
             raise UnknownCallback()
-        return JSONResponse({"status": "delivered"})
+        return JSONResponse({"status": delivery.value})
     except ProxyError as exc:
         if not isinstance(exc, UnknownCallback):
             outcome = exc.error
         raise
     finally:
         services.metrics.callbacks.labels(outcome).inc()
+
+
+async def _deliver(services: Services, token: str, job: Job) -> Delivery:
+    if services.bus is not None and services.bus.is_foreign(token):
+        return await services.bus.forward(token, job)
+    delivery = services.waiters.resolve(token, job)
+    if services.results.tracks(token):
+        stored = await services.results.put_result(token, job)
+        if stored and delivery is not Delivery.OK:
+            return Delivery.STORED
+    return delivery
 
 
 async def healthz(request: Request) -> Response:
@@ -250,12 +346,20 @@ async def readyz(request: Request) -> Response:
     services = services_of(request)
     if not await services.upstream.reachable(READY_PROBE_TIMEOUT):
         raise NotReady(f"the job server at {services.upstream.base_url} is unreachable")
+    if services.bus is not None and not (
+        services.bus.subscribed.is_set() and await services.bus.ping()
+    ):
+        raise NotReady("Redis is unreachable")
     return JSONResponse({"status": "ready", "pending": len(services.waiters)})
 
 
 async def metrics(request: Request) -> Response:
     registry = services_of(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
 
 
 async def proxy_error_response(request: Request, exc: Exception) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -40,6 +41,12 @@ class ProxyServer(uvicorn.Server):
         super().__init__(config)
         self._app = app
         self._settings = settings
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after a graceful stop, which makes the exit status
+        # "killed by SIGTERM"; a drained, orderly stop exits 0 instead.
+        self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

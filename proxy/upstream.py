@@ -60,7 +60,7 @@ def nothing_was_sent(exc: httpx.TransportError) -> bool:
     if isinstance(cause, aiohttp.ClientError):
         # httpx-aiohttp maps every aiohttp connection error, including a server that hung
         # up after reading the request, to ConnectTimeout: look at the original instead.
-        return isinstance(cause, aiohttp.ClientConnectorError)
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
 

@@ -34,6 +34,7 @@ class Delivery(str, Enum):
     """What became of a result handed to the registry."""
 
     OK = "ok"
+    STORED = "stored"  # kept for an Idempotency-Key retry; no waiter is listening now
     DUPLICATE = "duplicate"
     UNKNOWN = "unknown"
 

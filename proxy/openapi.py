@@ -1,0 +1,255 @@
+"""The OpenAPI 3 description of the proxy's client-facing API, served at ``GET /openapi.json``.
+
+Written by hand so that it states the limits the handlers enforce (``proxy.bodies``,
+``proxy.idempotency``) and the errors of ``proxy.errors``; schemathesis fuzzes the proxy
+against it (``tests/test_fuzz.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.bodies import MAX_ACCOUNT_LENGTH
+from proxy.idempotency import MAX_KEY_LENGTH
+
+# What ``proxy.bodies`` accepts as a callback: an absolute http(s) URL with a host.
+CALLBACK_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#]\S*)?$"
+# Printable ASCII without surrounding spaces, which HTTP would strip.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+
+_JSON = "application/json"
+_PROMETHEUS = "text/plain"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}, **extra}
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    if not retry_after:
+        return _json(_ref("Error"), description)
+    headers = {
+        "Retry-After": {
+            "description": "seconds to wait before trying again",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+    return _json(_ref("Error"), description, headers=headers)
+
+
+SCHEMAS: dict[str, Any] = {
+    "JobRequest": {
+        "type": "object",
+        "required": ["account"],
+        "properties": {
+            "account": {"type": "string", "minLength": 1, "maxLength": MAX_ACCOUNT_LENGTH},
+            "wait": {
+                "type": "boolean",
+                "default": False,
+                "description": "true: hold the request until the job ends (the point of the "
+                "proxy); false: forward to the job server as it is",
+            },
+            "callback": {
+                "type": "string",
+                "format": "uri",
+                "pattern": CALLBACK_PATTERN,
+                "description": "absolute http(s) URL; with wait false, the job server POSTs "
+                "the finished job to it",
+            },
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "state"],
+        "description": "The job server's job: running (wait false), completed or failed",
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "state": {"type": "string", "enum": ["running", "completed", "failed"]},
+            "startedAt": {"type": "string", "description": "ISO-8601 UTC, milliseconds, Z"},
+            "proof": {"type": "string", "description": "40 uppercase hex digits"},
+            "error": {"type": "string", "description": "why a failed job failed"},
+        },
+    },
+    "CallbackJob": {
+        "type": "object",
+        "required": ["id", "state"],
+        "description": "The finished job, as the job server POSTs it",
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "state": {"type": "string"},
+        },
+    },
+    "CallbackReceipt": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {
+                "type": "string",
+                "enum": ["ok", "stored", "ignored"],
+                "description": "ok: a held request got the job; stored: kept for an "
+                "Idempotency-Key retry; ignored: the job is not finished",
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "pending"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "pending": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "description": "a short machine word"},
+            "detail": {
+                "description": "a human sentence; for upstream_rejected, the job server's answer"
+            },
+        },
+    },
+}
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a retry with the same key and body gets the first request's job",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
+}
+
+_SIGNATURE_HEADERS = [
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+    for name, description in (
+        ("webhook-id", "Standard Webhooks message id"),
+        ("webhook-timestamp", "seconds since the epoch, within five minutes of now"),
+        ("webhook-signature", "space-separated v1,<base64 HMAC-SHA256> signatures"),
+    )
+]
+
+
+def _start_operation(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "operationId": operation_id,
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("JobRequest")}}},
+        "responses": {
+            "200": _json(
+                _ref("Job"),
+                "wait true: the finished job (a failed job too, with state failed); "
+                "wait false: the job server's answer",
+            ),
+            "400": _error("the body is not a valid job request; the detail names the field"),
+            "413": _error("the body is larger than max_body_size"),
+            "422": _error("this Idempotency-Key was used with another body"),
+            "4XX": _error("the job server refused the request (upstream_rejected)"),
+            "502": _error("the job server is unreachable or answered something unusable"),
+            "503": _error("at capacity, shutting down, or Redis unreachable", retry_after=True),
+            "504": _error("the job did not finish within job_deadline"),
+        },
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "jobproxy",
+        "version": "0.1.0",
+        "description": (
+            "Holds blocking job requests open while the job runs on a job server that "
+            "allows one connection per account, and answers them when its callback arrives."
+        ),
+    },
+    "paths": {
+        "/proxy": {"post": _start_operation("proxy", "Run a job, holding the request until done")},
+        "/start": {"post": _start_operation("start", "Alias of POST /proxy")},
+        "/callback/{token}": {
+            "post": {
+                "summary": "The job server's callback for a held request",
+                "operationId": "callback",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "path",
+                        "required": True,
+                        "description": "the callback token the proxy gave the job server",
+                        "schema": {"type": "string"},
+                    },
+                    *_SIGNATURE_HEADERS,
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("CallbackJob")}},
+                },
+                "responses": {
+                    "200": _json(_ref("CallbackReceipt"), "the callback was taken"),
+                    "400": _error("the body is not a job, or not the job of this token"),
+                    "401": _error("the signature is missing, stale or wrong (secret set)"),
+                    "404": _error("unknown or already answered token"),
+                    "413": _error("the body is larger than max_body_size"),
+                    "503": _error("Redis is unreachable (shared mode)", retry_after=True),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {"200": _json(_ref("Health"), "the proxy is up")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the job server (and Redis, if used) is reachable",
+                "operationId": "readyz",
+                "responses": {
+                    "200": _json(_ref("Ready"), "ready; pending counts held requests"),
+                    "503": _error("a dependency is unreachable", retry_after=True),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "the Prometheus text exposition format",
+                        "content": {_PROMETHEUS: {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+            }
+        },
+    },
+    "components": {"schemas": SCHEMAS},
+}

@@ -1,0 +1,209 @@
+"""Shared mode: several replicas behind a load balancer, one Redis between them.
+
+Waiters stay in the replica that holds the client. A callback token names that replica
+(``<replica>.<random>``); a replica that receives a callback for another replica's token
+*stores* the result in Redis with a TTL (``SET NX``, so duplicates are harmless), then
+*publishes* it on the holder's channel. Pub/sub loses what is sent while a subscriber is
+away, so after every (re)subscribe the holder re-reads the stored results of the
+waiters it holds: a message lost in a reconnect loses no job.
+
+Idempotency-Key claims live here too (see ``proxy.idempotency``), so a client's retry
+on any replica finds its job. This module is the one place where Redis errors become
+:class:`BusUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from proxy.errors import BusUnavailable, IdempotencyConflict
+from proxy.idempotency import Claim, ExpiringMap
+from proxy.waiters import Delivery, Job, WaiterRegistry, replica_of
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "jobproxy:"
+REDIS_TIMEOUT = 2.0
+HEALTH_CHECK_INTERVAL = 5
+REREAD_BATCH = 500
+RECONNECT_BASE = 0.1
+RECONNECT_CAP = 2.0
+# A claim's owner writes "<token> <digest>"; only that exact value may release it.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def connect(url: str) -> Redis:
+    """A client whose every call fails fast instead of hanging when Redis is away."""
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        decode_responses=True,
+    )
+
+
+def channel_of(replica: str) -> str:
+    return f"{PREFIX}replica:{replica}"
+
+
+def _result_key(token: str) -> str:
+    return f"{PREFIX}result:{token}"
+
+
+def _claim_key(key: str) -> str:
+    return f"{PREFIX}idem:{key}"
+
+
+def _job_key(key: str) -> str:
+    return f"{PREFIX}idem-job:{key}"
+
+
+@contextlib.contextmanager
+def _bus_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"Redis is unavailable ({action}): {exc}") from exc
+
+
+class RedisBus:
+    """Results, claims and callback routing through Redis, for one replica."""
+
+    def __init__(self, redis: Redis, waiters: WaiterRegistry, ttl: float) -> None:
+        self._redis = redis
+        self._waiters = waiters
+        self._ttl = max(1, round(ttl))
+        self._tracked = ExpiringMap(ttl)
+        self._release = redis.register_script(RELEASE_SCRIPT)
+        self.replica_id = waiters.replica_id
+        self.subscribed = asyncio.Event()
+
+    # -- callbacks -------------------------------------------------------------------
+
+    def is_foreign(self, token: str) -> bool:
+        return replica_of(token) != self.replica_id
+
+    async def forward(self, token: str, job: Job) -> Delivery:
+        """Store a result for another replica's waiter, then tell that replica."""
+        if not await self.put_result(token, job):
+            return Delivery.DUPLICATE
+        message = json.dumps({"token": token, "job": job}, separators=(",", ":"))
+        with _bus_errors("publish"):
+            receivers = await self._redis.publish(channel_of(replica_of(token)), message)
+        return Delivery.OK if receivers else Delivery.STORED
+
+    async def listen(self) -> None:
+        """Receive results for this replica's waiters until cancelled, reconnecting."""
+        delay = RECONNECT_BASE
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(channel_of(self.replica_id))
+                    recovered = await self._reread()
+                    self.subscribed.set()
+                    delay = RECONNECT_BASE
+                    logger.info(
+                        "subscribed to %s; %d results recovered from Redis",
+                        channel_of(self.replica_id),
+                        recovered,
+                    )
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._deliver(message["data"])
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.subscribed.is_set():
+                    logger.warning("lost the Redis subscription: %s; reconnecting", exc)
+                self.subscribed.clear()
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_CAP, delay * 2)
+
+    def _deliver(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+            token, job = message["token"], message["job"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed message on %s", channel_of(self.replica_id))
+            return
+        if self._waiters.resolve(token, job) is not Delivery.OK:
+            logger.info("dropped the result of job %s: no client waits for it", job.get("id"))
+
+    async def _reread(self) -> int:
+        """Resolve held waiters whose results were stored while we were not listening."""
+        tokens = [w.token for w in self._waiters if not w.future.done()]
+        recovered = 0
+        for start in range(0, len(tokens), REREAD_BATCH):
+            batch = tokens[start : start + REREAD_BATCH]
+            values = await self._redis.mget([_result_key(token) for token in batch])
+            for token, value in zip(batch, values, strict=True):
+                if value is not None:
+                    recovered += self._waiters.resolve(token, json.loads(value)) is Delivery.OK
+        return recovered
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    # -- the ResultStore protocol (proxy.idempotency) --------------------------------
+
+    async def claim(self, key: str, digest: str, token: str) -> Claim:
+        value = f"{token} {digest}"
+        with _bus_errors("claim"):
+            for _ in range(3):  # the key may expire between SET NX and GET
+                if await self._redis.set(_claim_key(key), value, nx=True, ex=self._ttl):
+                    self._tracked.put(token, True)
+                    return Claim(owner=True, token=token)
+                existing = await self._redis.get(_claim_key(key))
+                if existing is None:
+                    continue
+                their_token, _, their_digest = str(existing).partition(" ")
+                if their_digest != digest:
+                    raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another body")
+                job_id = await self._redis.get(_job_key(key))
+                return Claim(False, their_token, str(job_id) if job_id else None)
+        raise BusUnavailable(f"Idempotency-Key {key!r} kept expiring while being claimed")
+
+    async def bind_job(self, key: str, job_id: str) -> None:
+        with _bus_errors("bind job"):
+            await self._redis.set(_job_key(key), job_id, ex=self._ttl)
+
+    async def release(self, key: str, token: str) -> None:
+        with _bus_errors("release claim"):
+            holder = await self._redis.get(_claim_key(key))
+            if holder is not None and str(holder).startswith(f"{token} "):
+                await self._release(keys=[_claim_key(key)], args=[holder])
+
+    async def job_id_for(self, key: str) -> str | None:
+        with _bus_errors("read job id"):
+            job_id = await self._redis.get(_job_key(key))
+        return str(job_id) if job_id else None
+
+    async def put_result(self, token: str, job: Job) -> bool:
+        data = json.dumps(job, separators=(",", ":"))
+        with _bus_errors("store result"):
+            return bool(await self._redis.set(_result_key(token), data, nx=True, ex=self._ttl))
+
+    async def get_result(self, token: str) -> Job | None:
+        with _bus_errors("read result"):
+            value = await self._redis.get(_result_key(token))
+        result: Any = None if value is None else json.loads(value)
+        return result if isinstance(result, dict) else None
+
+    def tracks(self, token: str) -> bool:
+        return self._tracked.get(token) is not None

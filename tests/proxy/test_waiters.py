@@ -1,0 +1,261 @@
+"""The waiter registry: tokens, holding, resolving, failing and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import re
+
+import pytest
+
+from proxy.errors import AtCapacity, ProxyError, ShuttingDown
+from proxy.waiters import (
+    TOKEN_BYTES,
+    Delivery,
+    Waiter,
+    WaiterRegistry,
+    new_replica_id,
+    replica_of,
+)
+
+JOB = {"id": "abc", "state": "completed"}
+TIMEOUT = 5.0
+
+
+def _random_part(token: str) -> bytes:
+    random_part = token.split(".", 1)[1]
+    return base64.urlsafe_b64decode(random_part + "=" * (-len(random_part) % 4))
+
+
+class HeldRequest:
+    """A task holding a waiter until its future is answered, as a held client request does."""
+
+    def __init__(self, registry: WaiterRegistry) -> None:
+        self.registry = registry
+        self.entered = asyncio.Event()
+        self.waiter: Waiter | None = None
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> dict[str, object]:
+        with self.registry.hold() as waiter:
+            self.waiter = waiter
+            self.entered.set()
+            return await waiter.future
+
+    async def started(self) -> Waiter:
+        async with asyncio.timeout(TIMEOUT):
+            await self.entered.wait()
+        assert self.waiter is not None
+        return self.waiter
+
+    async def outcome(self) -> dict[str, object]:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.task
+
+
+async def test_tokens_are_unique_and_carry_128_random_bits() -> None:
+    """Each token is `<replica>.<random>` with at least 128 random bits, never repeated."""
+    registry = WaiterRegistry("r1", max_pending=10)
+    tokens = set()
+    for _ in range(1_000):
+        with registry.hold() as waiter:
+            tokens.add(waiter.token)
+    assert len(tokens) == 1_000
+    for token in tokens:
+        assert re.fullmatch(r"r1\.[A-Za-z0-9_-]+", token)
+        assert len(_random_part(token)) >= TOKEN_BYTES >= 16
+
+
+async def test_replica_of_names_the_replica_of_a_token() -> None:
+    """replica_of returns the part before the dot, or "" for a token without one."""
+    registry = WaiterRegistry("a1b2c3d4", max_pending=1)
+    with registry.hold() as waiter:
+        assert replica_of(waiter.token) == "a1b2c3d4"
+    assert replica_of("nodot") == ""
+    assert replica_of(".x") == ""
+    assert replica_of("r.x.y") == "r"
+
+
+def test_replica_ids_are_random_hex() -> None:
+    """New replica ids are hex strings that differ from one another."""
+    ids = {new_replica_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(re.fullmatch(r"[0-9a-f]{8}", replica_id) for replica_id in ids)
+
+
+async def test_hold_removes_the_waiter_on_normal_exit() -> None:
+    """A waiter leaves the registry when its block ends normally."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        assert registry.get(waiter.token) is waiter
+        assert len(registry) == 1
+    assert registry.get(waiter.token) is None
+    assert len(registry) == 0
+    assert waiter.future.cancelled()
+
+
+async def test_hold_removes_the_waiter_on_exception() -> None:
+    """A waiter leaves the registry when its block raises."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with pytest.raises(RuntimeError), registry.hold() as waiter:
+        raise RuntimeError("boom")
+    assert registry.get(waiter.token) is None
+    assert len(registry) == 0
+
+
+async def test_hold_removes_the_waiter_on_cancellation() -> None:
+    """A held request that is cancelled while waiting leaves no waiter behind."""
+    registry = WaiterRegistry("r", max_pending=10)
+    held = HeldRequest(registry)
+    waiter = await held.started()
+    held.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held.outcome()
+    assert registry.get(waiter.token) is None
+    assert len(registry) == 0
+
+
+async def test_unread_failure_is_not_reported_as_never_retrieved() -> None:
+    """A waiter failed after its holder stopped reading logs no 'exception never retrieved'."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reports.append(context))
+    try:
+        registry = WaiterRegistry("r", max_pending=10)
+        with registry.hold() as waiter:
+            registry.fail_all(ShuttingDown())
+        assert waiter.future.done()
+        del waiter
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reports == []
+
+
+async def test_at_capacity_refuses_new_waiters() -> None:
+    """Beyond max_pending waiters, hold raises AtCapacity and registers nothing."""
+    registry = WaiterRegistry("r", max_pending=2)
+    with registry.hold(), registry.hold():
+        with pytest.raises(AtCapacity), registry.hold():
+            pass  # pragma: no cover
+        assert len(registry) == 2
+    with registry.hold():
+        assert len(registry) == 1
+    assert len(registry) == 0
+
+
+async def test_resolve_delivers_once() -> None:
+    """resolve answers the held request once; a second result for it is a duplicate."""
+    registry = WaiterRegistry("r", max_pending=10)
+    held = HeldRequest(registry)
+    waiter = await held.started()
+    assert registry.resolve(waiter.token, JOB) is Delivery.OK
+    assert registry.resolve(waiter.token, {"id": "abc", "state": "failed"}) is Delivery.DUPLICATE
+    assert await held.outcome() == JOB
+    assert len(registry) == 0
+
+
+async def test_resolve_after_the_holder_left_is_a_duplicate() -> None:
+    """A result for a token whose waiter has gone is a duplicate, not unknown."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        pass
+    assert registry.resolve(waiter.token, JOB) is Delivery.DUPLICATE
+
+
+async def test_resolve_of_a_never_issued_token_is_unknown() -> None:
+    """A result for a token the registry never issued is unknown."""
+    registry = WaiterRegistry("r", max_pending=10)
+    assert registry.resolve("r.never-issued", JOB) is Delivery.UNKNOWN
+    assert registry.resolve("", JOB) is Delivery.UNKNOWN
+
+
+async def test_fail_all_fails_only_pending_waiters() -> None:
+    """fail_all answers every unanswered waiter with the error and counts them."""
+    registry = WaiterRegistry("r", max_pending=10)
+    answered, pending = HeldRequest(registry), HeldRequest(registry)
+    registry.resolve((await answered.started()).token, JOB)
+    await pending.started()
+    error = ProxyError("stop")
+    assert registry.fail_all(error) == 1
+    assert await answered.outcome() == JOB
+    with pytest.raises(ProxyError) as raised:
+        await pending.outcome()
+    assert raised.value is error
+    assert len(registry) == 0
+    assert registry.fail_all(error) == 0
+
+
+async def test_drain_waits_for_held_waiters_to_finish() -> None:
+    """drain returns as soon as the held waiters are answered, and counts them as answered."""
+    registry = WaiterRegistry("r", max_pending=10)
+    held = HeldRequest(registry)
+    waiter = await held.started()
+    drain = asyncio.ensure_future(registry.drain(timeout=TIMEOUT))
+    await asyncio.sleep(0)  # let drain start waiting
+    assert not drain.done()
+    registry.resolve(waiter.token, JOB)
+    async with asyncio.timeout(TIMEOUT):
+        assert await drain == (1, 0)
+    assert await held.outcome() == JOB
+    assert len(registry) == 0
+
+
+async def test_drain_fails_the_rest_after_the_timeout() -> None:
+    """Waiters still pending when the drain timeout ends are failed with ShuttingDown."""
+    registry = WaiterRegistry("r", max_pending=10)
+    held = HeldRequest(registry)
+    await held.started()
+    async with asyncio.timeout(TIMEOUT):
+        assert await registry.drain(timeout=0.05) == (0, 1)
+    with pytest.raises(ShuttingDown):
+        await held.outcome()
+    assert len(registry) == 0
+
+
+async def test_drain_refuses_new_waiters() -> None:
+    """Once draining, hold raises ShuttingDown."""
+    registry = WaiterRegistry("r", max_pending=10)
+    async with asyncio.timeout(TIMEOUT):
+        assert await registry.drain(timeout=1.0) == (0, 0)
+    with pytest.raises(ShuttingDown), registry.hold():
+        pass  # pragma: no cover
+    assert len(registry) == 0
+
+
+async def test_drain_refuses_new_waiters_while_waiting() -> None:
+    """A request arriving during the drain is refused while the held one still finishes."""
+    registry = WaiterRegistry("r", max_pending=10)
+    held = HeldRequest(registry)
+    waiter = await held.started()
+    drain = asyncio.ensure_future(registry.drain(timeout=TIMEOUT))
+    await asyncio.sleep(0)
+    with pytest.raises(ShuttingDown), registry.hold():
+        pass  # pragma: no cover
+    registry.resolve(waiter.token, JOB)
+    async with asyncio.timeout(TIMEOUT):
+        assert await drain == (1, 0)
+    assert await held.outcome() == JOB
+
+
+async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
+    """After answered, failed, cancelled and raising holders, no waiter is left."""
+    registry = WaiterRegistry("r", max_pending=100)
+    answered = [HeldRequest(registry) for _ in range(5)]
+    cancelled = [HeldRequest(registry) for _ in range(5)]
+    failed = [HeldRequest(registry) for _ in range(5)]
+    for held in answered + cancelled + failed:
+        await held.started()
+    assert len(registry) == 15
+    for held in answered:
+        registry.resolve((await held.started()).token, JOB)
+    for held in cancelled:
+        held.task.cancel()
+    await asyncio.gather(*(held.task for held in answered + cancelled), return_exceptions=True)
+    assert len(registry) == 5
+    assert registry.fail_all(ShuttingDown()) == 5
+    outcomes = await asyncio.gather(*(held.task for held in failed), return_exceptions=True)
+    assert all(isinstance(outcome, ShuttingDown) for outcome in outcomes)
+    assert len(registry) == 0
+    assert list(registry) == []
