@@ -1,0 +1,211 @@
+"""The ``jobserver`` command: serve the simulated job server, or check a proof bundle.
+
+::
+
+    jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
+    jobserver [--config PATH] [--secret S] verify PROOF     # PROOF, or - for stdin
+
+Every setting of :class:`jobserver.config.Settings` is a flag (``--callback-drop-rate``)
+and an environment variable (``JOBSERVER_CALLBACK_DROP_RATE``); ``JOBSERVER_CONFIG``
+names the TOML file when ``--config`` is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from jobserver.app import create_app
+from jobserver.config import (
+    ENV_PREFIX,
+    SETTING_FIELDS,
+    SETTING_TYPES,
+    ConfigError,
+    Settings,
+    flag_name,
+    load_settings,
+)
+from jobserver.proofs import InvalidBundle, verify_bundle
+
+logger = logging.getLogger("jobserver")
+
+EXIT_OK = 0
+PROOF_INVALID = 1
+USAGE_ERROR = 2  # argparse's own exit code
+STARTUP_FAILURE = 3  # as uvicorn's
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+USAGE = """\
+jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
+       jobserver [--config PATH] [--secret SECRET] verify PROOF"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per setting; only the flags given reach :func:`load_settings`."""
+    parser = argparse.ArgumentParser(
+        prog="jobserver",
+        usage=USAGE,
+        description="Simulated job server (serves), or proof bundle checker (verify).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help=f"TOML settings file (env {CONFIG_ENV})"
+    )
+    parser.add_argument(
+        "command",
+        nargs="*",
+        default=[],
+        metavar="verify PROOF",
+        help="check a jobclient proof bundle (- reads it from stdin); exit 0 when valid",
+    )
+    settings = parser.add_argument_group(
+        "settings", f"each also {ENV_PREFIX}<NAME> in the environment, or NAME in the TOML file"
+    )
+    defaults = Settings()
+    for name, spec in SETTING_FIELDS.items():
+        text = f"{spec.metadata['help']} (default: {getattr(defaults, name)})"
+        text = text.replace("%", "%%")
+        if SETTING_TYPES[name] is bool:
+            settings.add_argument(
+                flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=text
+            )
+        else:
+            settings.add_argument(flag_name(name), dest=name, metavar="VALUE", help=text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the ``jobserver`` console script; returns the exit code."""
+    env = os.environ if environ is None else environ
+    parser = build_parser()
+    options = vars(parser.parse_intermixed_args(argv))
+    command: list[str] = options.pop("command", [])
+    config_path: Path | None = options.pop("config", None)
+    if config_path is None and env.get(CONFIG_ENV):
+        config_path = Path(env[CONFIG_ENV])
+    if command and (command[0] != "verify" or len(command) != 2):
+        parser.error("the only command is: verify PROOF")
+    try:
+        settings = load_settings(options, env, config_path)
+    except ConfigError as exc:
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
+    if command:
+        return verify(settings, command[1])
+    return serve(settings)
+
+
+def verify(settings: Settings, proof: str) -> int:
+    """Print one line: the bundle is valid (exit 0), or why it is not (exit 1)."""
+    text = sys.stdin.read() if proof == "-" else proof
+    try:
+        bundle = verify_bundle(settings.secret.encode(), text)
+    except InvalidBundle as exc:
+        print(f"INVALID: {exc}")
+        return PROOF_INVALID
+    print(f"VALID: {len(bundle['jobs'])} jobs of account {bundle['account']!r}, all proofs check")
+    return EXIT_OK
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM or SIGINT; exit 0 then."""
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # httpx logs every request at INFO: one line per callback would swamp a benchmark.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"jobserver: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return STARTUP_FAILURE
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    logger.info("settings: %s", _describe(settings))
+    config = uvicorn.Config(
+        create_app(settings),
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_config=None,  # keep the logging configured above
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        backlog=settings.backlog,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
+        server_header=False,
+    )
+    try:
+        JobServerProcess(config, url).run(sockets=[sock])
+    finally:
+        sock.close()
+    return EXIT_OK
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so that ``--port 0`` yields a port to announce."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class JobServerProcess(uvicorn.Server):
+    """uvicorn's server, announcing the real URL once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, url: str) -> None:
+        super().__init__(config)
+        self.url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            logger.info("jobserver listening on %s", self.url)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises the caught signal after its graceful shutdown, so the process
+        # would die of it; handling it on the loop instead lets a clean stop exit 0.
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+
+def _describe(settings: Settings) -> str:
+    """The settings that differ from the defaults (secrets masked), for the start-up log."""
+    defaults = Settings()
+    changed = []
+    for name in SETTING_FIELDS:
+        value = getattr(settings, name)
+        if value != getattr(defaults, name):
+            shown = "***" if "secret" in name else repr(value)
+            changed.append(f"{name}={shown}")
+    return ", ".join(changed) or "all defaults"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

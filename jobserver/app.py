@@ -1,0 +1,313 @@
+"""The job server's Starlette app: routes, request checks, error mapping and lifespan.
+
+Errors, all answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the one
+``EXCEPTION_HANDLERS`` table::
+
+    ApiError                    status and word set per subclass
+    ├── BadRequest              400 bad_request: the body is not a valid request
+    ├── BodyTooLarge            413 body_too_large
+    ├── JobNotFound             404 not_found
+    ├── InvalidProof            422 invalid_proof
+    ├── StartRefused            5xx start_failed: an injected /start fault
+    └── RequestTimeout          504 timeout: /start did not end within request_timeout
+    jobs.QueueFull              503 busy, with Retry-After
+    starlette HTTPException     its status (404, 405 ...), word from the status phrase
+    anything else               500 internal_error
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, TypedDict
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jobserver.callbacks import CallbackSender, build_callback_client
+from jobserver.config import Settings
+from jobserver.faults import FaultInjector, RandomStreams
+from jobserver.jobs import AccountGate, JobRunner, JobStore, QueueFull
+from jobserver.openapi import ACCOUNT_MAX_LENGTH, CALLBACK_MAX_LENGTH, openapi_document
+from jobserver.proofs import InvalidBundle, verify_bundle
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered to the client; subclasses set the status and the word."""
+
+    status = 500
+    error = "internal_error"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BadRequest(ApiError):
+    status = 400
+    error = "bad_request"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    error = "body_too_large"
+
+
+class JobNotFound(ApiError):
+    status = 404
+    error = "not_found"
+
+
+class InvalidProof(ApiError):
+    status = 422
+    error = "invalid_proof"
+
+
+class StartRefused(ApiError):
+    error = "start_failed"
+
+    def __init__(self, status: int, detail: str) -> None:
+        # A 503 tells the client when to come back, as a real overloaded server would.
+        super().__init__(detail, retry_after=1 if status == 503 else None)
+        self.status = status
+
+
+class RequestTimeout(ApiError):
+    status = 504
+    error = "timeout"
+
+
+class AppState(TypedDict):
+    """What the lifespan yields; handlers reach it as ``request.state``."""
+
+    settings: Settings
+    store: JobStore
+    gate: AccountGate
+    runner: JobRunner
+    faults: FaultInjector
+    callbacks: CallbackSender
+    openapi: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    account: str
+    wait: bool
+    callback: str | None
+
+
+def _error_response(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
+    return _error_response(exc.status, exc.error, exc.detail, headers)
+
+
+async def _queue_full(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueueFull)
+    headers = {"retry-after": str(exc.retry_after)}
+    return _error_response(503, "busy", str(exc), headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    word = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return _error_response(exc.status_code, word, exc.detail, exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error_response(500, "internal_error", "the job server failed to handle the request")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    QueueFull: _queue_full,
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
+
+
+async def _read_body(request: Request[Any], limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host) and not url.userinfo
+
+
+def parse_start_request(body: bytes) -> StartRequest:
+    """Check a ``/start`` body; :class:`BadRequest` names the first field that is wrong."""
+    document = _json_object(body)
+    if "account" not in document:
+        raise BadRequest("account is required")
+    account = document["account"]
+    if not isinstance(account, str):
+        raise BadRequest("account must be a string")
+    if not 1 <= len(account) <= ACCOUNT_MAX_LENGTH:
+        raise BadRequest(f"account must be 1 to {ACCOUNT_MAX_LENGTH} characters long")
+    wait = document.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest("wait must be a boolean")
+    callback = document.get("callback")
+    if "callback" in document:
+        if not isinstance(callback, str) or not _is_http_url(callback):
+            raise BadRequest("callback must be an absolute http or https URL")
+        if len(callback) > CALLBACK_MAX_LENGTH:
+            raise BadRequest(f"callback must be at most {CALLBACK_MAX_LENGTH} characters long")
+        return StartRequest(account, wait, callback)
+    return StartRequest(account, wait, None)
+
+
+async def start(request: Request[AppState]) -> Response:
+    """``POST /start``: one request at a time per account, for the whole handling."""
+    state = request.state
+    settings = state["settings"]
+    start_request = parse_start_request(await _read_body(request, settings.max_body_size))
+    deadline = asyncio.timeout(settings.request_timeout)
+    try:
+        async with deadline, state["gate"].hold(start_request.account):
+            body = await _start_in_gate(state, start_request)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise RequestTimeout(
+            f"the request did not end within request_timeout ({settings.request_timeout:g} s)"
+        ) from None
+    return JSONResponse(body)
+
+
+async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
+    faults = state["faults"]
+    if faults.start_latency > 0:
+        await asyncio.sleep(faults.start_latency)
+    refusal = faults.start_refusal()
+    if refusal is not None:
+        raise StartRefused(*refusal)
+    job = state["runner"].submit(start_request.account, start_request.callback)
+    if not start_request.wait:
+        return {"state": "running", "id": job.id}
+    # No deadline of its own: the caller's request_timeout bounds this wait.
+    await job.finished.wait()
+    return job.to_json()
+
+
+async def status(request: Request[AppState]) -> Response:
+    """``GET /status/{job_id}``: the job as it stands."""
+    job_id = request.path_params["job_id"]
+    job = request.state["store"].get(job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}: unknown, or finished longer than status_ttl ago")
+    return JSONResponse(job.to_json())
+
+
+async def verify(request: Request[AppState]) -> Response:
+    """``POST /verify``: check a jobclient proof bundle against this server's secret."""
+    settings = request.state["settings"]
+    document = _json_object(await _read_body(request, settings.max_proof_size))
+    proof = document.get("proof")
+    if not isinstance(proof, str) or not proof:
+        raise BadRequest("proof must be a non-empty string")
+    try:
+        bundle = verify_bundle(settings.secret.encode(), proof)
+    except InvalidBundle as exc:
+        raise InvalidProof(str(exc)) from None
+    return JSONResponse({"valid": True, "account": bundle["account"], "jobs": len(bundle["jobs"])})
+
+
+async def healthz(request: Request[AppState]) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def openapi(request: Request[AppState]) -> Response:
+    return JSONResponse(request.state["openapi"])
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The job server as an ASGI app; its lifespan owns every resource."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
+        streams = RandomStreams(settings.seed)
+        faults = FaultInjector(settings, streams)
+        store = JobStore(settings.status_ttl)
+        async with build_callback_client(settings) as client:
+            callbacks = CallbackSender(client, settings, faults, streams)
+            runner = JobRunner(settings, store, faults, streams, callbacks.job_finished)
+            try:
+                yield AppState(
+                    settings=settings,
+                    store=store,
+                    gate=AccountGate(),
+                    runner=runner,
+                    faults=faults,
+                    callbacks=callbacks,
+                    openapi=openapi_document(settings),
+                )
+            finally:
+                # Jobs first, since a finishing job schedules a callback; then deliveries;
+                # the client closes when the block ends.
+                jobs_cancelled = await runner.close(settings.shutdown_timeout)
+                deliveries_cancelled = await callbacks.close(settings.shutdown_timeout)
+                logger.info(
+                    "stopped: %d jobs completed, %d failed, %d cancelled; callbacks: "
+                    "%d delivered, %d rejected, %d abandoned, %d cancelled; faults: %s",
+                    runner.completed,
+                    runner.failed,
+                    jobs_cancelled,
+                    callbacks.delivered,
+                    callbacks.rejected,
+                    callbacks.abandoned,
+                    deliveries_cancelled,
+                    ", ".join(f"{name} {count}" for name, count in faults.injected.items()),
+                )
+
+    routes = [
+        Route("/start", start, methods=["POST"]),
+        Route("/status/{job_id}", status, methods=["GET"]),
+        Route("/verify", verify, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

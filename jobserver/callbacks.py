@@ -1,0 +1,214 @@
+"""Callback delivery: POST the finished job's JSON to its callback URL, signed, with retries.
+
+Signing follows the Standard Webhooks scheme when ``callback_secret`` is set:
+``webhook-id`` (one id per delivery, the same on every retry and on an injected
+duplicate, so receivers can de-duplicate), ``webhook-timestamp`` (unix seconds of the
+attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>``.
+
+Connection errors, timeouts and 5xx answers are retried with capped exponential backoff
+and jitter, up to ``callback_attempts`` attempts; any other answer is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from jobserver.config import Settings, webhook_key
+from jobserver.faults import FaultInjector, RandomStreams
+from jobserver.jobs import Job
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "jobserver-callbacks/0.1"
+MESSAGE_ID_BYTES = 12
+
+
+def webhook_signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256(key, f"{message_id}.{timestamp}.{body}")>``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def build_callback_client(settings: Settings) -> httpx.AsyncClient:
+    """The pooled client of all deliveries; the app's lifespan owns and closes it.
+
+    Pool limits are generous because a benchmark may finish 10,000 jobs at once, and the
+    simulator must not be what limits it. The aiohttp transport is the default: httpx's
+    own pool collapses at that concurrency (DESIGN §1).
+    """
+    limits = httpx.Limits(
+        max_connections=settings.callback_connections,
+        max_keepalive_connections=settings.callback_connections,
+    )
+    transport: httpx.AsyncBaseTransport
+    if settings.callback_transport == "aiohttp":
+        transport = AiohttpTransport(limits=limits, trust_env=False)
+    else:
+        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(settings.callback_timeout),
+        # Callback URLs are sent as given: no proxies from the environment, no redirects.
+        trust_env=False,
+        follow_redirects=False,
+        headers={"user-agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    verdict: Literal["delivered", "rejected", "retry"]
+    outcome: str
+
+
+class CallbackSender:
+    """Delivers callbacks in tasks it owns; :meth:`close` cancels what is left."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        faults: FaultInjector,
+        streams: RandomStreams,
+    ) -> None:
+        self._client = client
+        self._key = webhook_key(settings.callback_secret) if settings.callback_secret else None
+        self._attempts = settings.callback_attempts
+        self._timeout = settings.callback_timeout
+        self._backoff = settings.callback_backoff
+        self._backoff_max = settings.callback_backoff_max
+        self._faults = faults
+        self._streams = streams
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.delivered = 0
+        self.rejected = 0
+        self.abandoned = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def job_finished(self, job: Job) -> None:
+        """Send the finished job to its callback URL, if it has one."""
+        if job.callback is not None:
+            self.schedule(job.callback, job.to_json(), job.id)
+
+    def schedule(self, url: str, payload: dict[str, str], job_id: str) -> None:
+        """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults)."""
+        copies = self._faults.callback_copies()
+        if copies == 0:
+            logger.debug("job %s: callback to %s dropped (injected fault)", job_id, url)
+            return
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        message_id = "msg_" + self._streams.token_hex("message-ids", MESSAGE_ID_BYTES)
+        for _ in range(copies):
+            task = asyncio.create_task(
+                self._deliver(url, body, message_id, job_id), name=f"callback-{job_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> int:
+        """Wait (at most ``timeout``) for the deliveries under way; return how many are left."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        return len(self._tasks)
+
+    async def close(self, timeout: float) -> int:
+        """Cancel every unfinished delivery and wait (at most ``timeout``); return the count."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return len(tasks)
+
+    def headers(self, message_id: str, body: bytes) -> dict[str, str]:
+        """The request headers of one attempt, signed when a callback secret is set."""
+        headers = {"content-type": "application/json"}
+        if self._key is not None:
+            timestamp = int(time.time())
+            headers["webhook-id"] = message_id
+            headers["webhook-timestamp"] = str(timestamp)
+            headers["webhook-signature"] = webhook_signature(self._key, message_id, timestamp, body)
+        return headers
+
+    async def _deliver(self, url: str, body: bytes, message_id: str, job_id: str) -> None:
+        delay = self._faults.callback_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for attempt in range(1, self._attempts + 1):
+            result = await self._attempt(url, body, message_id)
+            if result.verdict == "delivered":
+                self.delivered += 1
+                logger.debug("job %s: callback delivered to %s (%s)", job_id, url, result.outcome)
+                return
+            if result.verdict == "rejected":
+                self.rejected += 1
+                logger.warning(
+                    "job %s: callback to %s rejected with %s; not retried",
+                    job_id,
+                    url,
+                    result.outcome,
+                )
+                return
+            if attempt == self._attempts:
+                break
+            pause = self.retry_delay(attempt)
+            logger.warning(
+                "job %s: callback to %s, attempt %d of %d: %s; retrying in %.2f s",
+                job_id,
+                url,
+                attempt,
+                self._attempts,
+                result.outcome,
+                pause,
+            )
+            await asyncio.sleep(pause)
+        self.abandoned += 1
+        logger.error(
+            "job %s: callback to %s abandoned after %d attempts: %s",
+            job_id,
+            url,
+            self._attempts,
+            result.outcome,
+        )
+
+    async def _attempt(self, url: str, body: bytes, message_id: str) -> _Attempt:
+        try:
+            # The transport's own timeouts do not bound the whole exchange; this does.
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(
+                    url, content=body, headers=self.headers(message_id, body)
+                )
+        except TimeoutError:
+            return _Attempt("retry", f"no answer within {self._timeout:g} s")
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            # aiohttp errors the transport does not translate (a malformed answer) land here;
+            # a translated error names its aiohttp cause, which says more.
+            cause = exc.__cause__ or exc
+            return _Attempt("retry", f"{type(cause).__name__}: {cause}")
+        status = f"HTTP {response.status_code}"
+        if response.status_code >= 500:
+            return _Attempt("retry", status)
+        if response.status_code >= 400:
+            return _Attempt("rejected", status)
+        return _Attempt("delivered", status)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Capped exponential backoff with "equal jitter": between half and all of the step."""
+        step = min(self._backoff_max, self._backoff * 2.0 ** (attempt - 1))
+        return step / 2 + self._streams.stream("backoff").uniform(0, step / 2)

@@ -1,0 +1,245 @@
+"""Jobs: the store behind ``/status``, the per-account gate and the runner.
+
+A job is created by ``/start`` inside its account's gate, runs for a random duration
+(the ``job_duration`` distribution) in a task the :class:`JobRunner` owns, then
+completes with a proof or fails with an error. Finished jobs stay in the
+:class:`JobStore` for ``status_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+
+from jobserver.config import Settings
+from jobserver.faults import FaultInjector, RandomStreams
+from jobserver.proofs import make_proof
+
+logger = logging.getLogger(__name__)
+
+JOB_ID_BYTES = 8  # 16 hex digits
+
+
+class JobState(str, Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-25T13:09:06.123Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One job. A job waiting for a ``max_running`` slot is running without ``startedAt``."""
+
+    id: str
+    account: str
+    callback: str | None
+    state: JobState = JobState.RUNNING
+    started_at: str | None = None
+    proof: str | None = None
+    error: str | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> dict[str, str]:
+        """The job as ``/status``, ``wait: true`` and callbacks show it."""
+        body = {"id": self.id, "state": self.state.value}
+        if self.started_at is not None:
+            body["startedAt"] = self.started_at
+        if self.proof is not None:
+            body["proof"] = self.proof
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+class JobStore:
+    """Jobs by id; finished ones are evicted ``ttl`` seconds after they end.
+
+    Every job gets the same TTL, so finish order is expiry order: a deque of
+    ``(expires_at, id)`` is evicted from its left end on each access, in amortised O(1).
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._expiry: deque[tuple[float, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def add(self, job: Job) -> None:
+        self._evict_expired()
+        self._jobs[job.id] = job
+
+    def get(self, job_id: str) -> Job | None:
+        self._evict_expired()
+        return self._jobs.get(job_id)
+
+    def finished(self, job: Job) -> None:
+        """Start the TTL of a job that has just ended."""
+        self._expiry.append((self._clock() + self._ttl, job.id))
+        self._evict_expired()
+
+    def _evict_expired(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, job_id = self._expiry.popleft()
+            self._jobs.pop(job_id, None)
+
+
+@dataclass(slots=True)
+class _GateSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class AccountGate:
+    """One request at a time per account, first come first served.
+
+    ``asyncio.Lock`` wakes its waiters in FIFO order. A slot lives only while someone
+    holds or waits for it, so idle accounts cost no memory.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _GateSlot] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, account: str) -> AsyncIterator[None]:
+        """Wait for the account's turn and keep it until the block ends (the caller's deadline)."""
+        slot = self._slots.get(account)
+        if slot is None:
+            slot = self._slots[account] = _GateSlot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._slots[account]
+
+
+class QueueFull(Exception):
+    """``max_running`` jobs run and ``queue_size`` more wait: no room for another."""
+
+    def __init__(self, running: int, queued: int, retry_after: int) -> None:
+        super().__init__(
+            f"the job server is at capacity: {running} jobs running and {queued} queued"
+        )
+        self.retry_after = retry_after
+
+
+class JobRunner:
+    """Creates jobs and runs each in an owned task, within the ``max_running`` bound."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        faults: FaultInjector,
+        streams: RandomStreams,
+        on_finished: Callable[[Job], None],
+    ) -> None:
+        self._secret = settings.secret.encode()
+        self._duration_mean = settings.job_duration
+        self._duration_spread = settings.job_duration_spread
+        self._max_running = settings.max_running
+        self._queue_size = settings.queue_size
+        self._slots = asyncio.Semaphore(settings.max_running) if settings.max_running else None
+        self._store = store
+        self._faults = faults
+        self._streams = streams
+        self._on_finished = on_finished
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self.completed = 0
+        self.failed = 0
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def admitted(self) -> int:
+        """Jobs queued or running."""
+        return len(self._tasks)
+
+    def submit(self, account: str, callback: str | None) -> Job:
+        """Create a job and start it; raise :class:`QueueFull` when there is no room."""
+        if self._max_running and len(self._tasks) >= self._max_running + self._queue_size:
+            retry_after = max(1, math.ceil(self._duration_mean))
+            raise QueueFull(self._running, len(self._tasks) - self._running, retry_after)
+        job = Job(self._new_id(), account, callback)
+        self._store.add(job)
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def close(self, timeout: float) -> int:
+        """Cancel every unfinished job and wait (at most ``timeout``) for them; return the count."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return len(tasks)
+
+    def _new_id(self) -> str:
+        while True:
+            job_id = self._streams.token_hex("job-ids", JOB_ID_BYTES)
+            if job_id not in self._store:
+                return job_id
+
+    def draw_duration(self) -> float:
+        """A job duration from the configured distribution, never negative."""
+        rng = self._streams.stream("durations")
+        if self._duration_spread == 0:
+            return self._duration_mean
+        return max(0.0, rng.gauss(self._duration_mean, self._duration_spread))
+
+    async def _run(self, job: Job) -> None:
+        if self._slots is None:
+            await self._execute(job)
+        else:
+            async with self._slots:
+                await self._execute(job)
+
+    async def _execute(self, job: Job) -> None:
+        self._running += 1
+        try:
+            job.started_at = utc_timestamp(datetime.now(UTC))
+            await asyncio.sleep(self.draw_duration())
+        finally:
+            self._running -= 1
+        error = self._faults.job_error()
+        if error is None:
+            job.proof = make_proof(self._secret, job.id, job.account, job.started_at)
+            job.state = JobState.COMPLETED
+            self.completed += 1
+        else:
+            job.error = error
+            job.state = JobState.FAILED
+            self.failed += 1
+        self._store.finished(job)
+        job.finished.set()
+        self._on_finished(job)

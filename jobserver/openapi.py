@@ -1,0 +1,212 @@
+"""The OpenAPI 3 description of the job server's API, served at ``GET /openapi.json``.
+
+Written by hand so that it states the same limits the handlers enforce (body sizes come
+from the settings); schemathesis fuzzes the server against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobserver.config import Settings
+
+ACCOUNT_MAX_LENGTH = 256
+CALLBACK_MAX_LENGTH = 2048
+JOB_ID_PATTERN = "^[0-9a-f]{16}$"
+STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+PROOF_PATTERN = "^[0-9A-F]{40}$"
+CALLBACK_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$"
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}, **extra}
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    if not retry_after:
+        return _json(_ref("Error"), description)
+    headers = {
+        "Retry-After": {
+            "description": "seconds to wait before trying again",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    }
+    return _json(_ref("Error"), description, headers=headers)
+
+
+def _schemas() -> dict[str, Any]:
+    job_id = {"type": "string", "pattern": JOB_ID_PATTERN}
+    return {
+        "StartRequest": {
+            "type": "object",
+            "required": ["account"],
+            "properties": {
+                "account": {"type": "string", "minLength": 1, "maxLength": ACCOUNT_MAX_LENGTH},
+                "wait": {"type": "boolean", "default": False},
+                "callback": {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": CALLBACK_MAX_LENGTH,
+                    "pattern": CALLBACK_PATTERN,
+                    "description": "absolute http(s) URL; the finished job is POSTed to it",
+                },
+            },
+        },
+        "JobStarted": {
+            "type": "object",
+            "required": ["id", "state"],
+            "properties": {"id": job_id, "state": {"type": "string", "enum": ["running"]}},
+        },
+        "Job": {
+            "type": "object",
+            "required": ["id", "state"],
+            "properties": {
+                "id": job_id,
+                "state": {"type": "string", "enum": ["running", "completed", "failed"]},
+                "startedAt": {"type": "string", "pattern": STARTED_AT_PATTERN},
+                "proof": {"type": "string", "pattern": PROOF_PATTERN},
+                "error": {"type": "string"},
+            },
+        },
+        "VerifyRequest": {
+            "type": "object",
+            "required": ["proof"],
+            "properties": {"proof": {"type": "string", "minLength": 1}},
+        },
+        "VerifyResult": {
+            "type": "object",
+            "required": ["valid", "account", "jobs"],
+            "properties": {
+                "valid": {"type": "boolean", "enum": [True]},
+                "account": {"type": "string"},
+                "jobs": {"type": "integer", "minimum": 1},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error", "detail"],
+            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+        },
+    }
+
+
+def _callbacks() -> dict[str, Any]:
+    signature_headers = [
+        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    ]
+    return {
+        "jobFinished": {
+            "{$request.body#/callback}": {
+                "post": {
+                    "summary": "The finished job, signed when a callback secret is configured",
+                    "parameters": signature_headers,
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Job")}}},
+                    "responses": {"2XX": {"description": "received"}},
+                }
+            }
+        }
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of this server's API."""
+    too_large = "the body is larger than {} bytes"
+    start_responses = {
+        "200": _json(
+            {"oneOf": [_ref("JobStarted"), _ref("Job")]},
+            "wait false: the job is running; wait true: the finished job",
+        ),
+        "400": _error("the body is not a valid start request; the detail names the field"),
+        "413": _error(too_large.format(settings.max_body_size)),
+        "500": _error("an injected fault, or a bug"),
+        "503": _error(
+            "at capacity (max_running + queue_size), or an injected fault", retry_after=True
+        ),
+        "504": _error("the request did not end within request_timeout"),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "jobserver",
+            "version": "0.1.0",
+            "description": (
+                "A simulated job server: one request at a time per account, jobs that run "
+                "for a while, proofs of completion and signed callbacks."
+            ),
+        },
+        "paths": {
+            "/start": {
+                "post": {
+                    "summary": "Start a job; requests of one account are served one at a time",
+                    "operationId": "start",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": _ref("StartRequest")}},
+                    },
+                    "responses": start_responses,
+                    "callbacks": _callbacks(),
+                }
+            },
+            "/status/{job_id}": {
+                "get": {
+                    "summary": "A job as it stands; finished jobs are kept for status_ttl seconds",
+                    "operationId": "status",
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Job"), "the job"),
+                        "404": _error("no such job, or it expired"),
+                    },
+                }
+            },
+            "/verify": {
+                "post": {
+                    "summary": "Check a jobclient proof bundle against this server's secret",
+                    "operationId": "verify",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": _ref("VerifyRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("VerifyResult"), "every proof in the bundle is valid"),
+                        "400": _error("the body is not a valid verify request"),
+                        "413": _error(too_large.format(settings.max_proof_size)),
+                        "422": _error("the bundle is damaged or a proof is invalid"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "healthz",
+                    "responses": {"200": _json(_ref("Health"), "the server is up")},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+                }
+            },
+        },
+        "components": {"schemas": _schemas()},
+    }

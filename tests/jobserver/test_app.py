@@ -1,0 +1,294 @@
+"""The job server's HTTP API, in-process (ASGITransport inside the app's lifespan)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from jobserver.proofs import encode_bundle, make_proof
+from tests.jobserver.servers import callback_receiver, jobserver_client
+
+SECRET = "test-secret"
+STARTED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def independent_proof(job_id: str, account: str, started_at: str) -> str:
+    message = f"{job_id}:{account}:{started_at}".encode()
+    return hmac.new(SECRET.encode(), message, hashlib.sha1).hexdigest().upper()
+
+
+async def start(client: httpx.AsyncClient, account: str, **fields: Any) -> httpx.Response:
+    return await client.post("/start", json={"account": account, **fields})
+
+
+async def test_wait_true_returns_the_completed_job_with_a_valid_proof() -> None:
+    """wait: true holds the request until the job ends and answers id, state, startedAt, proof."""
+    async with jobserver_client(secret=SECRET) as client:
+        response = await start(client, "acme", wait=True)
+    assert response.status_code == 200
+    job = response.json()
+    assert set(job) == {"id", "state", "startedAt", "proof"}
+    assert job["state"] == "completed"
+    assert JOB_ID.match(job["id"])
+    assert STARTED_AT.match(job["startedAt"])
+    assert job["proof"] == independent_proof(job["id"], "acme", job["startedAt"])
+
+
+async def test_wait_false_answers_running_at_once_and_status_shows_the_job() -> None:
+    """wait: false answers {state: running, id} before the job ends; /status shows it."""
+    async with jobserver_client(job_duration=5.0) as client:
+        began = time.monotonic()
+        response = await start(client, "acme")
+        assert time.monotonic() - began < 1.0
+        assert response.status_code == 200
+        assert response.json() == {"state": "running", "id": response.json()["id"]}
+        status = await client.get(f"/status/{response.json()['id']}")
+    assert status.status_code == 200
+    assert status.json()["state"] == "running"
+    assert status.json()["id"] == response.json()["id"]
+
+
+async def test_status_of_a_finished_job_is_the_job_json() -> None:
+    """After the job ends, /status answers the same JSON wait: true answered."""
+    async with jobserver_client() as client:
+        job = (await start(client, "acme", wait=True)).json()
+        status = await client.get(f"/status/{job['id']}")
+    assert status.status_code == 200
+    assert status.json() == job
+
+
+async def test_finished_jobs_are_evicted_after_the_ttl() -> None:
+    """With status_ttl 0 a finished job is gone at once: /status answers 404 JSON."""
+    async with jobserver_client(status_ttl=0) as client:
+        job = (await start(client, "acme", wait=True)).json()
+        status = await client.get(f"/status/{job['id']}")
+    assert status.status_code == 404
+    assert status.json()["error"] == "not_found"
+
+
+async def test_unknown_job_is_404_json() -> None:
+    """/status of an id never issued answers 404 with the error schema."""
+    async with jobserver_client() as client:
+        response = await client.get("/status/0123456789abcdef")
+    assert response.status_code == 404
+    assert set(response.json()) == {"error", "detail"}
+
+
+async def test_one_account_is_served_one_request_at_a_time() -> None:
+    """Four wait: true jobs of one account take at least four job durations."""
+    duration = 0.2
+    async with jobserver_client(job_duration=duration) as client:
+        began = time.monotonic()
+        responses = await asyncio.gather(*(start(client, "acme", wait=True) for _ in range(4)))
+        elapsed = time.monotonic() - began
+    assert all(r.json()["state"] == "completed" for r in responses)
+    assert elapsed >= 4 * duration - 0.01
+    started = sorted(r.json()["startedAt"] for r in responses)
+    assert len(set(started)) == 4
+
+
+async def test_different_accounts_do_not_block_each_other() -> None:
+    """Four wait: true jobs of four accounts take about one job duration."""
+    duration = 0.2
+    async with jobserver_client(job_duration=duration) as client:
+        began = time.monotonic()
+        responses = await asyncio.gather(*(start(client, f"a{i}", wait=True) for i in range(4)))
+        elapsed = time.monotonic() - began
+    assert all(r.json()["state"] == "completed" for r in responses)
+    assert elapsed < 3 * duration
+
+
+async def test_wait_false_requests_of_one_account_are_not_held_by_the_job() -> None:
+    """The gate is held only while /start is handled: wait: false jobs overlap."""
+    async with jobserver_client(job_duration=5.0) as client:
+        began = time.monotonic()
+        responses = await asyncio.gather(*(start(client, "acme") for _ in range(10)))
+        elapsed = time.monotonic() - began
+    assert all(r.status_code == 200 for r in responses)
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{not json", "JSON"),
+        (b"[1, 2]", "object"),
+        (b'"acme"', "object"),
+        (b"{}", "account"),
+        (b'{"account": ""}', "account"),
+        (b'{"account": 42}', "account"),
+        (b'{"account": null}', "account"),
+        (json.dumps({"account": "x" * 257}).encode(), "account"),
+        (b'{"account": "acme", "wait": "yes"}', "wait"),
+        (b'{"account": "acme", "wait": 1}', "wait"),
+        (b'{"account": "acme", "wait": null}', "wait"),
+        (b'{"account": "acme", "callback": "/relative"}', "callback"),
+        (b'{"account": "acme", "callback": "ftp://host/x"}', "callback"),
+        (b'{"account": "acme", "callback": "http://"}', "callback"),
+        (b'{"account": "acme", "callback": 7}', "callback"),
+        (b'{"account": "acme", "callback": null}', "callback"),
+        (b"\xff\xfe", "JSON"),
+    ],
+)
+async def test_bad_start_bodies_are_400_naming_the_field(body: bytes, field: str) -> None:
+    """Each malformed /start body is answered 400 bad_request with a detail naming the field."""
+    async with jobserver_client() as client:
+        response = await client.post("/start", content=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+    assert field in response.json()["detail"]
+
+
+async def test_account_of_256_characters_is_accepted() -> None:
+    """The account length bound is inclusive: 256 characters start a job."""
+    async with jobserver_client() as client:
+        response = await start(client, "x" * 256)
+    assert response.status_code == 200
+
+
+async def test_oversized_body_is_413_json() -> None:
+    """A body over max_body_size is refused with 413 JSON."""
+    async with jobserver_client(max_body_size=100) as client:
+        response = await start(client, "a" * 200)
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+async def test_oversized_chunked_body_is_413_json() -> None:
+    """A body without Content-Length is counted as it arrives and refused past the limit."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 50
+
+    async with jobserver_client(max_body_size=100) as client:
+        response = await client.post("/start", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+async def test_unknown_route_and_wrong_method_are_json() -> None:
+    """404 and 405 from the router use the error schema too."""
+    async with jobserver_client() as client:
+        missing = await client.get("/nowhere")
+        wrong_method = await client.get("/start")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "not_found", "detail": "Not Found"}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"] == "method_not_allowed"
+    assert "POST" in wrong_method.headers["allow"]
+
+
+async def test_queue_full_is_503_with_retry_after() -> None:
+    """With max_running 1 and queue_size 1, a third concurrent job is refused 503 + Retry-After."""
+    async with jobserver_client(job_duration=5.0, max_running=1, queue_size=1) as client:
+        first = await start(client, "a")
+        second = await start(client, "b")
+        third = await start(client, "c")
+    assert first.status_code == second.status_code == 200
+    assert third.status_code == 503
+    assert third.json()["error"] == "busy"
+    assert int(third.headers["retry-after"]) >= 1
+
+
+async def test_queued_jobs_run_when_a_slot_frees() -> None:
+    """With max_running 1, two jobs of two accounts run one after the other."""
+    duration = 0.15
+    async with jobserver_client(job_duration=duration, max_running=1, queue_size=5) as client:
+        began = time.monotonic()
+        responses = await asyncio.gather(
+            start(client, "a", wait=True), start(client, "b", wait=True)
+        )
+        elapsed = time.monotonic() - began
+    assert [r.json()["state"] for r in responses] == ["completed", "completed"]
+    assert elapsed >= 2 * duration - 0.01
+
+
+async def test_healthz() -> None:
+    """/healthz answers {status: ok}."""
+    async with jobserver_client() as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_openapi_document_describes_every_route() -> None:
+    """/openapi.json is an OpenAPI 3 document with the routes and the request constraints."""
+    async with jobserver_client() as client:
+        document = (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {
+        "/start",
+        "/status/{job_id}",
+        "/verify",
+        "/healthz",
+        "/openapi.json",
+    }
+    account = document["components"]["schemas"]["StartRequest"]["properties"]["account"]
+    assert (account["minLength"], account["maxLength"]) == (1, 256)
+    assert "Error" in document["components"]["schemas"]
+
+
+async def test_verify_accepts_a_bundle_of_real_proofs() -> None:
+    """POST /verify answers valid, the account and the job count for genuine proofs."""
+    async with jobserver_client(secret=SECRET) as client:
+        jobs = [(await start(client, "acme", wait=True)).json() for _ in range(2)]
+        bundle = encode_bundle(
+            {
+                "account": "acme",
+                "jobs": [{k: job[k] for k in ("id", "startedAt", "proof")} for job in jobs],
+                "timings": {},
+            }
+        )
+        response = await client.post("/verify", json={"proof": bundle})
+    assert response.status_code == 200
+    assert response.json() == {"valid": True, "account": "acme", "jobs": 2}
+
+
+async def test_verify_refuses_a_forged_bundle_with_422() -> None:
+    """A bundle whose proof was made with another secret is 422 invalid_proof."""
+    forged = make_proof(b"not-the-secret", "0123456789abcdef", "acme", "2026-01-01T00:00:00.000Z")
+    bundle = encode_bundle(
+        {
+            "account": "acme",
+            "jobs": [
+                {"id": "0123456789abcdef", "startedAt": "2026-01-01T00:00:00.000Z", "proof": forged}
+            ],
+        }
+    )
+    async with jobserver_client(secret=SECRET) as client:
+        response = await client.post("/verify", json={"proof": bundle})
+        garbage = await client.post("/verify", json={"proof": "bm90IGEgYnVuZGxl"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_proof"
+    assert "invalid proof" in response.json()["detail"]
+    assert garbage.status_code == 422
+
+
+@pytest.mark.parametrize("body", [b"nope", b"{}", b'{"proof": 3}', b'{"proof": ""}'])
+async def test_verify_bad_body_is_400(body: bytes) -> None:
+    """A /verify body without a proof string is 400 naming proof or the JSON."""
+    async with jobserver_client() as client:
+        response = await client.post("/verify", content=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+
+
+async def test_a_job_with_a_callback_is_visible_in_status_once_delivered() -> None:
+    """When the callback of a wait: false job arrives, /status shows the same finished job."""
+    async with callback_receiver() as receiver, jobserver_client() as client:
+        started = await start(client, "acme", callback=f"{receiver.url}/cb")
+        delivery = await receiver.next()
+        status = await client.get(f"/status/{started.json()['id']}")
+    assert json.loads(delivery.body) == status.json()
+    assert status.json()["state"] == "completed"

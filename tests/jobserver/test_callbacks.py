@@ -1,0 +1,220 @@
+"""Callback delivery: signing, retries, final answers, and real deliveries over sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from jobserver.callbacks import CallbackSender, build_callback_client, webhook_signature
+from jobserver.config import Settings
+from jobserver.faults import FaultInjector, RandomStreams
+from tests.jobserver.servers import callback_receiver, expected_signature, jobserver_client
+
+WAIT = 5.0
+WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+PAYLOAD = {"id": "0123456789abcdef", "state": "completed"}
+
+Answer = Callable[[httpx.Request], httpx.Response]
+
+
+@asynccontextmanager
+async def sender_with(
+    answer: Answer, **overrides: Any
+) -> AsyncIterator[tuple[CallbackSender, list[httpx.Request]]]:
+    """A CallbackSender whose client is answered by ``answer``; yields it and the requests."""
+    settings = Settings(**{"callback_backoff": 0.001, "seed": 1, **overrides})
+    streams = RandomStreams(settings.seed)
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answer(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        try:
+            yield sender, requests
+        finally:
+            await sender.close(WAIT)
+
+
+def answers(*statuses: int | Exception) -> Answer:
+    """Answer with each status (or raise each exception) in turn, then 200."""
+    pending = list(statuses)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        outcome = pending.pop(0) if pending else 200
+        if isinstance(outcome, Exception):
+            raise outcome
+        return httpx.Response(outcome)
+
+    return answer
+
+
+def test_signature_matches_an_independent_computation() -> None:
+    """webhook_signature is v1, base64 HMAC-SHA256 over id.timestamp.body."""
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": "1700000000"}
+    body = b'{"id":"x"}'
+    key = base64.b64decode(WHSEC.removeprefix("whsec_"))
+    assert webhook_signature(key, "msg_1", 1700000000, body) == expected_signature(
+        WHSEC, headers, body
+    )
+
+
+async def test_unsigned_when_no_secret() -> None:
+    """Without callback_secret, no webhook-* headers are sent."""
+    async with sender_with(answers()) as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        assert await sender.drain(WAIT) == 0
+    assert len(requests) == 1
+    assert json.loads(requests[0].content) == PAYLOAD
+    assert not any(name.startswith("webhook-") for name in requests[0].headers)
+
+
+async def test_plain_secret_signs_with_its_utf8_bytes() -> None:
+    """A secret without the whsec_ prefix is used as UTF-8 bytes."""
+    async with sender_with(answers(), callback_secret="plain secret") as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        await sender.drain(WAIT)
+    headers = requests[0].headers
+    assert headers["webhook-signature"] == expected_signature(
+        "plain secret", headers, requests[0].content
+    )
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+
+
+async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() -> None:
+    """503, a connect error and a timeout are retried; every attempt is signed, same webhook-id."""
+    failing = answers(503, httpx.ConnectError("refused"), httpx.ReadTimeout("slow"))
+    async with sender_with(failing, callback_secret=WHSEC) as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        await sender.drain(WAIT)
+    assert len(requests) == 4
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    for request in requests:
+        assert request.headers["webhook-signature"] == expected_signature(
+            WHSEC, request.headers, request.content
+        )
+    assert sender.delivered == 1
+
+
+async def test_4xx_is_final() -> None:
+    """A 4xx answer is not retried, and is counted as rejected."""
+    async with sender_with(answers(404)) as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        await sender.drain(WAIT)
+    assert len(requests) == 1
+    assert sender.rejected == 1
+
+
+async def test_attempts_are_bounded_and_each_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An always-failing receiver gets callback_attempts tries; each outcome is logged."""
+    caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
+    always = answers(*([500] * 10))
+    async with sender_with(always, callback_attempts=3) as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        await sender.drain(WAIT)
+    assert len(requests) == 3
+    assert sender.abandoned == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("retrying" in m for m in messages) == 2
+    assert sum("abandoned after 3 attempts" in m for m in messages) == 1
+
+
+async def test_a_hanging_receiver_hits_the_attempt_timeout() -> None:
+    """An attempt that gets no answer is cut at callback_timeout and retried."""
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(60)
+        return httpx.Response(200)
+
+    settings = Settings(callback_timeout=0.1, callback_backoff=0.001)
+    streams = RandomStreams(None)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        assert await sender.drain(WAIT) == 0
+    assert calls == 2
+    assert sender.delivered == 1
+
+
+async def test_backoff_grows_and_is_capped() -> None:
+    """Retry delays double from callback_backoff, with jitter, up to callback_backoff_max."""
+    async with sender_with(answers(), callback_backoff=1.0, callback_backoff_max=4.0) as (
+        sender,
+        _,
+    ):
+        delays = [sender.retry_delay(attempt) for attempt in range(1, 7)]
+    assert 0.5 <= delays[0] <= 1.0
+    assert 1.0 <= delays[1] <= 2.0
+    assert all(2.0 <= d <= 4.0 for d in delays[2:])
+
+
+async def test_close_cancels_pending_deliveries() -> None:
+    """close() cancels deliveries still waiting (here: in callback_delay) and counts them."""
+    async with sender_with(answers(), callback_delay=60.0) as (sender, requests):
+        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        assert sender.pending == 1
+        assert await sender.close(WAIT) == 1
+    assert requests == []
+
+
+async def test_callback_arrives_over_http_signed_with_the_job_json() -> None:
+    """A wait: false job's callback reaches a real receiver, signed, with the finished job."""
+    async with (
+        callback_receiver() as receiver,
+        jobserver_client(callback_secret=WHSEC) as client,
+    ):
+        started = await client.post(
+            "/start", json={"account": "acme", "callback": f"{receiver.url}/hook/1"}
+        )
+        delivery = await receiver.next()
+    job = json.loads(delivery.body)
+    assert delivery.path == "/hook/1"
+    assert job["id"] == started.json()["id"]
+    assert job["state"] == "completed"
+    assert set(job) == {"id", "state", "startedAt", "proof"}
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["webhook-id"].startswith("msg_")
+    assert delivery.headers["webhook-signature"] == expected_signature(
+        WHSEC, delivery.headers, delivery.body
+    )
+
+
+async def test_receiver_5xx_is_retried_over_http() -> None:
+    """A receiver answering 503 then 500 gets the callback a third time, same webhook-id."""
+    async with (
+        callback_receiver(answers=[503, 500]) as receiver,
+        jobserver_client(callback_secret=WHSEC, callback_backoff=0.01) as client,
+    ):
+        await client.post("/start", json={"account": "acme", "callback": receiver.url})
+        deliveries = [await receiver.next() for _ in range(3)]
+    assert len({d.headers["webhook-id"] for d in deliveries}) == 1
+    assert len({d.body for d in deliveries}) == 1
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_both_transports_deliver_many_callbacks(transport: str) -> None:
+    """Either client transport delivers 100 concurrent callbacks."""
+    settings = Settings(callback_transport=transport)  # type: ignore[arg-type]
+    streams = RandomStreams(None)
+    async with callback_receiver() as receiver, build_callback_client(settings) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        for index in range(100):
+            sender.schedule(f"{receiver.url}/{index}", PAYLOAD, str(index))
+        paths = {(await receiver.next()).path for _ in range(100)}
+        assert await sender.drain(WAIT) == 0
+    assert len(paths) == 100

@@ -1,0 +1,176 @@
+"""The ``jobserver`` command: verify, configuration errors, and the real server end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
+from jobserver.harness import script_path
+from jobserver.proofs import encode_bundle, make_proof
+from tests.conftest import run_server
+from tests.jobserver.servers import callback_receiver, expected_signature
+
+SECRET = "cli-secret"
+STARTED_AT = "2026-11-25T13:09:06.123Z"
+WAIT = 20.0
+
+
+def bundle(secret: str, jobs: int = 2) -> str:
+    ids = [f"{index:016x}" for index in range(jobs)]
+    return encode_bundle(
+        {
+            "account": "acme",
+            "jobs": [
+                {
+                    "id": i,
+                    "startedAt": STARTED_AT,
+                    "proof": make_proof(secret.encode(), i, "acme", STARTED_AT),
+                }
+                for i in ids
+            ],
+            "timings": {},
+        }
+    )
+
+
+async def run_command(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run the installed ``jobserver`` script; return exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        script_path("jobserver"),
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), WAIT)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def test_verify_valid_bundle_exits_0_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """verify prints one line and exits 0 for a bundle made with the configured secret."""
+    assert main(["--secret", SECRET, "verify", bundle(SECRET)], environ={}) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert out.startswith("VALID: 2 jobs")
+
+
+def test_verify_forged_bundle_exits_1_saying_why(capsys: pytest.CaptureFixture[str]) -> None:
+    """verify exits 1 with one line naming the bad proof when the secret differs."""
+    assert main(["--secret", SECRET, "verify", bundle("other")], environ={}) == PROOF_INVALID
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert "invalid proof" in out
+
+
+def test_verify_garbage_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Text that is not a bundle is invalid, exit 1."""
+    assert main(["verify", "not-a-bundle"], environ={}) == PROOF_INVALID
+    assert capsys.readouterr().out.startswith("INVALID: not a proof bundle")
+
+
+def test_verify_reads_stdin_and_uses_env_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify - reads the bundle from stdin; the secret comes from env or --config."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(bundle(SECRET) + "\n"))
+    assert main(["verify", "-"], environ={"JOBSERVER_SECRET": SECRET}) == EXIT_OK
+    config = tmp_path / "js.toml"
+    config.write_text(f'secret = "{SECRET}"\n')
+    assert main(["verify", bundle(SECRET), "--config", str(config)], environ={}) == EXIT_OK
+    assert main(["verify", bundle(SECRET)], environ={"JOBSERVER_CONFIG": str(config)}) == 0
+    assert capsys.readouterr().out.count("VALID") == 3
+
+
+def test_bad_flag_value_exits_nonzero_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad setting exits STARTUP_FAILURE with one stderr line naming key and value."""
+    assert main(["--failure-rate", "2"], environ={}) == STARTUP_FAILURE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "failure_rate" in err
+    assert "'2'" in err
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    """Anything but 'verify PROOF' as a command is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["frobnicate"], environ={})
+    assert exit_info.value.code == 2
+
+
+async def test_script_verify_exit_codes() -> None:
+    """The installed script: verify exits 0 for a valid bundle from stdin, 1 for a forged one."""
+    code, out, _ = await run_command(
+        "--secret", SECRET, "verify", "-", stdin=bundle(SECRET).encode()
+    )
+    assert (code, out.count("\n")) == (0, 1)
+    code, out, _ = await run_command("--secret", SECRET, "verify", bundle("forged"))
+    assert (code, out.count("\n")) == (1, 1)
+
+
+async def test_script_bad_config_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    """The installed script refuses an unknown TOML key: exit 3, one stderr line."""
+    config = tmp_path / "bad.toml"
+    config.write_text("colour = 'blue'\n")
+    code, _, err = await run_command("--config", str(config))
+    assert code == STARTUP_FAILURE
+    assert err.strip().count("\n") == 0
+    assert "colour" in err
+    assert "blue" in err
+
+
+async def test_script_port_in_use_exits_nonzero_with_one_line() -> None:
+    """A port that cannot be bound is a one-line startup failure."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await run_command("--host", "127.0.0.1", "--port", str(port))
+    assert code == STARTUP_FAILURE
+    assert err.strip().count("\n") == 0
+    assert "cannot listen" in err
+
+
+async def test_real_server_answers_and_stops_cleanly_on_sigterm() -> None:
+    """jobserver on --port 0 announces its real port, runs a job, and exits 0 on SIGTERM."""
+    async with run_server("jobserver", "--job-duration", "0.05", "--secret", SECRET) as server:
+        assert not server.url.endswith(":0")
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
+            health = await client.get("/healthz")
+            job = (await client.post("/start", json={"account": "acme", "wait": True})).json()
+        assert health.json() == {"status": "ok"}
+        assert job["proof"] == make_proof(SECRET.encode(), job["id"], "acme", job["startedAt"])
+        assert await server.stop(signal.SIGTERM) == 0
+    assert "stopped: 1 jobs completed" in server.log_tail()
+
+
+async def test_real_server_stops_cleanly_on_sigint() -> None:
+    """SIGINT stops the server with exit 0 as well."""
+    async with run_server("jobserver") as server:
+        assert await server.stop(signal.SIGINT) == 0
+
+
+async def test_real_server_delivers_signed_callbacks_and_honours_env() -> None:
+    """Configured through env, the real server POSTs a signed callback to a real receiver."""
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    env = {"JOBSERVER_CALLBACK_SECRET": secret, "JOBSERVER_JOB_DURATION": "0.05"}
+    async with (
+        callback_receiver() as receiver,
+        run_server("jobserver", "--seed", "1", env=env) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        started = await client.post("/start", json={"account": "acme", "callback": receiver.url})
+        delivery = await receiver.next()
+    assert json.loads(delivery.body)["id"] == started.json()["id"]
+    assert delivery.headers["webhook-signature"] == expected_signature(
+        secret, delivery.headers, delivery.body
+    )
