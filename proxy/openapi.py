@@ -202,7 +202,17 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "requestBody": {
                     "required": True,
-                    "content": {_JSON: {"schema": _ref("CallbackJob")}},
+                    "content": {
+                        _JSON: {
+                            "schema": _ref("CallbackJob"),
+                            "example": {
+                                "id": "0123456789abcdef",
+                                "state": "completed",
+                                "startedAt": "2026-11-25T13:00:00.000Z",
+                                "proof": "0123456789ABCDEF0123456789ABCDEF01234567",
+                            },
+                        }
+                    },
                 },
                 "responses": {
                     "200": _json(_ref("CallbackReceipt"), "the callback was taken"),

@@ -61,7 +61,7 @@ def nothing_was_sent(exc: httpx.TransportError) -> bool:
         # httpx-aiohttp maps every aiohttp connection error, including a server that hung
         # up after reading the request, to ConnectTimeout: look at the original instead.
         return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
-    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -139,7 +139,8 @@ class Upstream:
                     f"the job server answered {response.status_code} to every attempt"
                 )
                 pause = retry_after(response)
-            delay = backoff_delay(attempt, self._rng) if pause is None else pause
+            # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
+            delay = max(pause or 0.0, backoff_delay(attempt, self._rng))
             if time.monotonic() + delay > give_up:
                 raise failure
             attempt += 1
