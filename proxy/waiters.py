@@ -131,9 +131,13 @@ class WaiterRegistry:
         held = len(self._waiters)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._emptied.wait()
+                await self.wait_until_empty()
         failed = self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
         return held - failed, failed
+
+    async def wait_until_empty(self) -> None:
+        """Return once no waiter is held (at once when none is)."""
+        await self._emptied.wait()
 
     def _remember_spent(self, token: str) -> None:
         self._spent[token] = None

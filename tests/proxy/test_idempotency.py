@@ -1,0 +1,131 @@
+"""Idempotency-Key retries within one process, against the in-process fake job server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.responses import JSONResponse, Response
+
+from proxy.idempotency import LocalResults, fingerprint
+from tests.proxy.conftest import FakeJobServer, ProxyFactory, ProxyUnderTest
+
+BODY = {"account": "acme", "wait": True}
+
+
+def post(proxy: ProxyUnderTest, key: str, body: dict[str, Any] = BODY) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(
+        proxy.client.post("/proxy", json=body, headers={"Idempotency-Key": key})
+    )
+
+
+async def test_retry_while_running_follows_the_same_job(proxy: ProxyUnderTest) -> None:
+    """A retry with the same key while the job runs gets that job; upstream starts one."""
+    first = post(proxy, "k1")
+    job_id = await proxy.upstream.next_job()
+    retry = post(proxy, "k1")
+    job = proxy.upstream.finish(job_id)
+    await proxy.upstream.callback(job_id)
+    answers = await asyncio.gather(first, retry)
+    assert [a.json() for a in answers] == [job, job]
+    assert len(proxy.upstream.starts) == 1
+
+
+async def test_retry_after_finish_gets_the_stored_result(proxy: ProxyUnderTest) -> None:
+    """A retry after the job finished is answered at once from the stored result."""
+    first = post(proxy, "k2")
+    job_id = await proxy.upstream.next_job()
+    await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    await first
+    retry = await post(proxy, "k2")
+    assert retry.json()["id"] == job_id
+    assert len(proxy.upstream.starts) == 1
+
+
+async def test_same_key_other_body_is_422(proxy: ProxyUnderTest) -> None:
+    """Reusing a key with a different body is refused with 422 JSON."""
+    first = post(proxy, "k3")
+    job_id = await proxy.upstream.next_job()
+    conflict = await post(proxy, "k3", {"account": "other", "wait": True})
+    assert conflict.status_code == 422
+    assert conflict.json()["error"] == "idempotency_conflict"
+    await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    assert (await first).status_code == 200
+
+
+async def test_result_of_an_abandoned_request_is_kept_for_the_retry(
+    proxy: ProxyUnderTest,
+) -> None:
+    """The first client gives up; its job's callback is stored and the retry gets it."""
+    first = post(proxy, "k4")
+    job_id = await proxy.upstream.next_job()
+    first.cancel()
+    services = proxy.app.state.services
+    async with asyncio.timeout(5):
+        await services.waiters.wait_until_empty()
+    delivered = await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    retry = await post(proxy, "k4")
+    assert delivered.json()["status"] == "stored"
+    assert retry.json()["id"] == job_id
+    assert len(proxy.upstream.starts) == 1
+
+
+async def test_failed_start_releases_the_key(proxy_factory: ProxyFactory) -> None:
+    """When no job could be started, a retry with the same key really starts one."""
+    upstream = FakeJobServer()
+    refusals = iter([True])
+
+    async def refuse_once(body: dict[str, Any]) -> Response | None:
+        if next(refusals, False):
+            return Response(b"broken", 500)
+        return None
+
+    upstream.on_start = refuse_once
+    async with proxy_factory(upstream) as proxy:
+        failed = await post(proxy, "k5")
+        retry = post(proxy, "k5")
+        job_id = await upstream.next_job()
+        await upstream.callback(job_id, upstream.finish(job_id))
+        assert failed.status_code == 502
+        assert (await retry).json()["id"] == job_id
+
+
+async def test_wait_false_retry_gets_the_same_running_answer(proxy: ProxyUnderTest) -> None:
+    """With wait:false, a retry with the same key gets the first answer, not a new job."""
+    body = {"account": "acme", "wait": False}
+    first = await post(proxy, "k6", body)
+    retry = await post(proxy, "k6", body)
+    assert first.json()["state"] == "running"
+    assert retry.json() == first.json()
+    assert len(proxy.upstream.starts) == 1
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 256, "clé".encode(), b"tab\there"])
+async def test_malformed_key_is_400(proxy: ProxyUnderTest, key: bytes) -> None:
+    """An empty, overlong, non-ASCII or unprintable Idempotency-Key is a 400."""
+    response = await proxy.client.post("/proxy", json=BODY, headers={"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["detail"]
+
+
+async def test_local_results_expire() -> None:
+    """Claims and results are forgotten after their time to live."""
+    results = LocalResults(ttl=0.0)
+    await results.claim("k", fingerprint(BODY), "t")
+    await results.put_result("t", {"id": "x"})
+    assert await results.get_result("t") is None
+    assert (await results.claim("k", fingerprint({"other": 1}), "u")).owner
+
+
+async def test_terminal_start_answer_is_returned_at_once(proxy_factory: ProxyFactory) -> None:
+    """A job server that answers /start with a finished job is passed through directly."""
+    upstream = FakeJobServer()
+
+    async def finished(body: dict[str, Any]) -> Response:
+        return JSONResponse({"id": "abcdef0123456", "state": "completed", "proof": "C" * 40})
+
+    upstream.on_start = finished
+    async with proxy_factory(upstream) as proxy:
+        response = await post(proxy, "k7")
+    assert response.json()["state"] == "completed"
