@@ -26,7 +26,7 @@ from pathlib import Path
 
 import uvicorn
 
-from jobserver.app import create_app
+from jobserver.app import begin_drain, create_app
 from jobserver.config import (
     ENV_PREFIX,
     SETTING_FIELDS,
@@ -38,6 +38,8 @@ from jobserver.config import (
 )
 from jobserver.proofs import InvalidBundle, verify_bundle
 
+# Not __name__: that is "__main__" under `python -m jobserver`, and the ready line should
+# come from the same logger however the server is started.
 logger = logging.getLogger("jobserver")
 
 EXIT_OK = 0
@@ -96,8 +98,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     config_path: Path | None = options.pop("config", None)
     if config_path is None and env.get(CONFIG_ENV):
         config_path = Path(env[CONFIG_ENV])
-    if command and (command[0] != "verify" or len(command) != 2):
-        parser.error("the only command is: verify PROOF")
+    if command and command[0] != "verify":
+        parser.error(f"unknown command {command[0]!r}; the only command is: verify PROOF")
+    if command and len(command) != 2:
+        parser.error("verify takes one PROOF (the bundle text, or - to read it from stdin)")
     try:
         settings = load_settings(options, env, config_path)
     except ConfigError as exc:
@@ -180,6 +184,11 @@ class JobServerProcess(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:
             logger.info("jobserver listening on %s", self.url)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Held requests answer 503 now, so the drain below ends as soon as they are sent.
+        begin_drain(self.lifespan.state)
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -9,6 +9,7 @@ Errors, all answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by 
     ├── JobNotFound             404 not_found
     ├── InvalidProof            422 invalid_proof
     ├── StartRefused            5xx start_failed: an injected /start fault
+    ├── ShuttingDown            503 shutting_down: the server stops before the job ends
     └── RequestTimeout          504 timeout: /start did not end within request_timeout
     jobs.QueueFull              503 busy, with Retry-After
     starlette HTTPException     its status (404, 405 ...), word from the status phrase
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,11 +38,18 @@ from starlette.routing import Route
 from jobserver.callbacks import CallbackSender, build_callback_client
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
-from jobserver.jobs import AccountGate, JobRunner, JobStore, QueueFull
-from jobserver.openapi import ACCOUNT_MAX_LENGTH, CALLBACK_MAX_LENGTH, openapi_document
+from jobserver.jobs import AccountGate, Job, JobRunner, JobStore, QueueFull
+from jobserver.openapi import (
+    ACCOUNT_MAX_LENGTH,
+    CALLBACK_MAX_LENGTH,
+    CALLBACK_URL,
+    openapi_document,
+)
 from jobserver.proofs import InvalidBundle, verify_bundle
 
 logger = logging.getLogger(__name__)
+
+CALLBACK_URL_SYNTAX = re.compile(CALLBACK_URL)
 
 
 class ApiError(Exception):
@@ -84,6 +93,14 @@ class StartRefused(ApiError):
         self.status = status
 
 
+class ShuttingDown(ApiError):
+    status = 503
+    error = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the job server is shutting down", retry_after=1)
+
+
 class RequestTimeout(ApiError):
     status = 504
     error = "timeout"
@@ -99,13 +116,25 @@ class AppState(TypedDict):
     faults: FaultInjector
     callbacks: CallbackSender
     openapi: dict[str, Any]
+    draining: asyncio.Event
+
+
+def begin_drain(state: Mapping[str, Any]) -> None:
+    """Tell held /start requests that the server stops: they answer 503 at once.
+
+    The server calls this with the lifespan state when shutdown begins, so that
+    ``wait: true`` requests end cleanly instead of being cancelled at the drain timeout.
+    """
+    draining = state.get("draining")
+    if isinstance(draining, asyncio.Event):
+        draining.set()
 
 
 @dataclass(frozen=True, slots=True)
 class StartRequest:
     account: str
     wait: bool
-    callback: str | None
+    callback: httpx.URL | None
 
 
 def _error_response(
@@ -169,12 +198,14 @@ def _json_object(body: bytes) -> dict[str, object]:
     return document
 
 
-def _is_http_url(value: str) -> bool:
+def _http_url(value: str) -> httpx.URL | None:
+    """``value`` parsed, when it is a callback URL as the OpenAPI document defines it."""
+    if CALLBACK_URL_SYNTAX.fullmatch(value) is None:
+        return None
     try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, ValueError, TypeError):
-        return False
-    return url.scheme in ("http", "https") and bool(url.host) and not url.userinfo
+        return httpx.URL(value)
+    except (httpx.InvalidURL, ValueError):  # pragma: no cover - the syntax rules these out
+        return None
 
 
 def parse_start_request(body: bytes) -> StartRequest:
@@ -190,14 +221,15 @@ def parse_start_request(body: bytes) -> StartRequest:
     wait = document.get("wait", False)
     if not isinstance(wait, bool):
         raise BadRequest("wait must be a boolean")
-    callback = document.get("callback")
-    if "callback" in document:
-        if not isinstance(callback, str) or not _is_http_url(callback):
-            raise BadRequest("callback must be an absolute http or https URL")
-        if len(callback) > CALLBACK_MAX_LENGTH:
-            raise BadRequest(f"callback must be at most {CALLBACK_MAX_LENGTH} characters long")
-        return StartRequest(account, wait, callback)
-    return StartRequest(account, wait, None)
+    if "callback" not in document:
+        return StartRequest(account, wait, None)
+    callback = document["callback"]
+    url = _http_url(callback) if isinstance(callback, str) else None
+    if url is None:
+        raise BadRequest("callback must be an absolute http or https URL")
+    if len(str(callback)) > CALLBACK_MAX_LENGTH:
+        raise BadRequest(f"callback must be at most {CALLBACK_MAX_LENGTH} characters long")
+    return StartRequest(account, wait, url)
 
 
 async def start(request: Request[AppState]) -> Response:
@@ -219,6 +251,8 @@ async def start(request: Request[AppState]) -> Response:
 
 
 async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
+    if state["draining"].is_set():
+        raise ShuttingDown
     faults = state["faults"]
     if faults.start_latency > 0:
         await asyncio.sleep(faults.start_latency)
@@ -228,9 +262,24 @@ async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[s
     job = state["runner"].submit(start_request.account, start_request.callback)
     if not start_request.wait:
         return {"state": "running", "id": job.id}
-    # No deadline of its own: the caller's request_timeout bounds this wait.
-    await job.finished.wait()
+    await _wait_until_finished(job, state["draining"])
     return job.to_json()
+
+
+async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:
+    """Wait for the job, or raise ShuttingDown when the server starts to stop first.
+
+    No deadline of its own: the caller's request_timeout bounds this wait.
+    """
+    finished = asyncio.ensure_future(job.finished.wait())
+    stopping = asyncio.ensure_future(draining.wait())
+    try:
+        await asyncio.wait((finished, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished.cancel()
+        stopping.cancel()
+    if not job.finished.is_set():
+        raise ShuttingDown
 
 
 async def status(request: Request[AppState]) -> Response:
@@ -257,7 +306,17 @@ async def verify(request: Request[AppState]) -> Response:
 
 
 async def healthz(request: Request[AppState]) -> Response:
-    return JSONResponse({"status": "ok"})
+    """``GET /healthz``: up, with counts a benchmark can watch."""
+    runner = request.state["runner"]
+    return JSONResponse(
+        {
+            "status": "ok",
+            "jobs_started": runner.started,
+            "jobs_running": runner.running,
+            "jobs_queued": runner.admitted - runner.running,
+            "callbacks_pending": request.state["callbacks"].pending,
+        }
+    )
 
 
 async def openapi(request: Request[AppState]) -> Response:
@@ -284,6 +343,7 @@ def create_app(settings: Settings) -> Starlette:
                     faults=faults,
                     callbacks=callbacks,
                     openapi=openapi_document(settings),
+                    draining=asyncio.Event(),
                 )
             finally:
                 # Jobs first, since a finishing job schedules a callback; then deliveries;

@@ -60,7 +60,8 @@ def build_callback_client(settings: Settings) -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     return httpx.AsyncClient(
         transport=transport,
-        timeout=httpx.Timeout(settings.callback_timeout),
+        # The sender's own slots keep requests within the pool, so none waits for a connection.
+        timeout=httpx.Timeout(settings.callback_timeout, pool=None),
         # Callback URLs are sent as given: no proxies from the environment, no redirects.
         trust_env=False,
         follow_redirects=False,
@@ -92,6 +93,9 @@ class CallbackSender:
         self._backoff_max = settings.callback_backoff_max
         self._faults = faults
         self._streams = streams
+        # One slot per pooled connection: an attempt's deadline starts once it has a
+        # connection, so a burst of callbacks queues here instead of timing out.
+        self._slots = asyncio.Semaphore(settings.callback_connections)
         self._tasks: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.rejected = 0
@@ -106,7 +110,7 @@ class CallbackSender:
         if job.callback is not None:
             self.schedule(job.callback, job.to_json(), job.id)
 
-    def schedule(self, url: str, payload: dict[str, str], job_id: str) -> None:
+    def schedule(self, url: httpx.URL | str, payload: dict[str, str], job_id: str) -> None:
         """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults)."""
         copies = self._faults.callback_copies()
         if copies == 0:
@@ -146,7 +150,9 @@ class CallbackSender:
             headers["webhook-signature"] = webhook_signature(self._key, message_id, timestamp, body)
         return headers
 
-    async def _deliver(self, url: str, body: bytes, message_id: str, job_id: str) -> None:
+    async def _deliver(
+        self, url: httpx.URL | str, body: bytes, message_id: str, job_id: str
+    ) -> None:
         delay = self._faults.callback_delay
         if delay > 0:
             await asyncio.sleep(delay)
@@ -187,10 +193,10 @@ class CallbackSender:
             result.outcome,
         )
 
-    async def _attempt(self, url: str, body: bytes, message_id: str) -> _Attempt:
+    async def _attempt(self, url: httpx.URL | str, body: bytes, message_id: str) -> _Attempt:
         try:
             # The transport's own timeouts do not bound the whole exchange; this does.
-            async with asyncio.timeout(self._timeout):
+            async with self._slots, asyncio.timeout(self._timeout):
                 response = await self._client.post(
                     url, content=body, headers=self.headers(message_id, body)
                 )

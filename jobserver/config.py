@@ -103,7 +103,8 @@ class Settings:
         default=10.0, metadata=_doc("cap of the retry delay, s", minimum=0)
     )
     callback_connections: int = field(
-        default=20000, metadata=_doc("size of the callback connection pool", minimum=1)
+        default=1000,
+        metadata=_doc("callback requests in flight at once (pooled connections)", minimum=1),
     )
     callback_transport: CallbackTransport = field(
         default="aiohttp", metadata=_doc("httpx transport of the callback client")

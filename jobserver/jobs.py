@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 
+import httpx
+
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.proofs import make_proof
@@ -45,7 +47,7 @@ class Job:
 
     id: str
     account: str
-    callback: str | None
+    callback: httpx.URL | None  # parsed once, when /start checked it
     state: JobState = JobState.RUNNING
     started_at: str | None = None
     proof: str | None = None
@@ -171,6 +173,7 @@ class JobRunner:
         self._on_finished = on_finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
+        self.started = 0
         self.completed = 0
         self.failed = 0
 
@@ -183,13 +186,14 @@ class JobRunner:
         """Jobs queued or running."""
         return len(self._tasks)
 
-    def submit(self, account: str, callback: str | None) -> Job:
+    def submit(self, account: str, callback: httpx.URL | None) -> Job:
         """Create a job and start it; raise :class:`QueueFull` when there is no room."""
         if self._max_running and len(self._tasks) >= self._max_running + self._queue_size:
             retry_after = max(1, math.ceil(self._duration_mean))
             raise QueueFull(self._running, len(self._tasks) - self._running, retry_after)
         job = Job(self._new_id(), account, callback)
         self._store.add(job)
+        self.started += 1
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

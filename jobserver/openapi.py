@@ -15,7 +15,21 @@ CALLBACK_MAX_LENGTH = 2048
 JOB_ID_PATTERN = "^[0-9a-f]{16}$"
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 PROOF_PATTERN = "^[0-9A-F]{40}$"
-CALLBACK_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$"
+# A callback URL: http(s), a host name (its last label starts with a letter) or a dotted
+# IPv4 address, an optional port in range, then printable ASCII. Stricter than RFC 3986
+# on purpose: every URL it accepts is one httpx can send to, so the schema and the
+# server agree on what is valid. IPv6 literals and credentials are not accepted.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LAST_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_PORT = (
+    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
+)
+CALLBACK_URL = (
+    rf"[Hh][Tt][Tt][Pp][Ss]?://(?:(?:{_LABEL}\.)*{_LAST_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}})"
+    rf"(?::{_PORT})?(?:[/?#][!-~]*)?"
+)
+CALLBACK_PATTERN = f"^{CALLBACK_URL}$"
 
 _JSON = "application/json"
 
@@ -50,11 +64,14 @@ def _schemas() -> dict[str, Any]:
                 "account": {"type": "string", "minLength": 1, "maxLength": ACCOUNT_MAX_LENGTH},
                 "wait": {"type": "boolean", "default": False},
                 "callback": {
+                    # No "format": "uri": the pattern is the whole rule, and stricter.
                     "type": "string",
-                    "format": "uri",
                     "maxLength": CALLBACK_MAX_LENGTH,
                     "pattern": CALLBACK_PATTERN,
-                    "description": "absolute http(s) URL; the finished job is POSTed to it",
+                    "description": (
+                        "absolute http(s) URL (host name or IPv4 address, printable ASCII); "
+                        "the finished job is POSTed to it, whatever wait is"
+                    ),
                 },
             },
         },
@@ -62,6 +79,17 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["id", "state"],
             "properties": {"id": job_id, "state": {"type": "string", "enum": ["running"]}},
+        },
+        "FinishedJob": {
+            "type": "object",
+            "required": ["id", "state", "startedAt"],
+            "properties": {
+                "id": job_id,
+                "state": {"type": "string", "enum": ["completed", "failed"]},
+                "startedAt": {"type": "string", "pattern": STARTED_AT_PATTERN},
+                "proof": {"type": "string", "pattern": PROOF_PATTERN},
+                "error": {"type": "string"},
+            },
         },
         "Job": {
             "type": "object",
@@ -91,7 +119,13 @@ def _schemas() -> dict[str, Any]:
         "Health": {
             "type": "object",
             "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            "properties": {
+                "status": {"type": "string", "enum": ["ok"]},
+                "jobs_started": {"type": "integer", "minimum": 0},
+                "jobs_running": {"type": "integer", "minimum": 0},
+                "jobs_queued": {"type": "integer", "minimum": 0},
+                "callbacks_pending": {"type": "integer", "minimum": 0},
+            },
         },
         "Error": {
             "type": "object",
@@ -112,7 +146,10 @@ def _callbacks() -> dict[str, Any]:
                 "post": {
                     "summary": "The finished job, signed when a callback secret is configured",
                     "parameters": signature_headers,
-                    "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Job")}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": _ref("FinishedJob")}},
+                    },
                     "responses": {"2XX": {"description": "received"}},
                 }
             }
@@ -123,10 +160,13 @@ def _callbacks() -> dict[str, Any]:
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.0 document of this server's API."""
     too_large = "the body is larger than {} bytes"
+    # Lets a stateful fuzzer follow a started job to its status.
+    links = {"GetStatus": {"operationId": "status", "parameters": {"job_id": "$response.body#/id"}}}
     start_responses = {
         "200": _json(
-            {"oneOf": [_ref("JobStarted"), _ref("Job")]},
+            {"oneOf": [_ref("JobStarted"), _ref("FinishedJob")]},
             "wait false: the job is running; wait true: the finished job",
+            links=links,
         ),
         "400": _error("the body is not a valid start request; the detail names the field"),
         "413": _error(too_large.format(settings.max_body_size)),

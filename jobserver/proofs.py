@@ -14,11 +14,14 @@ import binascii
 import gzip
 import hashlib
 import hmac
+import io
 import json
 import re
 from typing import Any
 
 PROOF_PATTERN = re.compile(r"[0-9A-F]{40}")
+# A bundle of 10,000 jobs is about 1 MB of JSON; anything far larger is an attack.
+MAX_BUNDLE_JSON = 64 * 1024 * 1024
 
 
 class InvalidBundle(ValueError):
@@ -45,9 +48,17 @@ def encode_bundle(bundle: dict[str, Any]) -> str:
 def decode_bundle(text: str) -> dict[str, Any]:
     """Inverse of :func:`encode_bundle`; raises :class:`InvalidBundle` on any damage."""
     try:
-        raw = gzip.decompress(base64.b64decode(text.strip(), validate=True))
+        compressed = base64.b64decode(text.strip(), validate=True)
+        # Decompress in bounded steps: a small bundle must not expand without limit.
+        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
+            raw = stream.read(MAX_BUNDLE_JSON + 1)
+    except (binascii.Error, OSError, EOFError) as exc:
+        raise InvalidBundle(f"not a proof bundle: {exc}") from None
+    if len(raw) > MAX_BUNDLE_JSON:
+        raise InvalidBundle(f"not a proof bundle: it expands beyond {MAX_BUNDLE_JSON} bytes")
+    try:
         bundle = json.loads(raw)
-    except (binascii.Error, OSError, EOFError, ValueError) as exc:
+    except ValueError as exc:
         raise InvalidBundle(f"not a proof bundle: {exc}") from None
     if not isinstance(bundle, dict):
         raise InvalidBundle("not a proof bundle: the JSON is not an object")

@@ -136,6 +136,9 @@ async def test_wait_false_requests_of_one_account_are_not_held_by_the_job() -> N
         (b'{"account": "acme", "callback": "ftp://host/x"}', "callback"),
         (b'{"account": "acme", "callback": "http://"}', "callback"),
         (b'{"account": "acme", "callback": 7}', "callback"),
+        (b'{"account": "acme", "callback": "http://h:99999/"}', "callback"),
+        (b'{"account": "acme", "callback": "http://user:pw@h/"}', "callback"),
+        (b'{"account": "acme", "callback": "http://h/a b"}', "callback"),
         (b'{"account": "acme", "callback": null}', "callback"),
         (b"\xff\xfe", "JSON"),
     ],
@@ -214,12 +217,38 @@ async def test_queued_jobs_run_when_a_slot_frees() -> None:
     assert elapsed >= 2 * duration - 0.01
 
 
-async def test_healthz() -> None:
-    """/healthz answers {status: ok}."""
-    async with jobserver_client() as client:
+async def test_request_timeout_answers_504() -> None:
+    """A /start that outlasts request_timeout (here: waiting for a long job) is 504 JSON."""
+    async with jobserver_client(job_duration=5.0, request_timeout=0.1) as client:
+        response = await start(client, "acme", wait=True)
+    assert response.status_code == 504
+    assert response.json()["error"] == "timeout"
+
+
+async def test_callback_urls_of_the_documented_shapes_are_accepted() -> None:
+    """Host names, IPv4 addresses, ports and query strings make valid callback URLs."""
+    urls = [
+        "http://127.0.0.1:8000/callback/abc",
+        "https://proxy.example.com/cb?token=x&y=1",
+        "HTTP://localhost:1/",
+    ]
+    async with jobserver_client(job_duration=5.0) as client:
+        responses = [await start(client, "acme", callback=url) for url in urls]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+
+
+async def test_healthz_counts_jobs() -> None:
+    """/healthz answers status ok with counts of jobs started, running and queued."""
+    async with jobserver_client(job_duration=5.0, max_running=1) as client:
+        await start(client, "a")
+        await start(client, "b")
         response = await client.get("/healthz")
+    health = response.json()
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert (health["status"], health["jobs_started"], health["callbacks_pending"]) == ("ok", 2, 0)
+    # Whether the first job has taken its slot yet depends on scheduling; the sum does not.
+    assert health["jobs_running"] + health["jobs_queued"] == 2
+    assert health["jobs_running"] <= 1
 
 
 async def test_openapi_document_describes_every_route() -> None:

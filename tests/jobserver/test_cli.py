@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
+from jobserver.faults import RandomStreams
 from jobserver.harness import script_path
 from jobserver.proofs import encode_bundle, make_proof
 from tests.conftest import run_server
@@ -147,10 +148,31 @@ async def test_real_server_answers_and_stops_cleanly_on_sigterm() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
             health = await client.get("/healthz")
             job = (await client.post("/start", json={"account": "acme", "wait": True})).json()
-        assert health.json() == {"status": "ok"}
+        assert health.json()["status"] == "ok"
         assert job["proof"] == make_proof(SECRET.encode(), job["id"], "acme", job["startedAt"])
         assert await server.stop(signal.SIGTERM) == 0
     assert "stopped: 1 jobs completed" in server.log_tail()
+
+
+async def test_shutdown_answers_held_requests_503_and_is_bounded() -> None:
+    """On SIGTERM a wait: true request held for a long job gets 503 shutting_down; exit 0."""
+    first_id = RandomStreams(1).token_hex("job-ids", 8)
+    flags = ("--job-duration", "60", "--shutdown-timeout", "5", "--seed", "1")
+    async with (
+        run_server("jobserver", *flags) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
+    ):
+        held = asyncio.create_task(client.post("/start", json={"account": "a", "wait": True}))
+        # The seeded id of the held job shows up in /status once the server is holding it;
+        # each probe is a round trip, so this loop needs no sleep.
+        async with asyncio.timeout(WAIT):
+            while (await client.get(f"/status/{first_id}")).status_code == 404:
+                pass
+        assert await server.stop(signal.SIGTERM) == 0
+        response = await held
+    assert response.status_code == 503
+    assert response.json()["error"] == "shutting_down"
+    assert "1 cancelled" in server.log_tail()
 
 
 async def test_real_server_stops_cleanly_on_sigint() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from jobserver import proofs
 from jobserver.proofs import (
     InvalidBundle,
     decode_bundle,
@@ -137,3 +138,11 @@ def test_verify_bundle_rejects_incomplete_bundle(document: dict[str, Any], messa
     """A bundle without an account, jobs, or job fields is rejected with the reason."""
     with pytest.raises(InvalidBundle, match=message):
         verify_bundle(SECRET, encode_bundle(document))
+
+
+def test_bundle_that_expands_without_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip bomb is refused once it expands past the cap, not decompressed in full."""
+    monkeypatch.setattr(proofs, "MAX_BUNDLE_JSON", 1000)
+    bomb = base64.b64encode(gzip.compress(b" " * 100_000)).decode()
+    with pytest.raises(InvalidBundle, match="expands beyond 1000 bytes"):
+        proofs.decode_bundle(bomb)
