@@ -10,7 +10,6 @@ base64 of gzip of a JSON object ``{"account", "jobs": [{"id", "startedAt", "proo
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import hashlib
 import hmac
@@ -52,7 +51,7 @@ def decode_bundle(text: str) -> dict[str, Any]:
         # Decompress in bounded steps: a small bundle must not expand without limit.
         with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
             raw = stream.read(MAX_BUNDLE_JSON + 1)
-    except (binascii.Error, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError) as exc:  # bad base64 is a ValueError too
         raise InvalidBundle(f"not a proof bundle: {exc}") from None
     if len(raw) > MAX_BUNDLE_JSON:
         raise InvalidBundle(f"not a proof bundle: it expands beyond {MAX_BUNDLE_JSON} bytes")

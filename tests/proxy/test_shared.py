@@ -1,0 +1,187 @@
+"""Shared mode end to end: a real redis-server, a job server and two proxy replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from jobserver.harness import ServerProcess
+from tests.conftest import run_server
+from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, restartable on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        client = aioredis.Redis(port=self.port)
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    with contextlib.suppress(OSError, aioredis.ConnectionError):
+                        if await client.ping():
+                            return
+                    await asyncio.sleep(0.02)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await self.process.wait()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    jobserver: ServerProcess, redis_url: str, name: str, *flags: str
+) -> AsyncIterator[ServerProcess]:
+    argv = ["--upstream-url", jobserver.url, "--redis-url", redis_url, "--replica-id", name]
+    async with run_server("jobproxy", *argv, *flags) as proxy:
+        await wait_for_ready(proxy)
+        yield proxy
+
+
+async def wait_for_ready(proxy: ServerProcess) -> None:
+    async with httpx.AsyncClient() as client, asyncio.timeout(10):
+        while (await client.get(f"{proxy.url}/readyz")).status_code != 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def jobs_started(jobserver: ServerProcess) -> int:
+    async with httpx.AsyncClient() as client:
+        started: int = (await client.get(f"{jobserver.url}/healthz")).json()["jobs_started"]
+        return started
+
+
+async def test_callbacks_landing_on_another_replica_are_delivered(
+    redis_server: RedisServer,
+) -> None:
+    """Jobs held on replica A whose callbacks all land on replica B are all answered."""
+    async with (
+        run_server("jobserver") as jobserver,
+        replica(jobserver, redis_server.url, "b") as b,
+        replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
+    ):
+        code, report = await run_jobclient(f"{a.url}/proxy")
+        forwarded = await metric(b.url, 'jobproxy_callbacks_total{outcome="ok"}')
+    assert (code, report["result"]) == (0, "PASSED"), report
+    assert forwarded == 50
+
+
+async def test_retry_on_another_replica_gets_the_same_job(redis_server: RedisServer) -> None:
+    """A killed mid-job; the client's retry on B with the same key gets that job's result."""
+    body = {"account": "idem", "wait": True}
+    headers = {"Idempotency-Key": "order-42"}
+    async with (
+        run_server("jobserver", "--job-duration", "1.0") as jobserver,
+        replica(jobserver, redis_server.url, "b") as b,
+        replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        first = asyncio.ensure_future(client.post(f"{a.url}/proxy", json=body, headers=headers))
+        await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= 1)
+        async with asyncio.timeout(5):
+            while await jobs_started(jobserver) < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        a.process.send_signal(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await first
+        retry = await client.post(f"{b.url}/proxy", json=body, headers=headers)
+        again = await client.post(f"{b.url}/proxy", json=body, headers=headers)
+        conflict = await client.post(
+            f"{b.url}/proxy", json={**body, "account": "other"}, headers=headers
+        )
+        started = await jobs_started(jobserver)
+    assert retry.status_code == 200
+    assert retry.json()["state"] == "completed"
+    assert again.json() == retry.json()
+    assert conflict.status_code == 422
+    assert conflict.json()["error"] == "idempotency_conflict"
+    assert started == 1
+
+
+async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> None:
+    """Redis restarted while jobs run: every job is still answered."""
+    async with (
+        run_server("jobserver", "--job-duration", "1.0") as jobserver,
+        replica(jobserver, redis_server.url, "b") as b,
+        replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
+    ):
+        run = asyncio.ensure_future(
+            run_jobclient(f"{a.url}/proxy", "--jobs", "30", "--deadline", "20")
+        )
+        await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= 30)
+        await redis_server.stop()
+        await asyncio.sleep(0.3)  # Redis stays away while callbacks arrive
+        await redis_server.start()
+        code, report = await run
+    assert (code, report["result"]) == (0, "PASSED"), report
+
+
+async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisServer) -> None:
+    """Without Redis, an Idempotency-Key request is a 503 JSON; readyz says not ready."""
+    async with (
+        run_server("jobserver") as jobserver,
+        replica(jobserver, redis_server.url, "a") as a,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        await redis_server.stop()
+        response = await client.post(
+            f"{a.url}/proxy",
+            json={"account": "x", "wait": True},
+            headers={"Idempotency-Key": "k1"},
+        )
+        ready = await client.get(f"{a.url}/readyz")
+        plain = await client.post(f"{a.url}/proxy", json={"account": "x", "wait": True})
+        await redis_server.start()
+        await wait_for_ready(a)
+        recovered = await client.post(
+            f"{a.url}/proxy",
+            json={"account": "x", "wait": True},
+            headers={"Idempotency-Key": "k2"},
+        )
+    assert response.status_code == 503
+    assert response.json()["error"] == "bus_unavailable"
+    assert ready.status_code == 503
+    assert plain.status_code == 200
+    assert recovered.status_code == 200
