@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -104,7 +105,8 @@ async def run_streams(port: int, messages: int) -> list[float]:
     async def receive() -> None:
         last = "0-0"
         while len(latencies) < messages:
-            batches = await reader.xread({STREAM: last}, count=500, block=1000)
+            # redis-py types XREAD loosely: [[stream, [(entry id, {field: value})]]]
+            batches: Any = await reader.xread({STREAM: last}, count=500, block=1000)
             for _, entries in batches:
                 for entry_id, fields in entries:
                     last = entry_id
