@@ -27,7 +27,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from jobserver.config import Settings, webhook_key
 from jobserver.faults import FaultInjector, RandomStreams
-from jobserver.jobs import Job
+from jobserver.jobs import Job, cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,7 @@ class CallbackSender:
 
     async def close(self, timeout: float) -> int:
         """Cancel every unfinished delivery and wait (at most ``timeout``); return the count."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-        return len(tasks)
+        return await cancel_all(self._tasks, timeout)
 
     def headers(self, message_id: str, body: bytes) -> dict[str, str]:
         """The request headers of one attempt, signed when a callback secret is set."""

@@ -30,6 +30,16 @@ logger = logging.getLogger(__name__)
 JOB_ID_BYTES = 8  # 16 hex digits
 
 
+async def cancel_all(tasks: set[asyncio.Task[None]], timeout: float) -> int:
+    """Cancel ``tasks`` and wait (at most ``timeout``) for them to end; return how many."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    return len(pending)
+
+
 class JobState(str, Enum):
     RUNNING = "running"
     COMPLETED = "completed"
@@ -201,12 +211,7 @@ class JobRunner:
 
     async def close(self, timeout: float) -> int:
         """Cancel every unfinished job and wait (at most ``timeout``) for them; return the count."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-        return len(tasks)
+        return await cancel_all(self._tasks, timeout)
 
     def _new_id(self) -> str:
         while True:

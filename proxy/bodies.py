@@ -34,9 +34,9 @@ def parse_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
+        raise BadRequest("the body is not JSON") from None
     if not isinstance(value, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise BadRequest("the body is not a JSON object")
     return value
 
 

@@ -12,11 +12,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from proxy.bodies import parse_object
 from proxy.errors import BadRequest, BadSignature
 
 SIGNATURE_TOLERANCE = 300.0  # seconds either side of now
@@ -62,12 +62,7 @@ def verify_signature(
 
 def parse_job(body: bytes) -> Job:
     """A callback body: a JSON object with a job id and a state."""
-    try:
-        job = json.loads(body)
-    except ValueError:
-        raise BadRequest("the callback body is not JSON") from None
-    if not isinstance(job, dict):
-        raise BadRequest("the callback body is not a JSON object")
+    job = parse_object(body)
     if not isinstance(job.get("id"), str) or not job["id"]:
         raise BadRequest("the callback body has no job id")
     if not isinstance(job.get("state"), str):
