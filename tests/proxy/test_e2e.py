@@ -62,11 +62,11 @@ async def wait_for_metric(
     return value
 
 
-async def test_fifty_jobs_through_the_proxy_pass() -> None:
+async def test_fifty_jobs_through_the_proxy_pass(report_figure: Callable[[str], None]) -> None:
     """The jobclient's 50 jobs through the proxy all succeed within the 5 s deadline."""
     async with system() as (_, proxy):
         code, report = await run_jobclient(f"{proxy.url}/proxy")
-    print(f"50 jobs through the proxy: total {report['total']} s")
+    report_figure(f"jobclient, 50 jobs of 0.5 s through the proxy: total {report['total']} s")
     assert report["result"] == "PASSED", report
     assert code == 0
 
@@ -157,6 +157,26 @@ async def test_sigterm_answers_every_held_request() -> None:
     assert all(a.json()["state"] == "completed" for a in answers)
     assert code == 0
     assert "drained 100 held requests" in proxy.log_tail()
+
+
+async def test_drain_timeout_answers_the_rest_with_503() -> None:
+    """Jobs outlasting the drain timeout are answered 503 JSON, never a dropped socket."""
+    async with (
+        system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (_, proxy),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        held = [
+            asyncio.ensure_future(
+                client.post(f"{proxy.url}/proxy", json={"account": f"d{n}", "wait": True})
+            )
+            for n in range(10)
+        ]
+        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 10)
+        proxy.process.send_signal(signal.SIGTERM)
+        answers = await asyncio.gather(*held)
+    assert [a.status_code for a in answers] == [503] * 10
+    assert all(a.json()["error"] == "shutting_down" for a in answers)
+    assert all("retry-after" in a.headers for a in answers)
 
 
 async def test_upstream_down_is_502_within_the_retry_budget() -> None:
