@@ -1,0 +1,17 @@
+"""Benchmarks of the proxy against the simulated job server, on loopback.
+
+``python -m bench`` starts ``jobserver`` and ``jobproxy`` as processes of their own, drives
+them from a third (the load generator, :mod:`bench.load`), prints tables and writes JSON:
+
+- ``fifty``: 50 held requests on one account through the proxy, against the lower bound
+  (one job duration plus 50 serialized ``/start`` handlings, timed on the same server);
+- ``scale``: 1,000 / 5,000 / 10,000 held requests over 100 accounts through the proxy,
+  against the same number sent straight to the job server on one account each (the best
+  any client could do without a proxy), with the proxy's memory and CPU per request.
+
+Modules: :mod:`bench.scenarios` (what runs), :mod:`bench.load`, :mod:`bench.http` and
+:mod:`bench.outcomes` (the generator, its HTTP client, and what an answer means),
+:mod:`bench.procfs` (what a process spent), :mod:`bench.counters` (the proxy's own
+counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.report` (targets, tables,
+JSON), :mod:`bench.plot` (the PNG), :mod:`bench.system` (machine, open-file limit).
+"""

@@ -1,0 +1,296 @@
+"""``python -m bench.load``: the load generator, run as a process of its own.
+
+The bench spawns it (:func:`spawn_load`) so that the generator's CPU is not counted
+against the server it measures, and the proxy keeps a core to itself. It sends
+``--jobs`` POSTs, all at once (each on its own connection, as held requests need) or
+one after another on one kept-alive connection (``--sequential``), and prints one JSON
+document on stdout: a :class:`LoadResult` with each request's latency, completion time
+and outcome (``"ok"`` or a short word saying what went wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import uvloop
+
+from bench.http import HttpConnection, MalformedResponse, build_post
+from bench.outcomes import Verdict, error_kind, failure, first_examples, judge
+from bench.system import files_needed, raise_open_file_limit
+
+# The generator needs a moment to start Python and to send its answer back.
+SPAWN_GRACE = 30.0
+
+
+class LoadFailed(RuntimeError):
+    """The generator process failed or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """What one generator run sends."""
+
+    url: str
+    jobs: int
+    accounts: int
+    account_prefix: str
+    wait: bool = True
+    sequential: bool = False
+    timeout: float = 40.0
+
+    def account(self, number: int) -> str:
+        """Requests go round-robin over the accounts."""
+        return f"{self.account_prefix}-{number % self.accounts}"
+
+    def argv(self) -> list[str]:
+        flags = ["--url", self.url, "--jobs", str(self.jobs), "--accounts", str(self.accounts)]
+        flags += ["--account-prefix", self.account_prefix, "--timeout", str(self.timeout)]
+        if not self.wait:
+            flags.append("--no-wait")
+        if self.sequential:
+            flags.append("--sequential")
+        return flags
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """Per request, in sending order: latency, completion time since the first send, outcome.
+
+    ``start_delays`` is, for completed jobs, the time from sending the request to the
+    job's ``startedAt`` (the job server's clock, to the millisecond; same machine): it
+    splits a latency into the way to the job's start and the way back from its end.
+    """
+
+    wall_s: float
+    cpu_s: float
+    # When the last request had been written: how long it took to get them all out.
+    all_sent_s: float
+    latencies: list[float]
+    finished_at: list[float]
+    outcomes: list[str]
+    start_delays: list[float | None]
+    # The first answer or exception seen for each kind of failure, cut short.
+    error_examples: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "wall_s": round(self.wall_s, 6),
+            "cpu_s": round(self.cpu_s, 6),
+            "all_sent_s": round(self.all_sent_s, 6) if math.isfinite(self.all_sent_s) else None,
+            "latencies": [round(value, 6) for value in self.latencies],
+            "finished_at": [round(value, 6) for value in self.finished_at],
+            "outcomes": self.outcomes,
+            "start_delays": [None if v is None else round(v, 4) for v in self.start_delays],
+            "error_examples": self.error_examples,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> LoadResult:
+        return cls(
+            wall_s=float(document["wall_s"]),
+            cpu_s=float(document["cpu_s"]),
+            all_sent_s=math.nan
+            if document["all_sent_s"] is None
+            else float(document["all_sent_s"]),
+            latencies=[float(value) for value in document["latencies"]],
+            finished_at=[float(value) for value in document["finished_at"]],
+            outcomes=[str(value) for value in document["outcomes"]],
+            start_delays=[None if v is None else float(v) for v in document["start_delays"]],
+            error_examples={str(k): str(v) for k, v in document["error_examples"].items()},
+        )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Sent(NamedTuple):
+    started: float  # perf_counter
+    written: float | None  # when the request was on its way, after connecting
+    finished: float
+    verdict: Verdict
+    start_delay: float | None
+
+
+async def _concurrent_request(
+    host: str, port: int, request: bytes, deadline: float, plan: LoadPlan
+) -> Sent:
+    loop = asyncio.get_running_loop()
+    connection: HttpConnection | None = None
+    sent_at = time.time()
+    started = time.perf_counter()
+    written: float | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            _, connection = await loop.create_connection(HttpConnection, host, port)
+            pending_answer = connection.send(request)
+            written = time.perf_counter()
+            answer = await pending_answer
+        verdict = judge(answer, wait=plan.wait)
+    except (OSError, TimeoutError, MalformedResponse) as exc:
+        verdict = failure(error_kind(exc, connected=connection is not None), exc)
+    finally:
+        if connection is not None:
+            connection.close()
+    start_delay = None if verdict.started_at is None else verdict.started_at - sent_at
+    return Sent(started, written, time.perf_counter(), verdict, start_delay)
+
+
+async def run_concurrent(plan: LoadPlan) -> LoadResult:
+    """Every request at once, each on its own connection."""
+    parts = urlsplit(plan.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    requests = [
+        build_post(host, port, parts.path, _body(plan, number), keep_alive=False)
+        for number in range(plan.jobs)
+    ]
+    cpu_before = _cpu_seconds()
+    began = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + plan.timeout
+    results = await asyncio.gather(
+        *(_concurrent_request(host, port, request, deadline, plan) for request in requests)
+    )
+    finished_at = [sent.finished - began for sent in results]
+    written = [sent.written - began for sent in results if sent.written is not None]
+    return LoadResult(
+        wall_s=max(finished_at, default=0.0),
+        cpu_s=_cpu_seconds() - cpu_before,
+        all_sent_s=max(written, default=math.nan),
+        latencies=[sent.finished - sent.started for sent in results],
+        finished_at=finished_at,
+        outcomes=[sent.verdict.outcome for sent in results],
+        start_delays=[sent.start_delay for sent in results],
+        error_examples=first_examples(sent.verdict for sent in results),
+    )
+
+
+async def run_sequential(plan: LoadPlan) -> LoadResult:
+    """One request after another on one kept-alive connection (reopened after an error)."""
+    parts = urlsplit(plan.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    finished_at: list[float] = []
+    outcomes: list[str] = []
+    start_delays: list[float | None] = []
+    verdicts: list[Verdict] = []
+    connection: HttpConnection | None = None
+    cpu_before = _cpu_seconds()
+    began = time.perf_counter()
+    deadline = loop.time() + plan.timeout
+    for number in range(plan.jobs):
+        request = build_post(host, port, parts.path, _body(plan, number), keep_alive=True)
+        sent = time.perf_counter()
+        sent_at = time.time()
+        connected = connection is not None and not connection.closed
+        try:
+            async with asyncio.timeout_at(deadline):
+                if connection is None or connection.closed:
+                    _, connection = await loop.create_connection(HttpConnection, host, port)
+                    connected = True
+                answer = await connection.send(request)
+            verdict = judge(answer, wait=plan.wait)
+        except (OSError, TimeoutError, MalformedResponse) as exc:
+            verdict = failure(error_kind(exc, connected=connected), exc)
+            if connection is not None:
+                connection.close()
+            connection = None
+        verdicts.append(verdict)
+        outcomes.append(verdict.outcome)
+        start_delays.append(None if verdict.started_at is None else verdict.started_at - sent_at)
+        now = time.perf_counter()
+        latencies.append(now - sent)
+        finished_at.append(now - began)
+    if connection is not None:
+        connection.close()
+    return LoadResult(
+        wall_s=time.perf_counter() - began,
+        cpu_s=_cpu_seconds() - cpu_before,
+        all_sent_s=math.nan,  # one at a time: each waits for the one before
+        latencies=latencies,
+        finished_at=finished_at,
+        outcomes=outcomes,
+        start_delays=start_delays,
+        error_examples=first_examples(verdicts),
+    )
+
+
+def _body(plan: LoadPlan, number: int) -> bytes:
+    return json.dumps({"account": plan.account(number), "wait": plan.wait}).encode()
+
+
+async def spawn_load(plan: LoadPlan) -> LoadResult:
+    """Run the generator as a child process and return what it measured."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.load",
+        *plan.argv(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(plan.timeout + SPAWN_GRACE):
+            stdout, stderr = await process.communicate()
+    except TimeoutError:
+        raise LoadFailed(f"the load generator did not finish within {plan.timeout} s") from None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        tail = stderr.decode(errors="replace")[-2_000:]
+        raise LoadFailed(f"the load generator exited with {process.returncode}:\n{tail}")
+    return LoadResult.from_json(json.loads(stdout))
+
+
+def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load", description="Send job requests; print a JSON result."
+    )
+    parser.add_argument("--url", required=True, help="full endpoint URL, e.g. .../proxy")
+    parser.add_argument("--jobs", type=int, required=True, help="number of requests")
+    parser.add_argument("--accounts", type=int, default=1, help="accounts, used round-robin")
+    parser.add_argument("--account-prefix", default="bench", help="accounts are PREFIX-<n>")
+    parser.add_argument("--no-wait", dest="wait", action="store_false", help='send "wait":false')
+    parser.add_argument("--sequential", action="store_true", help="one request at a time")
+    parser.add_argument("--timeout", type=float, default=40.0, help="deadline of the run, s")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.accounts < 1 or args.timeout <= 0:
+        parser.error("--jobs and --accounts must be at least 1, --timeout above 0")
+    return LoadPlan(
+        url=args.url,
+        jobs=args.jobs,
+        accounts=args.accounts,
+        account_prefix=args.account_prefix,
+        wait=args.wait,
+        sequential=args.sequential,
+        timeout=args.timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    plan = parse_plan(argv)
+    raise_open_file_limit(files_needed(plan.jobs))
+    run = run_sequential if plan.sequential else run_concurrent
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(run(plan))
+    json.dump(result.to_json(), sys.stdout, separators=(",", ":"))
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""What one response (or failure) of the load generator says: ``"ok"`` or what went wrong.
+
+Outcome words are short and stable, so that a run's errors can be counted by kind:
+``http-502:upstream_unavailable`` (status and the server's error word), ``state-failed``,
+``bad-job`` (no well-formed proof), ``timeout``, ``connect-refused`` (``connect-`` marks
+failures before the connection was up), ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import NamedTuple
+
+from bench.http import HttpAnswer, MalformedResponse, ResponseIncomplete
+
+OK = "ok"
+PROOF = re.compile(r"[0-9A-F]{40}")
+ERROR_WORD = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+EXAMPLE_LENGTH = 300
+
+
+class Verdict(NamedTuple):
+    """What a response says: ``"ok"`` or what went wrong, and when the job started."""
+
+    outcome: str
+    started_at: float | None = None  # Unix time
+    example: str = ""  # what came instead of a good answer
+
+
+def failure(outcome: str, evidence: bytes | BaseException) -> Verdict:
+    """A failed verdict, with the body or exception that shows what happened."""
+    text = evidence.decode(errors="replace") if isinstance(evidence, bytes) else repr(evidence)
+    return Verdict(outcome, example=text[:EXAMPLE_LENGTH])
+
+
+def judge(answer: HttpAnswer, *, wait: bool) -> Verdict:
+    """``"ok"`` for the answer the protocol promises, else a short word for what came."""
+    if answer.status != 200:
+        return failure(f"http-{answer.status}" + _error_word(answer.body), answer.body)
+    try:
+        job = json.loads(answer.body)
+    except ValueError:
+        job = None
+    if not isinstance(job, dict):
+        return failure("bad-json", answer.body)
+    state = job.get("state")
+    if state != ("completed" if wait else "running"):
+        return failure(f"state-{state}", answer.body)
+    if not wait:
+        return Verdict(OK) if isinstance(job.get("id"), str) else failure("bad-job", answer.body)
+    proof, job_id, started_at = job.get("proof"), job.get("id"), _unix_time(job.get("startedAt"))
+    well_formed = isinstance(proof, str) and PROOF.fullmatch(proof) is not None
+    if well_formed and isinstance(job_id, str) and started_at is not None:
+        return Verdict(OK, started_at)
+    return failure("bad-job", answer.body)
+
+
+def _unix_time(timestamp: object) -> float | None:
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+def _error_word(body: bytes) -> str:
+    with contextlib.suppress(ValueError):
+        document = json.loads(body)
+        if isinstance(document, dict):
+            word = document.get("error")
+            if isinstance(word, str) and ERROR_WORD.fullmatch(word):
+                return f":{word}"
+    return ""
+
+
+# Most specific first: ConnectionRefusedError and friends are OSErrors too.
+ERROR_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (TimeoutError, "timeout"),
+    (ConnectionRefusedError, "refused"),
+    (ConnectionResetError, "reset"),
+    (ResponseIncomplete, "closed-early"),
+    (MalformedResponse, "malformed"),
+)
+
+
+def error_kind(exc: BaseException, *, connected: bool) -> str:
+    """A short word for a failed request; ``connect-`` marks failures before connecting."""
+    prefix = "" if connected else "connect-"
+    word = next((word for kind, word in ERROR_WORDS if isinstance(exc, kind)), None)
+    if word is None and isinstance(exc, OSError) and exc.errno is not None:
+        word = errno.errorcode.get(exc.errno, str(exc.errno)).lower()
+    return prefix + (word or type(exc).__name__)
+
+
+def first_examples(verdicts: Iterable[Verdict]) -> dict[str, str]:
+    """The first example of each kind of failure."""
+    examples: dict[str, str] = {}
+    for verdict in verdicts:
+        if verdict.outcome != OK:
+            examples.setdefault(verdict.outcome, verdict.example)
+    return examples

@@ -1,0 +1,310 @@
+"""The scenarios: which servers run, what load they get, and what is measured.
+
+Every run starts its servers afresh (``--port 0``, through the same console scripts a
+user runs), so one run's leftovers (finished jobs, pooled connections, grown heaps) do
+not weigh on the next. The load comes from a third process (:mod:`bench.load`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bench.counters import scrape_counters
+from bench.load import LoadPlan, LoadResult, spawn_load
+from bench.outcomes import OK
+from bench.procfs import ProcessUsage, UsageMeter, read_listen_drops
+from bench.stats import RunSummary, lower_bound, per_start_seconds, ratio, summarize
+from jobserver.harness import ServerProcess, run_server
+
+Transport = Literal["aiohttp", "httpx"]
+Scenario = Literal["fifty", "scale", "fifty-direct"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
+SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "fifty-direct")
+HOST = "127.0.0.1"
+# Lets the previous step's connections close and its callbacks land before a timed run.
+SETTLE = 0.3
+WARMUP_STARTS = 5
+# The proxy must never refuse the bench's own load with 503: leave room above the run.
+MIN_MAX_PENDING = 20_000
+DRAIN_TIMEOUT = 1.0
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """Everything that shapes one bench: sizes, durations, which scenarios and transports."""
+
+    sizes: tuple[int, ...] = (1_000, 5_000, 10_000)
+    accounts: int = 100
+    job_duration: float = 0.5
+    job_spread: float = 0.0
+    fifty_jobs: int = 50
+    fifty_repeats: int = 3
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale")
+    transports: tuple[Transport, ...] = ("aiohttp",)
+    warmup: int = 100
+    request_timeout: float = 40.0
+    seed: int = 1
+    echo: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sizes": list(self.sizes),
+            "accounts": self.accounts,
+            "job_duration_s": self.job_duration,
+            "job_spread_s": self.job_spread,
+            "fifty_jobs": self.fifty_jobs,
+            "fifty_repeats": self.fifty_repeats,
+            "scenarios": list(self.scenarios),
+            "transports": list(self.transports),
+            "warmup": self.warmup,
+            "request_timeout_s": self.request_timeout,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredRun:
+    """One timed generator run against one target, with what the servers spent on it."""
+
+    summary: RunSummary
+    load: LoadResult
+    jobserver: ProcessUsage | None = None
+    proxy: ProcessUsage | None = None
+    proxy_counters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FiftyResult:
+    """``jobs`` held requests on one account through the proxy, against the lower bound.
+
+    The run is repeated on the same servers (it lasts well under a second, so one run is
+    at the mercy of the scheduler); the median run by total time stands for them all.
+    """
+
+    transport: Transport
+    job_duration: float
+    per_start: RunSummary
+    per_start_s: float
+    runs: list[MeasuredRun]
+
+    @property
+    def run(self) -> MeasuredRun:
+        ordered = sorted(self.runs, key=lambda run: run.summary.wall_s)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def lower_bound_s(self) -> float:
+        jobs = self.run.summary.jobs
+        return lower_bound(job_duration=self.job_duration, jobs=jobs, per_start_s=self.per_start_s)
+
+    @property
+    def ratio(self) -> float:
+        """Total time over the lower bound; NaN unless every job completed."""
+        summary = self.run.summary
+        if not summary.all_completed:
+            return math.nan
+        return ratio(summary.wall_s, self.lower_bound_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleResult:
+    """``size`` held requests: straight to the job server, and through the proxy."""
+
+    size: int
+    accounts: int
+    direct: MeasuredRun
+    proxied: dict[Transport, MeasuredRun] = field(default_factory=dict)
+
+    def ratio(self, transport: Transport) -> float:
+        """Proxied total time over direct; NaN unless both completed every job.
+
+        A run cut short by errors would otherwise look fast.
+        """
+        proxied, direct = self.proxied[transport].summary, self.direct.summary
+        if not (proxied.all_completed and direct.all_completed):
+            return math.nan
+        return ratio(proxied.wall_s, direct.wall_s)
+
+
+@dataclass
+class BenchResults:
+    options: BenchOptions
+    fifty: list[FiftyResult] = field(default_factory=list)
+    fifty_direct: MeasuredRun | None = None
+    scale: list[ScaleResult] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def job_server(options: BenchOptions) -> AsyncIterator[ServerProcess]:
+    argv = ["jobserver", "--host", HOST, "--port", "0"]
+    argv += ["--job-duration", str(options.job_duration)]
+    argv += ["--job-duration-spread", str(options.job_spread), "--seed", str(options.seed)]
+    async with run_server(argv, echo=options.echo) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def proxy_server(
+    upstream_url: str, transport: Transport, options: BenchOptions
+) -> AsyncIterator[ServerProcess]:
+    max_pending = max(MIN_MAX_PENDING, 2 * max(options.sizes, default=0))
+    argv = ["jobproxy", "--host", HOST, "--port", "0", "--upstream-url", upstream_url]
+    argv += ["--max-pending", str(max_pending), "--job-deadline", str(options.request_timeout)]
+    # Every run has ended (answered or given up) when the proxy is stopped: nothing to drain.
+    argv += ["--drain-timeout", str(DRAIN_TIMEOUT)]
+    env = {"JOBPROXY_UPSTREAM_TRANSPORT": transport}
+    async with run_server(argv, env=env, echo=options.echo) as server:
+        yield server
+
+
+async def measure(
+    plan: LoadPlan,
+    options: BenchOptions,
+    *,
+    jobserver: ServerProcess,
+    proxy: ServerProcess | None = None,
+) -> MeasuredRun:
+    """Run ``plan`` while watching the job server (and the proxy)."""
+    counters_before = await scrape_counters(proxy.url) if proxy is not None else {}
+    drops_before = read_listen_drops()
+    async with contextlib.AsyncExitStack() as stack:
+        meter = UsageMeter(jobserver.pid).measure(plan.jobs)
+        jobserver_usage = await stack.enter_async_context(meter)
+        proxy_usage: list[ProcessUsage] = []
+        if proxy is not None:
+            proxy_usage = await stack.enter_async_context(UsageMeter(proxy.pid).measure(plan.jobs))
+        load = await spawn_load(plan)
+    drops = read_listen_drops() - drops_before
+    counters: dict[str, float] = {}
+    if proxy is not None:
+        counters_after = await scrape_counters(proxy.url)
+        counters = {
+            series: value - counters_before.get(series, 0.0)
+            for series, value in counters_after.items()
+            if value != counters_before.get(series, 0.0)
+        }
+    return MeasuredRun(
+        summary=summarize(load, job_duration=options.job_duration, listen_drops=drops),
+        load=load,
+        jobserver=jobserver_usage[0],
+        proxy=proxy_usage[0] if proxy_usage else None,
+        proxy_counters=counters,
+    )
+
+
+async def warm_up(
+    url: str, jobs: int, accounts: int, options: BenchOptions, progress: Progress
+) -> None:
+    """Send a few requests first, so that lazy imports and first-time allocations are done.
+
+    A failed warm-up is reported and the timed run goes ahead: its table row shows the
+    errors, and the other rows still get measured.
+    """
+    if jobs < 1:
+        return
+    plan = LoadPlan(url, jobs, accounts, "warmup", timeout=options.request_timeout)
+    result = await spawn_load(plan)
+    failed = Counter(outcome for outcome in result.outcomes if outcome != OK)
+    if failed:
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in failed.most_common(3))
+        progress(f"[yellow]warm-up against {url}: {failed.total()} of {jobs} failed ({kinds})[/]")
+    await asyncio.sleep(SETTLE)
+
+
+async def run_fifty(
+    options: BenchOptions, transport: Transport, progress: Progress = _quiet
+) -> FiftyResult:
+    """50 jobs on one account through the proxy; the per-start time from the same server."""
+    jobs = options.fifty_jobs
+    async with (
+        job_server(options) as jobserver,
+        proxy_server(jobserver.url, transport, options) as proxy,
+    ):
+        progress(f"{jobs} jobs on one account: timing sequential /start on the job server")
+        start_url = f"{jobserver.url}/start"
+        warmup = LoadPlan(start_url, WARMUP_STARTS, 1, "warmup-start", wait=False, sequential=True)
+        await spawn_load(warmup)
+        starts = LoadPlan(start_url, jobs, 1, "per-start", wait=False, sequential=True)
+        per_start = await spawn_load(starts)
+        # The jobs those starts began are still running: let them end first.
+        await asyncio.sleep(options.job_duration + SETTLE)
+        await warm_up(f"{proxy.url}/proxy", min(options.warmup, jobs), 1, options, progress)
+        progress(f"{jobs} jobs on one account through the proxy ({transport})")
+        runs: list[MeasuredRun] = []
+        for repeat in range(max(1, options.fifty_repeats)):
+            account = f"fifty{repeat}"
+            plan = LoadPlan(f"{proxy.url}/proxy", jobs, 1, account, timeout=options.request_timeout)
+            runs.append(await measure(plan, options, jobserver=jobserver, proxy=proxy))
+            await asyncio.sleep(SETTLE)
+    return FiftyResult(
+        transport=transport,
+        job_duration=options.job_duration,
+        per_start=summarize(per_start, job_duration=0.0),
+        per_start_s=per_start_seconds(per_start),
+        runs=runs,
+    )
+
+
+async def run_fifty_direct(options: BenchOptions, progress: Progress = _quiet) -> MeasuredRun:
+    """50 held requests on one account straight to the job server: they queue one by one."""
+    jobs = options.fifty_jobs
+    timeout = max(options.request_timeout, jobs * options.job_duration * 1.5 + 10)
+    async with job_server(options) as jobserver:
+        progress(f"{jobs} jobs on one account straight to the job server (slow: one at a time)")
+        plan = LoadPlan(f"{jobserver.url}/start", jobs, 1, "fifty-direct", timeout=timeout)
+        return await measure(plan, options, jobserver=jobserver)
+
+
+async def run_scale(options: BenchOptions, size: int, progress: Progress = _quiet) -> ScaleResult:
+    """``size`` held requests: direct (one account each), then through each transport."""
+    async with job_server(options) as jobserver:
+        start_url = f"{jobserver.url}/start"
+        await warm_up(start_url, options.warmup, options.warmup, options, progress)
+        progress(f"scale {size:,}: straight to the job server, one account per request")
+        plan = LoadPlan(start_url, size, size, "direct", timeout=options.request_timeout)
+        direct = await measure(plan, options, jobserver=jobserver)
+    result = ScaleResult(size=size, accounts=options.accounts, direct=direct)
+    for transport in options.transports:
+        async with (
+            job_server(options) as jobserver,
+            proxy_server(jobserver.url, transport, options) as proxy,
+        ):
+            proxy_url = f"{proxy.url}/proxy"
+            warmup_accounts = min(options.warmup, options.accounts)
+            await warm_up(proxy_url, options.warmup, warmup_accounts, options, progress)
+            progress(
+                f"scale {size:,}: through the proxy ({transport}), {options.accounts} accounts"
+            )
+            plan = LoadPlan(
+                proxy_url, size, options.accounts, "scale", timeout=options.request_timeout
+            )
+            result.proxied[transport] = await measure(
+                plan, options, jobserver=jobserver, proxy=proxy
+            )
+    return result
+
+
+async def run_bench(options: BenchOptions, progress: Progress = _quiet) -> BenchResults:
+    """Every scenario of ``options``, one after another (they would skew each other)."""
+    results = BenchResults(options)
+    if "fifty" in options.scenarios:
+        for transport in options.transports:
+            results.fifty.append(await run_fifty(options, transport, progress))
+    if "fifty-direct" in options.scenarios:
+        results.fifty_direct = await run_fifty_direct(options, progress)
+    if "scale" in options.scenarios:
+        for size in options.sizes:
+            results.scale.append(await run_scale(options, size, progress))
+    return results
