@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every outbound request at INFO: one line per job is noise, and CPU.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
         serve(settings)
     except OSError as exc:

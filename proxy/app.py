@@ -44,7 +44,8 @@ from proxy.errors import (
 from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
 from proxy.metrics import Metrics
 from proxy.openapi import OPENAPI
-from proxy.polling import DurationStats, PollSchedule, wait_for_job
+from proxy.overdue import OverdueWatch
+from proxy.polling import PollSchedule, wait_for_job
 from proxy.shared import RedisBus, connect
 from proxy.upstream import Upstream, UpstreamAnswer, build_client, is_terminal, job_id_of
 from proxy.waiters import Delivery, Job, Waiter, WaiterRegistry, new_replica_id
@@ -64,7 +65,7 @@ class Services:
     waiters: WaiterRegistry
     results: ResultStore
     bus: RedisBus | None
-    stats: DurationStats
+    watch: OverdueWatch
     metrics: Metrics
     signing_key: bytes | None
 
@@ -93,6 +94,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 bus = RedisBus(redis, waiters, settings.result_ttl)
                 listener = asyncio.create_task(bus.listen(), name="redis-listener")
                 resources.push_async_callback(_cancel, listener)
+            watch = OverdueWatch(settings, client)
+            watching = asyncio.create_task(watch.run(), name="overdue-watch")
+            resources.push_async_callback(_cancel, watching)
             services = Services(
                 settings=settings,
                 client=client,
@@ -100,7 +104,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 waiters=waiters,
                 results=bus or LocalResults(settings.result_ttl),
                 bus=bus,
-                stats=DurationStats(),
+                watch=watch,
                 metrics=Metrics.create(lambda: len(waiters)),
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
@@ -222,27 +226,19 @@ async def _quietly(step: Awaitable[Any]) -> None:
 
 
 async def _await_result(services: Services, waiter: Waiter, deadline: float) -> Job:
-    """The callback's result, or a status poll's once the job is overdue."""
-    settings = services.settings
-    overdue_in = services.stats.expected(settings.poll_k, settings.poll_initial)
-    first_wait = min(overdue_in, deadline - time.monotonic())
-    await asyncio.wait((waiter.future,), timeout=max(0.0, first_wait))
-    if waiter.future.done():
-        return _observe(services, waiter, waiter.future.result(), via="callback")
-    if time.monotonic() >= deadline:
+    """The job's result: from its callback, or from a status poll if that is lost."""
+    services.watch.track(waiter, deadline)
+    await asyncio.wait((waiter.future,), timeout=max(0.0, deadline - time.monotonic()))
+    if not waiter.future.done():
         raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
-    assert waiter.job_id is not None
-    poll = asyncio.ensure_future(_poll(services, waiter.job_id, deadline, first_delay=0.0))
-    try:
-        await asyncio.wait((waiter.future, poll), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        poll.cancel()
-    if waiter.future.done():
-        services.metrics.poll_fallbacks.labels("callback").inc()
-        return _observe(services, waiter, waiter.future.result(), via="callback")
-    services.metrics.poll_fallbacks.labels("poll").inc()
-    logger.info("job %s answered by a status poll: its callback is late or lost", waiter.job_id)
-    return _observe(services, waiter, poll.result(), via="poll")
+    job = waiter.future.result()  # raises ClientGone or ShuttingDown
+    now = time.monotonic()
+    services.metrics.job_duration.labels(waiter.answered_by).observe(now - waiter.started_at)
+    if waiter.answered_by == "callback":
+        services.watch.answered(waiter, now)
+    if waiter.poll is not None:
+        services.metrics.poll_fallbacks.labels(waiter.answered_by).inc()
+    return job
 
 
 def _poll(services: Services, job_id: str, deadline: float, first_delay: float) -> Awaitable[Job]:
@@ -252,15 +248,6 @@ def _poll(services: Services, job_id: str, deadline: float, first_delay: float) 
     )
     base_url = services.upstream.base_url
     return wait_for_job(services.client, base_url, job_id, deadline=deadline, schedule=schedule)
-
-
-def _observe(services: Services, waiter: Waiter, job: Job, *, via: str) -> Job:
-    duration = time.monotonic() - waiter.started_at
-    services.metrics.job_duration.labels(via).observe(duration)
-    if via == "callback":
-        # A poll only bounds the duration from above; callbacks teach the schedule.
-        services.stats.add(duration)
-    return job
 
 
 async def _follow(
@@ -281,7 +268,7 @@ async def _follow(
                 job_id = job_id or await services.results.job_id_for(key)
                 if job_id is not None:
                     # The first request's holder may be gone: ask the job server too.
-                    overdue_in = services.stats.expected(settings.poll_k, settings.poll_initial)
+                    overdue_in = services.watch.expected()
                     poll = asyncio.ensure_future(_poll(services, job_id, deadline, overdue_in))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -316,7 +303,7 @@ async def receive_callback(request: Request) -> Response:
         delivery = await _deliver(services, token, job)
         outcome = delivery.value
         if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
-            logger.info("dropped the result of job %s: %s token", job["id"], delivery.value)
+            logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
             raise UnknownCallback()
         return JSONResponse({"status": delivery.value})
     except ProxyError as exc:

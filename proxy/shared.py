@@ -140,7 +140,7 @@ class RedisBus:
             logger.warning("ignored a malformed message on %s", channel_of(self.replica_id))
             return
         if self._waiters.resolve(token, job) is not Delivery.OK:
-            logger.info("dropped the result of job %s: no client waits for it", job.get("id"))
+            logger.debug("dropped the result of job %s: no client waits for it", job.get("id"))
 
     async def _reread(self) -> int:
         """Resolve held waiters whose results were stored while we were not listening."""

@@ -1,5 +1,10 @@
 """Calls to the job server, and the one place where httpx errors become ours.
 
+The job server handles one connection per account at a time, so ``/start`` calls of
+one account queue here (:class:`AccountQueue`) rather than each holding a pooled
+connection while it waits in the job server's queue: connections are then only needed
+for the accounts that are active, and one busy account cannot take the whole pool.
+
 ``/start`` is retried only when no job can have been created: the connection was
 refused or never established, or the job server answered ``503``/``429`` (honouring
 ``Retry-After``). Retries use capped exponential backoff with full jitter and stop at
@@ -9,9 +14,11 @@ the retry budget or the job's deadline, whichever is first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +96,29 @@ def job_id_of(job: Job) -> str:
     return job_id
 
 
+class AccountQueue:
+    """One ``/start`` in flight per account, first come first served (``asyncio.Lock``
+    wakes its waiters in order); an account's lock lives only while it is in use."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, account: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(account, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[account]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
     """A job server answer that is passed on to the client as it is."""
@@ -107,12 +137,14 @@ class Upstream:
         self._timeout = settings.start_timeout
         self._budget = settings.start_retry_budget
         self._rng = random.Random()
+        self._accounts = AccountQueue()
         self.retries = 0
 
     async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
-        """POST ``/start``, retrying while it is safe; returns the answer to pass on.
+        """POST ``/start`` in the account's turn, retrying while it is safe.
 
-        ``deadline`` is a ``time.monotonic()`` value the call never goes past.
+        Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
+        call never goes past, the wait for the account's turn included.
         """
         give_up = min(deadline, time.monotonic() + self._budget)
         attempt = 0
@@ -122,9 +154,7 @@ class Upstream:
                 raise JobTimeout("the deadline passed before the job server accepted the job")
             pause: float | None
             try:
-                response = await self._client.post(
-                    self._start_url, json=body, timeout=min(self._timeout, remaining)
-                )
+                response = await self._post_in_turn(body, deadline)
             except httpx.TransportError as exc:
                 if not nothing_was_sent(exc):
                     raise _translate(exc) from exc
@@ -147,6 +177,20 @@ class Upstream:
             self.retries += 1
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
             await asyncio.sleep(delay)
+
+    async def _post_in_turn(self, body: Job, deadline: float) -> httpx.Response:
+        """One attempt, made in the account's turn; the turn is not kept while backing off."""
+        scope = asyncio.timeout(deadline - time.monotonic())
+        try:
+            async with scope, self._accounts.turn(body["account"]):
+                remaining = deadline - time.monotonic()
+                return await self._client.post(
+                    self._start_url, json=body, timeout=min(self._timeout, remaining)
+                )
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""

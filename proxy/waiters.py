@@ -57,6 +57,16 @@ class Waiter:
     future: asyncio.Future[Job]
     job_id: str | None = None
     started_at: float = field(default_factory=time.monotonic)
+    answered_by: str = ""
+    poll: asyncio.Task[None] | None = None
+
+    def settle(self, job: Job, via: str) -> bool:
+        """Give the waiter its result unless it has one; True if this one counted."""
+        if self.future.done():
+            return False
+        self.answered_by = via
+        self.future.set_result(job)
+        return True
 
 
 class WaiterRegistry:
@@ -96,6 +106,8 @@ class WaiterRegistry:
         finally:
             del self._waiters[token]
             self._remember_spent(token)
+            if waiter.poll is not None:
+                waiter.poll.cancel()
             if not waiter.future.done():
                 waiter.future.cancel()
             elif not waiter.future.cancelled():
@@ -108,10 +120,7 @@ class WaiterRegistry:
         waiter = self._waiters.get(token)
         if waiter is None:
             return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
-        if waiter.future.done():
-            return Delivery.DUPLICATE
-        waiter.future.set_result(job)
-        return Delivery.OK
+        return Delivery.OK if waiter.settle(job, "callback") else Delivery.DUPLICATE
 
     def fail_all(self, error: ProxyError) -> int:
         """Answer every waiter still pending with ``error``; returns how many."""

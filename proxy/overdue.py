@@ -1,0 +1,142 @@
+"""Deciding when a callback is lost, so that the job's status is polled instead.
+
+A job is *due* once it has run for its expected duration (``mean + k·σ`` of observed
+durations, ``poll_initial`` before there are any). A due job without a callback is only
+*presumed lost* when the callbacks tell so:
+
+* **overtaken**: a job that started later, by more than a *slack*, has already been
+  answered by its callback, or
+* **silence**: no callback at all has arrived for longer than the slack and half the
+  expected duration (a busy event loop pauses for a moment without anything being
+  lost), as when every callback is lost or the job is the only one.
+
+The slack is the larger of ``k·σ`` (jobs that start this close may finish in either
+order), ``MIN_SLACK`` and half of how late the oldest due job already is: under load
+callbacks arrive late, and the later they are the more they are reordered on the way.
+So a busy job server is not handed a status poll per job on top of its work, while a
+lost callback on a quiet one is polled for right after it is due. Silence is weaker
+evidence (a busy proxy or job server also falls silent for a moment), so at most
+``SILENCE_PROBES`` polls it started run at once: the oldest due jobs are swept a few
+at a time, and the sweep stops as soon as callbacks flow again. Presumed-lost jobs are polled (``proxy.polling.wait_for_job``) and the
+poll's answer settles the waiter just as a callback would.
+
+Waiters are watched in the order their jobs started, so one task checks only the
+oldest ones: if the oldest due job is not presumed lost, no younger one is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+
+import httpx
+
+from proxy.config import Settings
+from proxy.errors import JobTimeout
+from proxy.polling import DurationStats, PollSchedule, wait_for_job
+from proxy.waiters import Waiter
+
+logger = logging.getLogger(__name__)
+
+MIN_SLACK = 0.02  # seconds: callback delivery reorders jobs that start this close
+LATENESS_SHARE = 0.5  # of the oldest due job's lateness, added to the slack
+SILENCE_SHARE = 0.5  # of the expected duration without any callback: all are lost
+SILENCE_PROBES = 8
+RECHECK_INTERVAL = 0.05  # how often a due-but-not-lost head is looked at again
+
+
+class OverdueWatch:
+    """Starts a status poll for each held job whose callback is presumed lost."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self.stats = DurationStats()
+        self._settings = settings
+        self._client = client
+        self._base_url = settings.upstream_url.rstrip("/")
+        self._queue: collections.deque[tuple[Waiter, float]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._newest_answered = -math.inf  # start time of the newest job answered by callback
+        self._last_callback = -math.inf
+        self.polls_started = 0
+        self._probes = 0  # polls under way that silence started
+
+    def expected(self) -> float:
+        return self.stats.expected(self._settings.poll_k, self._settings.poll_initial)
+
+    def slack(self, lateness: float) -> float:
+        spread = self._settings.poll_k * self.stats.stddev
+        return max(MIN_SLACK, spread, LATENESS_SHARE * lateness)
+
+    def track(self, waiter: Waiter, deadline: float) -> None:
+        """Watch a waiter whose job the job server accepted (``waiter.started_at``)."""
+        self._queue.append((waiter, deadline))
+        if len(self._queue) == 1:
+            self._wake.set()
+
+    def answered(self, waiter: Waiter, now: float) -> None:
+        """A callback answered ``waiter``: learn its duration and the callbacks' progress."""
+        self.stats.add(now - waiter.started_at)
+        self._newest_answered = max(self._newest_answered, waiter.started_at)
+        self._last_callback = now
+
+    async def run(self) -> None:
+        """Check the oldest due waiters until cancelled."""
+        while True:
+            pause = self.check(time.monotonic())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+
+    def check(self, now: float) -> float | None:
+        """Start polls for presumed-lost waiters; return how long to sleep (None: until woken)."""
+        expected = self.expected()
+        slack: float | None = None  # fixed by the oldest due job, so the scan stays monotonic
+        while self._queue:
+            waiter, deadline = self._queue[0]
+            if waiter.future.done():
+                self._queue.popleft()
+                continue
+            due = waiter.started_at + expected
+            if now < due:
+                return due - now
+            slack = self.slack(now - due) if slack is None else slack
+            overtaken = self._newest_answered > waiter.started_at + slack
+            silent = now - self._last_callback > max(slack, SILENCE_SHARE * expected)
+            if not overtaken and (not silent or self._probes >= SILENCE_PROBES):
+                return RECHECK_INTERVAL
+            self._queue.popleft()
+            logger.debug(
+                "job %s presumed lost: %.3f s late, %s (slack %.3f s)",
+                waiter.job_id,
+                now - due,
+                "overtaken" if overtaken else "no callbacks",
+                slack,
+            )
+            waiter.poll = asyncio.create_task(self._poll(waiter, deadline))
+            self.polls_started += 1
+            if not overtaken:
+                self._probes += 1
+                waiter.poll.add_done_callback(self._probe_done)
+        return None
+
+    def _probe_done(self, _: asyncio.Task[None]) -> None:
+        self._probes -= 1
+        self._wake.set()
+
+    async def _poll(self, waiter: Waiter, deadline: float) -> None:
+        assert waiter.job_id is not None
+        settings = self._settings
+        schedule = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap)
+        try:
+            job = await wait_for_job(
+                self._client, self._base_url, waiter.job_id, deadline=deadline, schedule=schedule
+            )
+        except JobTimeout:
+            return  # the held request answers 504 at the same deadline
+        if waiter.settle(job, "poll"):
+            logger.debug("job %s answered by a status poll: its callback is lost", waiter.job_id)
