@@ -1,6 +1,6 @@
 """Deciding when a callback is lost, so that the job's status is polled instead.
 
-A job is *due* once it has run for its expected duration (``mean + k·σ`` of observed
+A job is *due* once it has run for its expected duration (``mean + k·stddev`` of observed
 durations, ``poll_initial`` before there are any). A due job without a callback is only
 *presumed lost* when the callbacks tell so:
 
@@ -10,15 +10,17 @@ durations, ``poll_initial`` before there are any). A due job without a callback 
   expected duration (a busy event loop pauses for a moment without anything being
   lost), as when every callback is lost or the job is the only one.
 
-The slack is the larger of ``k·σ`` (jobs that start this close may finish in either
+The slack is the larger of ``k·stddev`` (jobs that start this close may finish in either
 order), ``MIN_SLACK`` and half of how late the oldest due job already is: under load
 callbacks arrive late, and the later they are the more they are reordered on the way.
 So a busy job server is not handed a status poll per job on top of its work, while a
 lost callback on a quiet one is polled for right after it is due. Silence is weaker
 evidence (a busy proxy or job server also falls silent for a moment), so at most
 ``SILENCE_PROBES`` polls it started run at once: the oldest due jobs are swept a few
-at a time, and the sweep stops as soon as callbacks flow again. Presumed-lost jobs are polled (``proxy.polling.wait_for_job``) and the
-poll's answer settles the waiter just as a callback would.
+at a time, and the sweep stops as soon as callbacks flow again.
+
+Presumed-lost jobs are polled (``proxy.polling.wait_for_job``) and the poll's answer
+settles the waiter just as a callback would.
 
 Waiters are watched in the order their jobs started, so one task checks only the
 oldest ones: if the oldest due job is not presumed lost, no younger one is.
