@@ -125,6 +125,9 @@ class UpstreamAnswer:
 
     status_code: int
     body: Any
+    # When the request that the job server accepted was sent: a better mark of the
+    # job's start than when a busy event loop got round to reading the answer.
+    sent_at: float = 0.0
 
 
 class Upstream:
@@ -154,7 +157,7 @@ class Upstream:
                 raise JobTimeout("the deadline passed before the job server accepted the job")
             pause: float | None
             try:
-                response = await self._post_in_turn(body, deadline)
+                response, sent_at = await self._post_in_turn(body, deadline)
             except httpx.TransportError as exc:
                 if not nothing_was_sent(exc):
                     raise _translate(exc) from exc
@@ -164,7 +167,7 @@ class Upstream:
                 pause = None
             else:
                 if response.status_code not in RETRYABLE_STATUS:
-                    return _answer(response)
+                    return _answer(response, sent_at)
                 failure = UpstreamUnavailable(
                     f"the job server answered {response.status_code} to every attempt"
                 )
@@ -178,15 +181,17 @@ class Upstream:
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
             await asyncio.sleep(delay)
 
-    async def _post_in_turn(self, body: Job, deadline: float) -> httpx.Response:
+    async def _post_in_turn(self, body: Job, deadline: float) -> tuple[httpx.Response, float]:
         """One attempt, made in the account's turn; the turn is not kept while backing off."""
         scope = asyncio.timeout(deadline - time.monotonic())
         try:
             async with scope, self._accounts.turn(body["account"]):
-                remaining = deadline - time.monotonic()
-                return await self._client.post(
+                sent_at = time.monotonic()
+                remaining = deadline - sent_at
+                response = await self._client.post(
                     self._start_url, json=body, timeout=min(self._timeout, remaining)
                 )
+                return response, sent_at
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -203,7 +208,7 @@ class Upstream:
         return response.status_code < 500
 
 
-def _answer(response: httpx.Response) -> UpstreamAnswer:
+def _answer(response: httpx.Response, sent_at: float) -> UpstreamAnswer:
     try:
         body = response.json()
     except ValueError:
@@ -214,7 +219,7 @@ def _answer(response: httpx.Response) -> UpstreamAnswer:
         raise UpstreamRejected(response.status_code, body)
     if not 200 <= response.status_code < 300:
         raise UpstreamBadResponse(f"the job server answered {response.status_code}: {body!r:.200}")
-    return UpstreamAnswer(response.status_code, body)
+    return UpstreamAnswer(response.status_code, body, sent_at)
 
 
 def _translate(exc: httpx.TransportError) -> UpstreamError:
