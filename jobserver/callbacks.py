@@ -89,6 +89,7 @@ class CallbackSender:
         self._key = webhook_key(settings.callback_secret) if settings.callback_secret else None
         self._attempts = settings.callback_attempts
         self._timeout = settings.callback_timeout
+        self._request_timeout = httpx.Timeout(settings.callback_timeout).as_dict()
         self._backoff = settings.callback_backoff
         self._backoff_max = settings.callback_backoff_max
         self._faults = faults
@@ -192,9 +193,16 @@ class CallbackSender:
         try:
             # The transport's own timeouts do not bound the whole exchange; this does.
             async with self._slots, asyncio.timeout(self._timeout):
-                response = await self._client.post(
-                    url, content=body, headers=self.headers(message_id, body)
+                # Sent as built: the client's per-call merging of URLs, headers and
+                # cookies would be a quarter of each delivery's CPU.
+                request = httpx.Request(
+                    "POST",
+                    url,
+                    content=body,
+                    headers=self.headers(message_id, body),
+                    extensions={"timeout": self._request_timeout},
                 )
+                response = await self._client.send(request)
         except TimeoutError:
             return _Attempt("retry", f"no answer within {self._timeout:g} s")
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
