@@ -208,7 +208,7 @@ async def _serve(
         return answer
     if not is_terminal(job):  # a job server may finish the job before answering
         waiter.job_id = job_id_of(job)
-        waiter.started_at = answer.sent_at
+        waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
         if key is not None:
             await _quietly(results.bind_job(key, waiter.job_id))
         job = await _await_result(services, waiter, deadline)

@@ -4,8 +4,10 @@ A job is *due* once it has run for its expected duration (``mean + k·stddev`` o
 durations, ``poll_initial`` before there are any). A due job without a callback is only
 *presumed lost* when the callbacks tell so:
 
-* **overtaken**: a job that started later, by more than a *slack*, has already been
-  answered by its callback, or
+* **overtaken**: a job that surely started later, by more than a *slack*, has already
+  been answered by its callback (its /start was sent after the answer to ours was
+  read: on a busy job server the moment a job starts is only known within that
+  window), or
 * **silence**: no callback at all has arrived for longer than the slack and half the
   expected duration (a busy event loop pauses for a moment without anything being
   lost), as when every callback is lost or the job is the only one.
@@ -61,7 +63,7 @@ class OverdueWatch:
         self._base_url = settings.upstream_url.rstrip("/")
         self._queue: collections.deque[tuple[Waiter, float]] = collections.deque()
         self._wake = asyncio.Event()
-        self._newest_answered = -math.inf  # start time of the newest job answered by callback
+        self._newest_answered = -math.inf  # /start sent time of the newest job called back
         self._last_callback = -math.inf
         self.polls_started = 0
         self._probes = 0  # polls under way that silence started
@@ -74,7 +76,7 @@ class OverdueWatch:
         return max(MIN_SLACK, spread, LATENESS_SHARE * lateness)
 
     def track(self, waiter: Waiter, deadline: float) -> None:
-        """Watch a waiter whose job the job server accepted (``waiter.started_at``)."""
+        """Watch a waiter whose job the job server accepted, in the order of acceptance."""
         self._queue.append((waiter, deadline))
         if len(self._queue) == 1:
             self._wake.set()
@@ -107,7 +109,7 @@ class OverdueWatch:
             if now < due:
                 return due - now
             slack = self.slack(now - due) if slack is None else slack
-            overtaken = self._newest_answered > waiter.started_at + slack
+            overtaken = self._newest_answered > waiter.accepted_at + slack
             silent = now - self._last_callback > max(slack, SILENCE_SHARE * expected)
             if not overtaken and (not silent or self._probes >= SILENCE_PROBES):
                 return RECHECK_INTERVAL

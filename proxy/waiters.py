@@ -56,7 +56,10 @@ class Waiter:
     token: str
     future: asyncio.Future[Job]
     job_id: str | None = None
+    # The job started between sending its /start (started_at) and reading the answer
+    # (accepted_at); nothing more precise is known before its result.
     started_at: float = field(default_factory=time.monotonic)
+    accepted_at: float = field(default_factory=time.monotonic)
     answered_by: str = ""
     poll: asyncio.Task[None] | None = None
 

@@ -23,8 +23,9 @@ async def watch() -> AsyncIterator[OverdueWatch]:
         yield OverdueWatch(Settings(poll_initial=INITIAL), client)
 
 
-def waiter(started_at: float, job_id: str = "abc") -> Waiter:
-    return Waiter("r.t", asyncio.get_running_loop().create_future(), job_id, started_at)
+def waiter(started_at: float, job_id: str = "abc", accepted_after: float = 0.001) -> Waiter:
+    future = asyncio.get_running_loop().create_future()
+    return Waiter("r.t", future, job_id, started_at, started_at + accepted_after)
 
 
 def cleanup(*waiters: Waiter) -> None:
@@ -77,6 +78,20 @@ async def test_the_later_callbacks_come_the_more_slack_they_get(watch: OverdueWa
     now = 100.0 + INITIAL + 0.5
     watch.track(mine, deadline=200.0)
     watch.answered(later, now=now)
+    assert watch.check(now=now) == RECHECK_INTERVAL
+    assert mine.poll is None
+
+
+async def test_a_job_sent_before_ours_was_accepted_does_not_overtake(
+    watch: OverdueWatch,
+) -> None:
+    """A job whose /start went out before the answer to ours came back may have started
+    first on a busy job server: its callback does not make ours lost."""
+    mine = waiter(started_at=100.0, accepted_after=0.3)
+    other = waiter(started_at=100.2)
+    now = 100.0 + INITIAL + 0.01
+    watch.track(mine, deadline=200.0)
+    watch.answered(other, now=now)
     assert watch.check(now=now) == RECHECK_INTERVAL
     assert mine.poll is None
 
