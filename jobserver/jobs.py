@@ -48,7 +48,8 @@ class JobState(str, Enum):
 
 def utc_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-25T13:09:06.123Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds, as the format wants, at half strftime's cost.
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 @dataclass(eq=False, slots=True)

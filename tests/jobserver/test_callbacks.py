@@ -14,7 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from jobserver.callbacks import CallbackSender, build_callback_client, webhook_signature
+from jobserver.callbacks import (
+    CallbackSender,
+    CookielessClient,
+    build_callback_client,
+    webhook_signature,
+)
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
 from tests.jobserver.servers import callback_receiver, expected_signature, jobserver_client
@@ -107,6 +112,25 @@ async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() 
     assert sender.delivered == 1
 
 
+async def test_the_callback_client_keeps_no_cookies() -> None:
+    """A receiver's Set-Cookie is not kept, so it never reaches the next receiver."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"set-cookie": "session=1; Path=/"})
+
+    async with CookielessClient(transport=httpx.MockTransport(answer)) as client:
+        settings = Settings(seed=1)
+        streams = RandomStreams(settings.seed)
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        sender.schedule("http://receiver/a", PAYLOAD, "a")
+        sender.schedule("http://receiver/b", PAYLOAD, "b")
+        assert await sender.drain(WAIT) == 0
+        assert sender.delivered == 2
+        assert not client.cookies
+        with pytest.raises(TypeError):
+            client.cookies = {"session": "1"}
+
+
 async def test_4xx_is_final() -> None:
     """A 4xx answer is not retried, and is counted as rejected."""
     async with sender_with(answers(404)) as (sender, requests):
@@ -188,6 +212,7 @@ async def test_callback_arrives_over_http_signed_with_the_job_json() -> None:
     assert job["state"] == "completed"
     assert set(job) == {"id", "state", "startedAt", "proof"}
     assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["user-agent"] == "jobserver-callbacks/0.1"
     assert delivery.headers["webhook-id"].startswith("msg_")
     assert delivery.headers["webhook-signature"] == expected_signature(
         WHSEC, delivery.headers, delivery.body
