@@ -197,7 +197,7 @@ class Upstream:
                     self._start_url,
                     content=json.dumps(body, separators=(",", ":")).encode(),
                     headers=JSON_HEADERS,
-                    extensions={"timeout": httpx.Timeout(min(self._timeout, remaining)).as_dict()},
+                    extensions={"timeout": self._attempt_timeout(remaining)},
                 )
                 response = await self._client.send(request)
                 return response, sent_at
@@ -205,6 +205,13 @@ class Upstream:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
+
+    def _attempt_timeout(self, remaining: float) -> dict[str, float | None]:
+        # Connecting is bounded by start_timeout (a dead job server is retried); once
+        # the request is sent, a job server that queues it behind the account's other
+        # requests may take as long as the job's deadline allows.
+        connect = min(self._timeout, remaining)
+        return httpx.Timeout(remaining, connect=connect, pool=remaining).as_dict()
 
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""

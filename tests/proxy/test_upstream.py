@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import socket
@@ -13,7 +14,12 @@ import aiohttp
 import httpx
 import pytest
 import respx
+import uvicorn
 from aiohttp.client_reqrep import ConnectionKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from proxy.config import Settings
 from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
@@ -412,3 +418,32 @@ async def test_aiohttp_transport_closed_port_ends_unavailable_within_budget() ->
             await upstream.start(BODY, deadline=_soon())
     assert time.monotonic() - began < 0.3 + SLACK
     assert upstream.retries >= 1
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_slow_answer_is_waited_for_beyond_start_timeout(transport: str) -> None:
+    """start_timeout bounds connecting; a job server slow to answer /start is waited for."""
+
+    async def slow_start(request: Request) -> JSONResponse:
+        await asyncio.sleep(0.5)  # queued behind the account's other requests
+        return JSONResponse({"state": "running", "id": "abc1234567890"})
+
+    app = Starlette(routes=[Route("/start", slow_start, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(5):
+            while not server.started:  # noqa: ASYNC110  (uvicorn offers no started event)
+                await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        options = {"upstream_transport": transport, "start_timeout": 0.1}
+        async with _upstream(upstream_url=url, **options) as upstream:
+            answer = await upstream.start(
+                {"account": "a", "wait": False}, deadline=time.monotonic() + 5
+            )
+    finally:
+        server.should_exit = True
+        await serving
+    assert answer.body["id"] == "abc1234567890"
