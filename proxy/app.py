@@ -228,10 +228,13 @@ async def _quietly(step: Awaitable[Any]) -> None:
 async def _await_result(services: Services, waiter: Waiter, deadline: float) -> Job:
     """The job's result: from its callback, or from a status poll if that is lost."""
     services.watch.track(waiter, deadline)
-    await asyncio.wait((waiter.future,), timeout=max(0.0, deadline - time.monotonic()))
-    if not waiter.future.done():
-        raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
-    job = waiter.future.result()  # raises ClientGone or ShuttingDown
+    try:
+        # Awaiting the future itself (no asyncio.wait bookkeeping per held request); at
+        # the deadline it is cancelled, which a late callback then finds spent.
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            job = await waiter.future  # raises ClientGone or ShuttingDown
+    except TimeoutError:
+        raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline") from None
     now = time.monotonic()
     services.metrics.job_duration.labels(waiter.answered_by).observe(now - waiter.started_at)
     if waiter.answered_by == "callback":
