@@ -40,6 +40,8 @@ from proxy.errors import (
     UnknownCallback,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
 )
 from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
 from proxy.metrics import Metrics
@@ -195,8 +197,8 @@ async def _serve(
         answer = await services.upstream.start(
             job_request.upstream_body(callback), deadline=deadline
         )
-    except ProxyError:
-        if key is not None:  # no job was started for this key: let a retry start one
+    except (UpstreamUnavailable, UpstreamRejected):
+        if key is not None:  # surely no job was started for this key: let a retry start one
             await _quietly(results.release(key, waiter.token))
         raise
     if not isinstance(answer.body, dict):

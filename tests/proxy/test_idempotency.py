@@ -71,14 +71,14 @@ async def test_result_of_an_abandoned_request_is_kept_for_the_retry(
     assert len(proxy.upstream.starts) == 1
 
 
-async def test_failed_start_releases_the_key(proxy_factory: ProxyFactory) -> None:
-    """When no job could be started, a retry with the same key really starts one."""
+async def test_refused_start_releases_the_key(proxy_factory: ProxyFactory) -> None:
+    """When the job server refused the job, a retry with the same key really starts one."""
     upstream = FakeJobServer()
     refusals = iter([True])
 
     async def refuse_once(body: dict[str, Any]) -> Response | None:
         if next(refusals, False):
-            return Response(b"broken", 500)
+            return JSONResponse({"error": "bad_request", "detail": "try again"}, 400)
         return None
 
     upstream.on_start = refuse_once
@@ -87,8 +87,24 @@ async def test_failed_start_releases_the_key(proxy_factory: ProxyFactory) -> Non
         retry = post(proxy, "k5")
         job_id = await upstream.next_job()
         await upstream.callback(job_id, upstream.finish(job_id))
-        assert failed.status_code == 502
+        assert failed.status_code == 400
         assert (await retry).json()["id"] == job_id
+
+
+async def test_ambiguous_start_failure_keeps_the_key(proxy_factory: ProxyFactory) -> None:
+    """A 500 from /start may have started a job: a retry never starts a second one."""
+    upstream = FakeJobServer()
+
+    async def broken(body: dict[str, Any]) -> Response:
+        return Response(b"broken", 500)
+
+    upstream.on_start = broken
+    async with proxy_factory(upstream, job_deadline=0.3) as proxy:
+        failed = await post(proxy, "k8")
+        retry = await post(proxy, "k8")
+    assert failed.status_code == 502
+    assert retry.status_code == 504
+    assert len(upstream.starts) == 1
 
 
 async def test_wait_false_retry_gets_the_same_running_answer(proxy: ProxyUnderTest) -> None:
