@@ -26,21 +26,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from jobserver.progress import ProgressBar, ProgressLines
 from jobserver.proofs import encode_bundle, is_proof_shaped
 
 EXIT_PASSED = 0
@@ -58,7 +51,6 @@ BODY_EXCERPT_CHARS = 200
 # Text output lists this many failures one by one; --json lists them all.
 LISTED_FAILURES = 20
 # Without a terminal, a progress line is printed each time this share of jobs has answered.
-PROGRESS_LINE_STEP = 0.1
 
 # Signs, anywhere in an error's chain of causes, that the server dropped the connection.
 DISCONNECTED = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
@@ -328,64 +320,6 @@ def render_json(report: RunReport, verdict: Verdict, deadline: float) -> str:
         "proof": verdict.proof,
     }
     return json.dumps(document)
-
-
-class ProgressBar:
-    """A live rich bar on a terminal: answered / total, failures, elapsed time."""
-
-    def __init__(self, total: int, console: Console) -> None:
-        self._failed = 0
-        self._progress = Progress(
-            TextColumn("jobs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self._task = self._progress.add_task("jobs", total=total, failed=0)
-
-    def __enter__(self) -> ProgressBar:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
-
-    def __call__(self, outcome: JobOutcome) -> None:
-        self._failed += 0 if outcome.succeeded else 1
-        self._progress.update(self._task, advance=1, failed=self._failed)
-
-
-class ProgressLines:
-    """Without a terminal: a plain count line each time another tenth of the jobs answered."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self._total = total
-        self._stream = stream
-        self._answered = 0
-        self._failed = 0
-        self._next_line = min(total, max(1, int(total * PROGRESS_LINE_STEP)))
-        self._started = time.perf_counter()
-
-    def __call__(self, outcome: JobOutcome) -> None:
-        self._answered += 1
-        self._failed += 0 if outcome.succeeded else 1
-        if self._answered >= self._next_line:
-            elapsed = time.perf_counter() - self._started
-            print(
-                f"answered {self._answered}/{self._total} jobs "
-                f"({self._failed} failed) in {elapsed:.3f} s",
-                file=self._stream,
-                flush=True,
-            )
-            step = max(1, int(self._total * PROGRESS_LINE_STEP))
-            self._next_line = min(self._total, (self._answered // step + 1) * step)
 
 
 class UsageError(Exception):
