@@ -159,7 +159,8 @@ async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> 
 
 
 async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisServer) -> None:
-    """Without Redis, an Idempotency-Key request is a 503 JSON; readyz says not ready."""
+    """Without Redis: Idempotency-Key requests and other replicas' callbacks get 503 JSON,
+    readyz says not ready, plain requests still work; all recover when Redis is back."""
     async with (
         run_server("jobserver") as jobserver,
         replica(jobserver, redis_server.url, "a") as a,
@@ -172,6 +173,9 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
             headers={"Idempotency-Key": "k1"},
         )
         ready = await client.get(f"{a.url}/readyz")
+        foreign = await client.post(
+            f"{a.url}/callback/b.some-token", json={"id": "abc", "state": "completed"}
+        )
         plain = await client.post(f"{a.url}/proxy", json={"account": "x", "wait": True})
         await redis_server.start()
         await wait_for_ready(a)
@@ -183,5 +187,7 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
     assert response.status_code == 503
     assert response.json()["error"] == "bus_unavailable"
     assert ready.status_code == 503
+    assert foreign.status_code == 503  # the job server retries it
+    assert foreign.json()["error"] == "bus_unavailable"
     assert plain.status_code == 200
     assert recovered.status_code == 200
