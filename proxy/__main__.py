@@ -58,11 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # httpx logs every outbound request at INFO: one line per job is noise, and CPU.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
-        serve(settings)
+        started = serve(settings)
     except OSError as exc:
         print(f"jobproxy: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    return 0
+    return 0 if started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

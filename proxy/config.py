@@ -7,6 +7,8 @@ documents every setting with its default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import tomllib
@@ -56,12 +58,21 @@ class Settings:
     def __post_init__(self) -> None:
         self._check_urls()
         self._check_numbers()
+        self._check_secret()
         for name, allowed in (
             ("log_level", get_args(LogLevel)),
             ("upstream_transport", get_args(UpstreamTransport)),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+
+    def _check_secret(self) -> None:
+        # Checked here so that a bad secret stops the start with one line, not a traceback.
+        if self.callback_secret.startswith("whsec_"):
+            try:
+                base64.b64decode(self.callback_secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ConfigError("callback_secret: the part after whsec_ is not base64") from None
 
     def _check_urls(self) -> None:
         for name in ("upstream_url", "public_url", "redis_url"):

@@ -30,8 +30,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """Bind before uvicorn starts, so ``--port 0`` resolves to a real port up front."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -80,8 +84,8 @@ class ProxyServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings) -> None:
-    """Run the proxy until SIGTERM or SIGINT."""
+def serve(settings: Settings) -> bool:
+    """Run the proxy until SIGTERM or SIGINT; False if it never started."""
     # Each held request allocates a few dozen objects; with thousands in flight the
     # default young-generation threshold (700) runs a collection every few requests.
     gc.set_threshold(GC_THRESHOLD, 10, 10)
@@ -98,4 +102,6 @@ def serve(settings: Settings) -> None:
         backlog=settings.backlog,
         timeout_graceful_shutdown=CLOSE_GRACE,
     )
-    ProxyServer(config, app, settings).run(sockets=[sock])
+    server = ProxyServer(config, app, settings)
+    server.run(sockets=[sock])
+    return server.started

@@ -46,6 +46,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"JOBPROXY_NOPE": "1"}, "JOBPROXY_NOPE: unknown setting"),
         ({"JOBPROXY_ACCESS_LOG": "maybe"}, "JOBPROXY_ACCESS_LOG: 'maybe'"),
         ({"JOBPROXY_JOB_DEADLINE": "nan"}, "JOBPROXY_JOB_DEADLINE: 'nan'"),
+        ({"JOBPROXY_CALLBACK_SECRET": "whsec_!!!"}, "callback_secret: the part after whsec_"),
     ],
 )
 def test_bad_values_name_key_and_value(env: dict[str, str], message: str) -> None:
