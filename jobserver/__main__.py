@@ -158,11 +158,13 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         server_header=False,
     )
+    server = JobServerProcess(config, url)
     try:
-        JobServerProcess(config, url).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
-    return EXIT_OK
+    # uvicorn returns quietly when the lifespan's startup fails: that is a failed start.
+    return EXIT_OK if server.started else STARTUP_FAILURE
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
