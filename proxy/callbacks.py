@@ -3,13 +3,12 @@
 With a callback secret configured, a callback must carry a Standard Webhooks signature:
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>``
 with a timestamp within five minutes of now. The key is the base64-decoded part after
-``whsec_`` for secrets in that form, else the secret's UTF-8 bytes.
+``whsec_`` for secrets in that form, else the secret's UTF-8 bytes (:func:`signing_key`).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import time
@@ -17,22 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.bodies import parse_object
+from proxy.config import signing_key
 from proxy.errors import BadRequest, BadSignature
 
+__all__ = ["parse_job", "signing_key", "verify_signature"]
+
 SIGNATURE_TOLERANCE = 300.0  # seconds either side of now
-SECRET_PREFIX = "whsec_"
 
 Job = dict[str, Any]
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key a callback secret stands for."""
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-        except binascii.Error:
-            raise ValueError("callback_secret: the part after whsec_ is not base64") from None
-    return secret.encode()
 
 
 def verify_signature(

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "JOBPROXY_"
+SECRET_PREFIX = "whsec_"
 LogLevel = Literal["debug", "info", "warning", "error"]
 UpstreamTransport = Literal["aiohttp", "httpx"]
 
@@ -68,11 +69,7 @@ class Settings:
 
     def _check_secret(self) -> None:
         # Checked here so that a bad secret stops the start with one line, not a traceback.
-        if self.callback_secret.startswith("whsec_"):
-            try:
-                base64.b64decode(self.callback_secret.removeprefix("whsec_"), validate=True)
-            except binascii.Error:
-                raise ConfigError("callback_secret: the part after whsec_ is not base64") from None
+        signing_key(self.callback_secret)
 
     def _check_urls(self) -> None:
         for name in ("upstream_url", "public_url", "redis_url"):
@@ -108,6 +105,17 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         host = f"[{host}]" if ":" in host else host
         return dataclasses.replace(self, public_url=f"http://{host}:{bound_port}")
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key a callback secret stands for: the base64-decoded part after
+    ``whsec_`` (Standard Webhooks), else the secret's UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+        except binascii.Error:
+            raise ConfigError("callback_secret: the part after whsec_ is not base64") from None
+    return secret.encode()
 
 
 def _is_absolute_url(value: str, *, redis: bool) -> bool:
