@@ -214,7 +214,7 @@ async def _poll_once(
         return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "))
     status = response.status_code
     if status in (429, 503):
-        return _Failure(f"HTTP {status}", _retry_after_seconds(response))
+        return _Failure(f"HTTP {status}", retry_after_seconds(response))
     if status == 404:
         return _Failure("HTTP 404", expected=True)
     if not response.is_success:
@@ -236,8 +236,11 @@ def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failu
     return job
 
 
-def _retry_after_seconds(response: httpx.Response) -> float:
-    # Only the delta-seconds form: an HTTP date would need a wall clock we do not inject.
+def retry_after_seconds(response: httpx.Response) -> float:
+    """Seconds a ``Retry-After`` header asks for; 0.0 when absent or unusable.
+
+    Only the delta-seconds form: an HTTP date would need a wall clock we do not inject.
+    """
     try:
         seconds = float(response.headers.get("Retry-After", ""))
     except ValueError:

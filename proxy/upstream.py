@@ -35,13 +35,13 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from proxy.polling import FINAL_STATES, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 RETRY_BASE = 0.05
 RETRY_CAP = 1.0
 RETRYABLE_STATUS = frozenset({429, 503})
-TERMINAL_STATES = frozenset({"completed", "failed"})
 MAX_JOB_ID_LENGTH = 256
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -78,17 +78,8 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 def is_terminal(job: Job) -> bool:
-    return job.get("state") in TERMINAL_STATES
+    return job.get("state") in FINAL_STATES
 
 
 def job_id_of(job: Job) -> str:
@@ -157,7 +148,7 @@ class Upstream:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeout("the deadline passed before the job server accepted the job")
-            pause: float | None
+            pause = 0.0
             try:
                 response, sent_at = await self._post_in_turn(body, deadline)
             except httpx.TransportError as exc:
@@ -166,16 +157,15 @@ class Upstream:
                 failure: UpstreamError = UpstreamUnavailable(
                     f"cannot reach the job server at {self._start_url}: {exc!r}"
                 )
-                pause = None
             else:
                 if response.status_code not in RETRYABLE_STATUS:
                     return _answer(response, sent_at)
                 failure = UpstreamUnavailable(
                     f"the job server answered {response.status_code} to every attempt"
                 )
-                pause = retry_after(response)
+                pause = retry_after_seconds(response)
             # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
-            delay = max(pause or 0.0, backoff_delay(attempt, self._rng))
+            delay = max(pause, backoff_delay(attempt, self._rng))
             if time.monotonic() + delay > give_up:
                 raise failure
             attempt += 1

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from proxy.config import Settings
 from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
+from proxy.polling import retry_after_seconds
 from proxy.upstream import (
     RETRY_CAP,
     Upstream,
@@ -31,7 +32,6 @@ from proxy.upstream import (
     is_terminal,
     job_id_of,
     nothing_was_sent,
-    retry_after,
 )
 
 UPSTREAM_URL = "http://jobserver.test"
@@ -352,12 +352,12 @@ def test_backoff_is_full_jitter_capped() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("0", 0.0), ("2", 2.0), ("0.5", 0.5), ("-1", None), ("soon", None), ("", None)],
+    [("0", 0.0), ("2", 2.0), ("0.5", 0.5), ("-1", 0.0), ("soon", 0.0), ("", 0.0), ("inf", 0.0)],
 )
-def test_retry_after_parsing(value: str, seconds: float | None) -> None:
-    """Retry-After in seconds is read; negative or unreadable values are ignored."""
+def test_retry_after_parsing(value: str, seconds: float) -> None:
+    """Retry-After in seconds is read; negative or unreadable values are ignored (no floor)."""
     headers = {"Retry-After": value} if value else {}
-    assert retry_after(httpx.Response(503, headers=headers)) == seconds
+    assert retry_after_seconds(httpx.Response(503, headers=headers)) == seconds
 
 
 def test_job_helpers() -> None:
