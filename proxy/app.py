@@ -47,7 +47,7 @@ from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, finge
 from proxy.metrics import Metrics
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
-from proxy.polling import PollSchedule, wait_for_job
+from proxy.polling import PollSchedule
 from proxy.shared import RedisBus, connect
 from proxy.upstream import Upstream, UpstreamAnswer, build_client, is_terminal, job_id_of
 from proxy.waiters import Delivery, Job, Waiter, WaiterRegistry, new_replica_id
@@ -246,15 +246,6 @@ async def _await_result(services: Services, waiter: Waiter, deadline: float) -> 
     return job
 
 
-def _poll(services: Services, job_id: str, deadline: float, first_delay: float) -> Awaitable[Job]:
-    settings = services.settings
-    schedule = PollSchedule(
-        first_delay=first_delay, base=settings.poll_backoff_base, cap=settings.poll_backoff_cap
-    )
-    base_url = services.upstream.base_url
-    return wait_for_job(services.client, base_url, job_id, deadline=deadline, schedule=schedule)
-
-
 async def _follow(
     services: Services, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
 ) -> Job:
@@ -274,7 +265,7 @@ async def _follow(
                 if job_id is not None:
                     # The first request's holder may be gone: ask the job server too.
                     overdue_in = services.watch.expected()
-                    poll = asyncio.ensure_future(_poll(services, job_id, deadline, overdue_in))
+                    poll = asyncio.ensure_future(services.watch.poll(job_id, deadline, overdue_in))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")

@@ -36,13 +36,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
 
 import httpx
 
 from proxy.config import Settings
 from proxy.errors import JobTimeout
 from proxy.polling import DurationStats, PollSchedule, wait_for_job
-from proxy.waiters import Waiter
+from proxy.waiters import Job, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ class OverdueWatch:
         self._wake = asyncio.Event()
         self._newest_answered = -math.inf  # /start sent time of the newest job called back
         self._last_callback = -math.inf
-        self.polls_started = 0
         self._probes = 0  # polls under way that silence started
 
     def expected(self) -> float:
@@ -121,8 +121,7 @@ class OverdueWatch:
                 "overtaken" if overtaken else "no callbacks",
                 slack,
             )
-            waiter.poll = asyncio.create_task(self._poll(waiter, deadline))
-            self.polls_started += 1
+            waiter.poll = asyncio.create_task(self._settle_by_poll(waiter, deadline))
             if not overtaken:
                 self._probes += 1
                 waiter.poll.add_done_callback(self._probe_done)
@@ -132,14 +131,21 @@ class OverdueWatch:
         self._probes -= 1
         self._wake.set()
 
-    async def _poll(self, waiter: Waiter, deadline: float) -> None:
+    def poll(self, job_id: str, deadline: float, first_delay: float = 0.0) -> Awaitable[Job]:
+        """Poll the job's status on the configured schedule until it ends or ``deadline``."""
+        schedule = PollSchedule(
+            first_delay=first_delay,
+            base=self._settings.poll_backoff_base,
+            cap=self._settings.poll_backoff_cap,
+        )
+        return wait_for_job(
+            self._client, self._base_url, job_id, deadline=deadline, schedule=schedule
+        )
+
+    async def _settle_by_poll(self, waiter: Waiter, deadline: float) -> None:
         assert waiter.job_id is not None
-        settings = self._settings
-        schedule = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap)
         try:
-            job = await wait_for_job(
-                self._client, self._base_url, waiter.job_id, deadline=deadline, schedule=schedule
-            )
+            job = await self.poll(waiter.job_id, deadline)
         except JobTimeout:
             return  # the held request answers 504 at the same deadline
         if waiter.settle(job, "poll"):
