@@ -138,21 +138,26 @@ async def test_abandoned_clients_leave_nothing_pending() -> None:
     assert pending == 0
 
 
+async def sigterm_while_held(proxy: ServerProcess, accounts: list[str]) -> list[httpx.Response]:
+    """Hold one request per entry of ``accounts``, SIGTERM the proxy, collect the answers."""
+    limits = httpx.Limits(max_connections=len(accounts) + 50)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        held = [
+            asyncio.ensure_future(
+                client.post(f"{proxy.url}/proxy", json={"account": account, "wait": True})
+            )
+            for account in accounts
+        ]
+        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= len(held))
+        proxy.process.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*held)
+
+
 async def test_sigterm_answers_every_held_request() -> None:
     """SIGTERM with 100 held requests: all 100 still get their job JSON."""
     async with system() as (_, proxy):
-        limits = httpx.Limits(max_connections=150)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            held = [
-                asyncio.ensure_future(
-                    client.post(f"{proxy.url}/proxy", json={"account": f"t{n % 20}", "wait": True})
-                )
-                for n in range(100)
-            ]
-            await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 100)
-            proxy.process.send_signal(signal.SIGTERM)
-            answers = await asyncio.gather(*held)
-            code = await proxy.process.wait()
+        answers = await sigterm_while_held(proxy, [f"t{n % 20}" for n in range(100)])
+        code = await proxy.process.wait()
     assert [a.status_code for a in answers] == [200] * 100
     assert all(a.json()["state"] == "completed" for a in answers)
     assert code == 0
@@ -161,19 +166,8 @@ async def test_sigterm_answers_every_held_request() -> None:
 
 async def test_drain_timeout_answers_the_rest_with_503() -> None:
     """Jobs outlasting the drain timeout are answered 503 JSON, never a dropped socket."""
-    async with (
-        system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (_, proxy),
-        httpx.AsyncClient(timeout=30) as client,
-    ):
-        held = [
-            asyncio.ensure_future(
-                client.post(f"{proxy.url}/proxy", json={"account": f"d{n}", "wait": True})
-            )
-            for n in range(10)
-        ]
-        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 10)
-        proxy.process.send_signal(signal.SIGTERM)
-        answers = await asyncio.gather(*held)
+    async with system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (_, proxy):
+        answers = await sigterm_while_held(proxy, [f"d{n}" for n in range(10)])
     assert [a.status_code for a in answers] == [503] * 10
     assert all(a.json()["error"] == "shutting_down" for a in answers)
     assert all("retry-after" in a.headers for a in answers)
