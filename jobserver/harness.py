@@ -68,12 +68,17 @@ def script_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-async def _pump(stream: asyncio.StreamReader, sink: deque[str], echo: bool) -> None:
+async def _pump(
+    stream: asyncio.StreamReader, sink: deque[str], echo: bool, ready: asyncio.Future[str]
+) -> None:
+    """Keep the tail of the child's output (and echo it); resolve ``ready`` with its URL."""
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip()
         sink.append(text)
         if echo:
             print(text, file=sys.stderr, flush=True)
+        if not ready.done() and (match := READY_LINE.search(text)):
+            ready.set_result(match.group(1))
 
 
 @contextlib.asynccontextmanager
@@ -96,26 +101,19 @@ async def run_server(
     )
     assert process.stdout is not None
     output: deque[str] = deque(maxlen=200)
-    server: ServerProcess | None = None
-    try:
-        async with asyncio.timeout(ready_timeout):
-            while line := await process.stdout.readline():
-                text = line.decode(errors="replace").rstrip()
-                output.append(text)
-                if echo:
-                    print(text, file=sys.stderr, flush=True)
-                if match := READY_LINE.search(text):
-                    server = ServerProcess(match.group(1), process, output)
-                    break
-    except TimeoutError:
-        pass
-    if server is None:
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    # One reader for the child's whole life: it also drains the pipe so the child never
+    # blocks on a full one.
+    pump = asyncio.create_task(_pump(process.stdout, output, echo, ready))
+    await asyncio.wait((ready, pump), timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
         if process.returncode is None:
             process.kill()
         await process.wait()
+        await pump
         tail = "\n".join(output)
         raise ServerFailed(f"{argv[0]} did not become ready (exit {process.returncode}):\n{tail}")
-    pump = asyncio.create_task(_pump(process.stdout, output, echo))
+    server = ServerProcess(ready.result(), process, output)
     try:
         yield server
     finally:
