@@ -38,9 +38,13 @@ HEALTH_CHECK_INTERVAL = 5
 REREAD_BATCH = 500
 RECONNECT_BASE = 0.1
 RECONNECT_CAP = 2.0
-# A claim's owner writes "<token> <digest>"; only that exact value may release it.
+# A claim's value is "<token> <digest>"; only the owner of that token may release it,
+# checked and deleted in one step on the server.
 RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, 1, #ARGV[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -185,9 +189,7 @@ class RedisBus:
 
     async def release(self, key: str, token: str) -> None:
         with _bus_errors("release claim"):
-            holder = await self._redis.get(_claim_key(key))
-            if holder is not None and str(holder).startswith(f"{token} "):
-                await self._release(keys=[_claim_key(key)], args=[holder])
+            await self._release(keys=[_claim_key(key)], args=[f"{token} "])
 
     async def job_id_for(self, key: str) -> str | None:
         with _bus_errors("read job id"):

@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobserver.harness import ServerProcess
+from proxy.shared import RedisBus, connect
+from proxy.waiters import WaiterRegistry
 from tests.conftest import run_server
 from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
 
@@ -191,3 +193,17 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
     assert foreign.json()["error"] == "bus_unavailable"
     assert plain.status_code == 200
     assert recovered.status_code == 200
+
+
+async def test_only_the_owner_releases_a_claim(redis_server: RedisServer) -> None:
+    """A claim is released by its owner's token only, not by a token it merely prefixes."""
+    redis = connect(redis_server.url)
+    try:
+        bus = RedisBus(redis, WaiterRegistry("a", 10), ttl=60)
+        assert (await bus.claim("k", "digest", "a.tok")).owner
+        await bus.release("k", "a.to")
+        assert not (await bus.claim("k", "digest", "a.other")).owner
+        await bus.release("k", "a.tok")
+        assert (await bus.claim("k", "digest", "a.other")).owner
+    finally:
+        await redis.aclose()
