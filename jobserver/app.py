@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,6 +41,7 @@ from jobserver.callbacks import CallbackSender, build_callback_client
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import AccountGate, Job, JobRunner, JobStore, QueueFull
+from jobserver.network import NetworkLatency
 from jobserver.openapi import (
     ACCOUNT_MAX_LENGTH,
     CALLBACK_MAX_LENGTH,
@@ -316,6 +318,7 @@ async def healthz(request: Request[AppState]) -> Response:
             "jobs_running": runner.running,
             "jobs_queued": runner.admitted - runner.running,
             "callbacks_pending": request.state["callbacks"].pending,
+            "start_queue_peak": request.state["gate"].peak,
         }
     )
 
@@ -344,7 +347,7 @@ def create_app(settings: Settings) -> Starlette:
                 yield AppState(
                     settings=settings,
                     store=store,
-                    gate=AccountGate(),
+                    gate=AccountGate(travel=settings.latency),
                     runner=runner,
                     faults=faults,
                     callbacks=callbacks,
@@ -377,4 +380,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(NetworkLatency, seconds=settings.latency, gated_paths=["/start"])],
+    )

@@ -137,6 +137,7 @@ class CallbackSender:
         self._backoff_max = settings.callback_backoff_max
         self._faults = faults
         self._streams = streams
+        self._latency = settings.latency
         # json.dumps with any option builds a new encoder per call.
         self._encode_json = json.JSONEncoder(separators=(",", ":")).encode
         # One slot per pooled connection: an attempt's deadline starts once it has a
@@ -205,6 +206,8 @@ class CallbackSender:
         if delay > 0:
             await asyncio.sleep(delay)
         for attempt in range(1, self._attempts + 1):
+            if self._latency > 0:
+                await asyncio.sleep(self._latency)  # on its way to the receiver
             result = await self._attempt(url, body, message_id)
             if result.verdict == "delivered":
                 self.delivered += 1

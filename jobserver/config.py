@@ -134,6 +134,14 @@ class Settings:
     start_latency: float = field(
         default=0.0, metadata=_doc("seconds spent in the account gate per /start", minimum=0)
     )
+    # Network
+    latency: float = field(
+        default=0.0,
+        metadata=_doc(
+            "simulated network delay one way, s: on each request, answer and callback",
+            minimum=0,
+        ),
+    )
 
 
 SETTING_FIELDS: dict[str, dataclasses.Field[Any]] = {

@@ -127,10 +127,18 @@ class AccountGate:
 
     ``asyncio.Lock`` wakes its waiters in FIFO order. A slot lives only while someone
     holds or waits for it, so idle accounts cost no memory.
+
+    ``travel`` is the simulated network's one-way latency (``jobserver.network``): a
+    request reaches the gate that long after it was sent. ``peak`` is the most requests
+    of one account ever on their way to its gate, waiting at it or holding it at once:
+    it tells whether a client lets an account's requests overlap or sends them one after
+    another.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, travel: float = 0.0) -> None:
         self._slots: dict[str, _GateSlot] = {}
+        self._travel = travel
+        self.peak = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -142,7 +150,10 @@ class AccountGate:
         if slot is None:
             slot = self._slots[account] = _GateSlot()
         slot.users += 1
+        self.peak = max(self.peak, slot.users)
         try:
+            if self._travel > 0:
+                await asyncio.sleep(self._travel)
             async with slot.lock:
                 yield
         finally:

@@ -125,6 +125,11 @@ def _schemas() -> dict[str, Any]:
                 "jobs_running": {"type": "integer", "minimum": 0},
                 "jobs_queued": {"type": "integer", "minimum": 0},
                 "callbacks_pending": {"type": "integer", "minimum": 0},
+                "start_queue_peak": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Most /start requests of one account at its gate at once.",
+                },
             },
         },
         "Error": {
