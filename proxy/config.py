@@ -52,6 +52,7 @@ class Settings:
     drain_timeout: float = 25.0
     upstream_transport: UpstreamTransport = "aiohttp"
     upstream_max_connections: int = 1_000
+    upstream_max_per_account: int = 100
     backlog: int = 4_096
     log_level: LogLevel = "info"
     access_log: bool = False
@@ -92,7 +93,14 @@ class Settings:
             raise ConfigError(
                 f"poll_backoff_cap: {self.poll_backoff_cap!r} is below poll_backoff_base"
             )
-        for name in ("max_pending", "max_body_size", "upstream_max_connections", "backlog"):
+        at_least_one = (
+            "max_pending",
+            "max_body_size",
+            "upstream_max_connections",
+            "upstream_max_per_account",
+            "backlog",
+        )
+        for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be at least 1")
         if not 0 <= self.port <= 65_535:

@@ -1,25 +1,30 @@
 """Calls to the job server, and the one place where httpx errors become ours.
 
-The job server handles one connection per account at a time, so ``/start`` calls of
-one account queue here (:class:`AccountQueue`) rather than each holding a pooled
-connection while it waits in the job server's queue: connections are then only needed
-for the accounts that are active, and one busy account cannot take the whole pool.
+The job server is remote: every ``/start`` costs a round trip. It serves one connection
+per account at a time and queues the others itself, next to its handler, where a queued
+request costs microseconds; a request held back here would cost a whole round trip. So
+an account's starts overlap on the wire, bounded per account (:class:`AccountLanes`:
+``upstream_max_per_account`` in flight, the rest wait here in order) and overall by the
+connection pool (``upstream_max_connections``); connections are kept alive for reuse.
 
 ``/start`` is retried only when no job can have been created: the connection was
-refused or never established, or the job server answered ``503``/``429`` (honouring
-``Retry-After``). Retries use capped exponential backoff with full jitter and stop at
-the retry budget or the job's deadline, whichever is first.
+refused or never established, or the job server answered ``503``/``429``. A busy
+answer pauses the account's lane for its ``Retry-After`` (at least the backoff), so one
+burst is not followed by another, and halves the lane's limit, which grows back by one
+with each accepted start. Retries use capped exponential backoff with full jitter, go
+first when their lane reopens, and stop at the retry budget or the job's deadline,
+whichever is first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,27 +94,98 @@ def job_id_of(job: Job) -> str:
     return job_id
 
 
-class AccountQueue:
-    """One ``/start`` in flight per account, first come first served (``asyncio.Lock``
-    wakes its waiters in order); an account's lock lives only while it is in use."""
+class _Lane:
+    """One account's starts: how many are in flight, who waits, and until when it pauses."""
 
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+    __slots__ = ("account", "in_flight", "limit", "paused_until", "timer", "waiting")
+
+    def __init__(self, account: str, limit: int) -> None:
+        self.account = account
+        self.limit = limit
+        self.in_flight = 0
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.paused_until = -math.inf
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class AccountLanes:
+    """At most ``limit`` ``/start`` calls of one account in flight; the rest wait in order.
+
+    A waiter is a plain future in a FIFO. A cancelled waiter (its client left) is skipped
+    when its turn comes, so a start that was never sent is never sent. A lane lives only
+    while it has starts in flight, waiters or a pause, so idle accounts cost nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lanes: dict[str, _Lane] = {}
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._lanes)
 
-    @contextlib.asynccontextmanager
-    async def turn(self, account: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(account, (asyncio.Lock(), [0]))
-        users[0] += 1
+    def limit_of(self, account: str) -> int:
+        lane = self._lanes.get(account)
+        return self._limit if lane is None else lane.limit
+
+    async def enter(self, account: str, *, first: bool = False) -> _Lane:
+        """Wait for a place in the account's lane; ``first`` puts a retry ahead of the queue."""
+        lane = self._lanes.get(account)
+        if lane is None:
+            lane = self._lanes[account] = _Lane(account, self._limit)
+        loop = asyncio.get_running_loop()
+        if lane.in_flight < lane.limit and not lane.waiting and lane.paused_until <= loop.time():
+            lane.in_flight += 1
+            return lane
+        place = loop.create_future()
+        if first:
+            lane.waiting.appendleft(place)
+        else:
+            lane.waiting.append(place)
         try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[account]
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                lane.in_flight -= 1  # the place came as we left: hand it on
+            self._advance(lane)
+            raise
+        return lane
+
+    def leave(self, lane: _Lane, *, accepted: bool) -> None:
+        """Give the place back; an accepted start lets the lane's limit grow by one."""
+        lane.in_flight -= 1
+        if accepted and lane.limit < self._limit:
+            lane.limit += 1
+        self._advance(lane)
+
+    def pause(self, lane: _Lane, seconds: float) -> None:
+        """Send none of the account's starts for ``seconds``; the first busy answer of a
+        burst also halves its limit (later ones of the same burst find it paused)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if lane.paused_until <= now:
+            lane.limit = max(1, lane.limit // 2)
+        if now + seconds > lane.paused_until:
+            lane.paused_until = now + seconds
+            if lane.timer is not None:
+                lane.timer.cancel()
+            lane.timer = loop.call_at(lane.paused_until, self._reopen, lane)
+
+    def _reopen(self, lane: _Lane) -> None:
+        lane.timer = None
+        self._advance(lane)
+
+    def _advance(self, lane: _Lane) -> None:
+        """Hand free places to the waiters in order, unless the lane is paused."""
+        if lane.timer is None:
+            while lane.waiting and lane.in_flight < lane.limit:
+                place = lane.waiting.popleft()
+                if not place.done():  # else its client left: never send that start
+                    lane.in_flight += 1
+                    place.set_result(None)
+            while lane.waiting and lane.waiting[0].done():
+                lane.waiting.popleft()
+        if not (lane.in_flight or lane.waiting or lane.timer):
+            del self._lanes[lane.account]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,75 +209,79 @@ class Upstream:
         self._timeout = settings.start_timeout
         self._budget = settings.start_retry_budget
         self._rng = random.Random()
-        self._accounts = AccountQueue()
+        self.lanes = AccountLanes(settings.upstream_max_per_account)
         self.retries = 0
 
     async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
-        """POST ``/start`` in the account's turn, retrying while it is safe.
+        """POST ``/start`` in the account's lane, retrying while it is safe.
 
         Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
-        call never goes past, the wait for the account's turn included.
+        call never goes past, the wait for a place in the lane included.
         """
-        give_up = min(deadline, time.monotonic() + self._budget)
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise JobTimeout("the deadline passed before the job server accepted the job")
-            pause = 0.0
-            try:
-                response, sent_at = await self._post_in_turn(body, deadline)
-            except httpx.TransportError as exc:
-                if not nothing_was_sent(exc):
-                    raise _translate(exc) from exc
-                failure: UpstreamError = UpstreamUnavailable(
-                    f"cannot reach the job server at {self._start_url}: {exc!r}"
-                )
-            else:
-                if response.status_code not in RETRYABLE_STATUS:
-                    return _answer(response, sent_at)
-                failure = UpstreamUnavailable(
-                    f"the job server answered {response.status_code} to every attempt"
-                )
-                pause = retry_after_seconds(response)
-            # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
-            delay = max(pause, backoff_delay(attempt, self._rng))
-            if time.monotonic() + delay > give_up:
-                raise failure
-            attempt += 1
-            self.retries += 1
-            logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
-            await asyncio.sleep(delay)
-
-    async def _post_in_turn(self, body: Job, deadline: float) -> tuple[httpx.Response, float]:
-        """One attempt, made in the account's turn; the turn is not kept while backing off."""
-        scope = asyncio.timeout(deadline - time.monotonic())
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeout("the deadline passed before the job server accepted the job")
+        scope = asyncio.timeout(remaining)
         try:
-            async with scope, self._accounts.turn(body["account"]):
-                sent_at = time.monotonic()
-                remaining = deadline - sent_at
-                # A request built here and sent as it is skips the client's per-call
-                # merging of URLs, headers and cookies: a quarter of the call's CPU.
-                request = httpx.Request(
-                    "POST",
-                    self._start_url,
-                    content=json.dumps(body, separators=(",", ":")).encode(),
-                    headers=JSON_HEADERS,
-                    extensions={"timeout": self._attempt_timeout(remaining)},
-                )
-                response = await self._client.send(request)
-                return response, sent_at
+            async with scope:
+                return await self._start(body, deadline)
         except TimeoutError:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
-    def _attempt_timeout(self, remaining: float) -> dict[str, float | None]:
-        # Connecting is bounded by start_timeout (a dead job server is retried); once
-        # the request is sent, a job server that queues it behind the account's other
-        # requests may take as long as the job's deadline allows.
+    async def _start(self, body: Job, deadline: float) -> UpstreamAnswer:
+        give_up = min(deadline, time.monotonic() + self._budget)
+        content = json.dumps(body, separators=(",", ":")).encode()
+        attempt = 0
+        while True:
+            lane = await self.lanes.enter(body["account"], first=attempt > 0)
+            accepted = False
+            try:
+                sent_at = time.monotonic()
+                pause = 0.0
+                try:
+                    response = await self._client.send(self._request(content, deadline - sent_at))
+                except httpx.TransportError as exc:
+                    if not nothing_was_sent(exc):
+                        raise _translate(exc) from exc
+                    failure: UpstreamError = UpstreamUnavailable(
+                        f"cannot reach the job server at {self._start_url}: {exc!r}"
+                    )
+                else:
+                    if response.status_code not in RETRYABLE_STATUS:
+                        accepted = response.is_success
+                        return _answer(response, sent_at)
+                    failure = UpstreamUnavailable(
+                        f"the job server answered {response.status_code} to every attempt"
+                    )
+                    pause = retry_after_seconds(response)
+                # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
+                delay = max(pause, backoff_delay(attempt, self._rng))
+                if time.monotonic() + delay > give_up:
+                    raise failure
+                self.lanes.pause(lane, delay)
+            finally:
+                self.lanes.leave(lane, accepted=accepted)
+            attempt += 1
+            self.retries += 1
+            logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
+
+    def _request(self, content: bytes, remaining: float) -> httpx.Request:
+        # A request built here and sent as it is skips the client's per-call merging of
+        # URLs, headers and cookies: a quarter of the call's CPU. Connecting is bounded
+        # by start_timeout (a dead job server is retried); once sent, a job server that
+        # queues the request behind the account's others may take as long as the job's
+        # deadline allows.
         connect = min(self._timeout, remaining)
-        return httpx.Timeout(remaining, connect=connect, pool=remaining).as_dict()
+        timeout = httpx.Timeout(remaining, connect=connect, pool=remaining)
+        return httpx.Request(
+            "POST",
+            self._start_url,
+            content=content,
+            headers=JSON_HEADERS,
+            extensions={"timeout": timeout.as_dict()},
+        )
 
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""

@@ -71,6 +71,36 @@ async def test_fifty_jobs_through_the_proxy_pass(report_figure: Callable[[str], 
     assert code == 0
 
 
+async def test_fifty_jobs_pass_across_a_100_ms_round_trip(
+    report_figure: Callable[[str], None],
+) -> None:
+    """With the job server 50 ms away each way, the 50 jobs still pass within 5 s."""
+    async with system(["--latency", "0.05"]) as (_, proxy):
+        code, report = await run_jobclient(f"{proxy.url}/proxy")
+    report_figure(f"jobclient, 50 jobs through the proxy, 100 ms RTT: total {report['total']} s")
+    assert report["result"] == "PASSED", report
+    assert code == 0
+
+
+async def test_an_accounts_starts_reach_the_job_server_together() -> None:
+    """Starts of one account wait at the job server's gate together, not one by one in
+    the proxy: while the first holds the gate for a second, the others join its queue."""
+    flags = ["--latency", "0.05", "--start-latency", "1.0"]
+    async with (
+        system(flags) as (jobserver, proxy),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        answers = await asyncio.gather(
+            *(
+                client.post(f"{proxy.url}/proxy", json={"account": "together", "wait": True})
+                for _ in range(5)
+            )
+        )
+        health = (await client.get(f"{jobserver.url}/healthz")).json()
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert health["start_queue_peak"] >= 2
+
+
 async def test_lost_callbacks_and_refused_starts_still_pass() -> None:
     """30% dropped callbacks and the first 5 starts answered 503: all 50 jobs still pass."""
     faults = ["--callback-drop-rate", "0.3", "--start-error-count", "5", "--seed", "7"]

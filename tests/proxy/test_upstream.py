@@ -26,6 +26,7 @@ from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, Upst
 from proxy.polling import retry_after_seconds
 from proxy.upstream import (
     RETRY_CAP,
+    AccountLanes,
     Upstream,
     backoff_delay,
     build_client,
@@ -447,3 +448,168 @@ async def test_slow_answer_is_waited_for_beyond_start_timeout(transport: str) ->
         server.should_exit = True
         await serving
     assert answer.body["id"] == "abc1234567890"
+
+
+# Account lanes: an account's starts overlap, bounded, in order.
+
+
+class _HeldStarts:
+    """A job server whose /start answers only when the test releases it."""
+
+    def __init__(self) -> None:
+        self.arrived: list[str] = []
+        self.open = 0
+        self.most_open = 0
+        self.release = asyncio.Event()
+        self.changed = asyncio.Condition()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        body = httpx.Response(200, content=request.content).json()
+        async with self.changed:
+            self.arrived.append(body["callback"])
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            self.changed.notify_all()
+        try:
+            await self.release.wait()
+        finally:
+            self.open -= 1
+        return httpx.Response(200, json=RUNNING)
+
+    async def until_arrived(self, count: int) -> None:
+        async with asyncio.timeout(5), self.changed:
+            await self.changed.wait_for(lambda: len(self.arrived) >= count)
+
+
+@contextlib.asynccontextmanager
+async def _held_upstream(server: _HeldStarts, **overrides: Any) -> AsyncIterator[Upstream]:
+    settings = _settings(**overrides)
+    transport = httpx.MockTransport(server.handle)
+    async with build_client(settings, transport) as client:
+        yield Upstream(client, settings)
+
+
+def _body(n: int, account: str = "acme") -> dict[str, Any]:
+    return {"account": account, "wait": False, "callback": f"http://proxy.test/callback/r.{n}"}
+
+
+async def test_starts_of_one_account_overlap() -> None:
+    """Ten starts of one account are all sent before the job server answers any."""
+    server = _HeldStarts()
+    async with _held_upstream(server) as upstream:
+        starts = [
+            asyncio.ensure_future(upstream.start(_body(n), deadline=_soon())) for n in range(10)
+        ]
+        await server.until_arrived(10)
+        server.release.set()
+        answers = await asyncio.gather(*starts)
+    assert server.most_open == 10
+    assert [answer.body for answer in answers] == [RUNNING] * 10
+
+
+async def test_an_accounts_starts_in_flight_are_bounded_and_go_in_order() -> None:
+    """With upstream_max_per_account 3, ten starts go 3 at a time, first come first sent."""
+    server = _HeldStarts()
+    async with _held_upstream(server, upstream_max_per_account=3) as upstream:
+        starts = []
+        for n in range(10):
+            starts.append(asyncio.ensure_future(upstream.start(_body(n), deadline=_soon())))
+            await asyncio.sleep(0)  # each enters the lane in turn
+        await server.until_arrived(3)
+        held_back = len(server.arrived)
+        server.release.set()
+        await asyncio.gather(*starts)
+    assert held_back == 3
+    assert server.most_open == 3
+    assert server.arrived == [_body(n)["callback"] for n in range(10)]
+    assert len(upstream.lanes) == 0
+
+
+async def test_other_accounts_are_not_held_back_by_a_full_lane() -> None:
+    """A full lane of one account does not delay another account's start."""
+    server = _HeldStarts()
+    async with _held_upstream(server, upstream_max_per_account=1) as upstream:
+        first = asyncio.ensure_future(upstream.start(_body(0, "a"), deadline=_soon()))
+        queued = asyncio.ensure_future(upstream.start(_body(1, "a"), deadline=_soon()))
+        other = asyncio.ensure_future(upstream.start(_body(2, "b"), deadline=_soon()))
+        await server.until_arrived(2)
+        arrived = list(server.arrived)
+        server.release.set()
+        await asyncio.gather(first, queued, other)
+    assert arrived == [_body(0, "a")["callback"], _body(2, "b")["callback"]]
+
+
+async def test_a_start_cancelled_while_waiting_in_its_lane_is_never_sent() -> None:
+    """A waiting start whose caller gives up is skipped: the job server never sees it."""
+    server = _HeldStarts()
+    async with _held_upstream(server, upstream_max_per_account=1) as upstream:
+        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
+        abandoned = asyncio.ensure_future(upstream.start(_body(1), deadline=_soon()))
+        last = asyncio.ensure_future(upstream.start(_body(2), deadline=_soon()))
+        await server.until_arrived(1)
+        abandoned.cancel()
+        server.release.set()
+        await asyncio.gather(first, last)
+    assert abandoned.cancelled()
+    assert server.arrived == [_body(0)["callback"], _body(2)["callback"]]
+    assert len(upstream.lanes) == 0
+
+
+async def test_a_deadline_reached_in_the_lane_is_a_job_timeout() -> None:
+    """A start still waiting for its lane at the deadline ends JobTimeout, never sent."""
+    server = _HeldStarts()
+    async with _held_upstream(server, upstream_max_per_account=1) as upstream:
+        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
+        await server.until_arrived(1)
+        with pytest.raises(JobTimeout):
+            await upstream.start(_body(1), deadline=time.monotonic() + 0.1)
+        server.release.set()
+        await first
+    assert server.arrived == [_body(0)["callback"]]
+
+
+async def test_a_busy_answer_pauses_the_account_for_its_retry_after() -> None:
+    """After a 503 with Retry-After, no start of that account is sent before it has passed."""
+    sent: list[tuple[str, float]] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        body = httpx.Response(200, content=request.content).json()
+        sent.append((body["account"], time.monotonic()))
+        if len(sent) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0.3"}, json={"error": "busy"})
+        return httpx.Response(200, json=RUNNING)
+
+    settings = _settings(upstream_max_per_account=8)
+    async with build_client(settings, httpx.MockTransport(handle)) as client:
+        upstream = Upstream(client, settings)
+        await upstream.start(_body(0, "busy"), deadline=_soon())
+        refused_at = sent[0][1]
+        # The retry above was sent after the pause; so is a new start of the account.
+        await asyncio.gather(
+            upstream.start(_body(1, "busy"), deadline=_soon()),
+            upstream.start(_body(2, "calm"), deadline=_soon()),
+        )
+    assert all(at >= refused_at + 0.3 - 0.01 for account, at in sent[1:] if account == "busy")
+    assert upstream.retries == 1
+
+
+def test_a_burst_of_busy_answers_halves_the_limit_once() -> None:
+    """Busy answers arriving while the lane is paused do not halve it again."""
+
+    async def scenario() -> list[int]:
+        lanes = AccountLanes(16)
+        keeper = await lanes.enter("a")  # keeps the lane alive throughout
+        held = [await lanes.enter("a") for _ in range(4)]
+        seen = []
+        for lane in held:
+            lanes.pause(lane, 0.05)
+            seen.append(lanes.limit_of("a"))
+            lanes.leave(lane, accepted=False)
+        place = await lanes.enter("a")  # waits out the pause
+        lanes.leave(place, accepted=True)
+        seen.append(lanes.limit_of("a"))
+        lanes.leave(keeper, accepted=False)
+        seen.append(len(lanes))
+        return seen
+
+    assert asyncio.run(scenario()) == [8, 8, 8, 8, 9, 0]
