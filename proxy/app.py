@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -70,6 +71,14 @@ class Services:
     watch: OverdueWatch
     metrics: Metrics
     signing_key: bytes | None
+
+
+class JSONAnswer(JSONResponse):
+    """A JSON response that can encode whatever a job server sent: non-ASCII characters,
+    lone surrogates included, are written as ``\\u`` escapes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
 class LifespanState(TypedDict):
@@ -166,7 +175,7 @@ async def start_job(request: Request) -> Response:
             finally:
                 watcher.cancel()
         outcome = str(answer.body.get("state")) if job_request.wait else "forwarded"
-        return JSONResponse(answer.body, answer.status_code)
+        return JSONAnswer(answer.body, answer.status_code)
     except ProxyError as exc:
         outcome = exc.error
         if isinstance(exc, UpstreamError):
@@ -295,13 +304,13 @@ async def receive_callback(request: Request) -> Response:
             raise BadRequest(f"callback for job {job['id']} on the token of job {waiter.job_id}")
         if not is_terminal(job):
             outcome = "not_final"
-            return JSONResponse({"status": "ignored", "detail": "the job is not finished"})
+            return JSONAnswer({"status": "ignored", "detail": "the job is not finished"})
         delivery = await _deliver(services, token, job)
         outcome = delivery.value
         if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
             logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
             raise UnknownCallback()
-        return JSONResponse({"status": delivery.value})
+        return JSONAnswer({"status": delivery.value})
     except ProxyError as exc:
         if not isinstance(exc, UnknownCallback):
             outcome = exc.error
@@ -322,7 +331,7 @@ async def _deliver(services: Services, token: str, job: Job) -> Delivery:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONAnswer({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -333,7 +342,7 @@ async def readyz(request: Request) -> Response:
         services.bus.subscribed.is_set() and await services.bus.ping()
     ):
         raise NotReady("Redis is unreachable")
-    return JSONResponse({"status": "ready", "pending": len(services.waiters)})
+    return JSONAnswer({"status": "ready", "pending": len(services.waiters)})
 
 
 async def metrics(request: Request) -> Response:
@@ -342,24 +351,24 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return JSONAnswer(OPENAPI)
 
 
 async def proxy_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return JSONResponse(exc.body(), exc.status_code, headers=exc.headers)
+    return JSONAnswer(exc.body(), exc.status_code, headers=exc.headers)
 
 
 async def http_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body: dict[str, Any] = {"error": _http_error_word(exc.status_code), "detail": exc.detail}
-    return JSONResponse(body, exc.status_code, headers=exc.headers)
+    return JSONAnswer(body, exc.status_code, headers=exc.headers)
 
 
 async def unexpected_error_response(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     body = {"error": "internal_error", "detail": "the proxy failed unexpectedly; see its log"}
-    return JSONResponse(body, 500)
+    return JSONAnswer(body, 500)
 
 
 def _http_error_word(status_code: int) -> str:

@@ -30,9 +30,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Strict JSON, or ValueError: no ``NaN`` or ``Infinity`` (which no JSON answer could
+    carry on), and no nesting so deep that the decoder runs out of stack."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
 def parse_object(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = decode_json(body)
     except ValueError:
         raise BadRequest("the body is not JSON") from None
     if not isinstance(value, dict):

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
+from proxy.bodies import decode_json
 from proxy.errors import JobTimeout
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ async def _poll_once(
 
 def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failure:
     try:
-        job = response.json()
+        job = decode_json(response.content)
     except ValueError:
         return _Failure("an answer that is not JSON")
     if (

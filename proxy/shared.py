@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from proxy.bodies import decode_json
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim, ExpiringMap
 from proxy.waiters import Delivery, Job, WaiterRegistry, replica_of
@@ -138,7 +139,7 @@ class RedisBus:
 
     def _deliver(self, data: str) -> None:
         try:
-            message = json.loads(data)
+            message = decode_json(data)
             token, job = message["token"], message["job"]
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed message on %s", channel_of(self.replica_id))
@@ -154,8 +155,13 @@ class RedisBus:
             batch = tokens[start : start + REREAD_BATCH]
             values = await self._redis.mget([_result_key(token) for token in batch])
             for token, value in zip(batch, values, strict=True):
-                if value is not None:
-                    recovered += self._waiters.resolve(token, json.loads(value)) is Delivery.OK
+                try:
+                    job = None if value is None else decode_json(value)
+                except ValueError:
+                    logger.warning("ignored a malformed stored result for token %s", token)
+                    continue
+                if isinstance(job, dict):
+                    recovered += self._waiters.resolve(token, job) is Delivery.OK
         return recovered
 
     async def ping(self) -> bool:
@@ -204,7 +210,10 @@ class RedisBus:
     async def get_result(self, token: str) -> Job | None:
         with _bus_errors("read result"):
             value = await self._redis.get(_result_key(token))
-        result: Any = None if value is None else json.loads(value)
+        try:
+            result: Any = None if value is None else decode_json(value)
+        except ValueError:
+            return None
         return result if isinstance(result, dict) else None
 
     def tracks(self, token: str) -> bool:

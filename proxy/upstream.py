@@ -32,6 +32,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy.bodies import decode_json
 from proxy.config import Settings
 from proxy.errors import (
     JobTimeout,
@@ -296,7 +297,7 @@ class Upstream:
 
 def _answer(response: httpx.Response, sent_at: float) -> UpstreamAnswer:
     try:
-        body = response.json()
+        body = decode_json(response.content)
     except ValueError:
         raise UpstreamBadResponse(
             f"the job server answered {response.status_code} with a body that is not JSON"

@@ -126,7 +126,7 @@ def test_null_callback_means_none() -> None:
         (b"", "JSON"),
         (b"{", "JSON"),
         (b"\xff", "JSON"),
-        (b"NaN", "object"),
+        (b"NaN", "not JSON"),
         (b"[]", "object"),
         (b'"acme"', "object"),
         (b"null", "object"),
