@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -32,9 +32,9 @@ from proxy.bodies import JobRequest, read_body
 from proxy.callbacks import parse_job, signing_key, verify_signature
 from proxy.config import Settings
 from proxy.errors import (
-    BadRequest,
     BusUnavailable,
     ClientGone,
+    JobMismatch,
     JobTimeout,
     NotReady,
     ProxyError,
@@ -167,13 +167,9 @@ async def start_job(request: Request) -> Response:
         key = None if key is None else check_key(key)
         deadline = time.monotonic() + settings.job_deadline
         with services.waiters.hold() as waiter:
-            # The client's disconnect arrives as the next ASGI message once the body is read.
-            watcher = asyncio.ensure_future(request.receive())
-            watcher.add_done_callback(lambda done: _abandon(waiter, done))
-            try:
-                answer = await _serve(services, waiter, job_request, key, deadline)
-            finally:
-                watcher.cancel()
+            answer = await _until_client_leaves(
+                request, waiter, _serve(services, waiter, job_request, key, deadline)
+            )
         outcome = str(answer.body.get("state")) if job_request.wait else "forwarded"
         return JSONAnswer(answer.body, answer.status_code)
     except ProxyError as exc:
@@ -185,9 +181,36 @@ async def start_job(request: Request) -> Response:
         services.metrics.requests.labels(outcome).inc()
 
 
-def _abandon(waiter: Waiter, watcher: asyncio.Future[Any]) -> None:
-    if not watcher.cancelled() and not waiter.future.done():
-        waiter.future.set_exception(ClientGone())
+async def _until_client_leaves(
+    request: Request, waiter: Waiter, serving: Coroutine[Any, Any, UpstreamAnswer]
+) -> UpstreamAnswer:
+    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone).
+
+    Whatever the client was waiting for stops with it: a start still waiting for its
+    account's lane is never sent, and the waiter leaves the registry at once.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    serving_done = False
+
+    def client_left(watcher: asyncio.Future[Any]) -> None:
+        if not watcher.cancelled() and not serving_done:
+            waiter.client_left = True
+            task.cancel()
+
+    # The client's disconnect arrives as the next ASGI message once the body is read.
+    watcher = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(client_left)
+    try:
+        return await serving
+    except asyncio.CancelledError:
+        if not waiter.client_left:
+            raise
+        task.uncancel()
+        raise ClientGone() from None
+    finally:
+        serving_done = True
+        watcher.cancel()
 
 
 async def _serve(
@@ -213,15 +236,16 @@ async def _serve(
     if not isinstance(answer.body, dict):
         raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
     job: Job = answer.body
+    job_id = job_id_of(job)  # whatever the state: a job without an id is no answer
     if not job_request.wait:
         if key is not None:
             await _quietly(results.put_result(waiter.token, job))
         return answer
+    waiter.bind(job_id)
     if not is_terminal(job):  # a job server may finish the job before answering
-        waiter.job_id = job_id_of(job)
         waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
         if key is not None:
-            await _quietly(results.bind_job(key, waiter.job_id))
+            await _quietly(results.bind_job(key, job_id))
         job = await _await_result(services, waiter, deadline)
     if key is not None:
         await _quietly(results.put_result(waiter.token, job))
@@ -243,7 +267,7 @@ async def _await_result(services: Services, waiter: Waiter, deadline: float) -> 
         # Awaiting the future itself (no asyncio.wait bookkeeping per held request); at
         # the deadline it is cancelled, which a late callback then finds spent.
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            job = await waiter.future  # raises ClientGone or ShuttingDown
+            job = await waiter.future  # raises ShuttingDown when the proxy stops
     except TimeoutError:
         raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline") from None
     now = time.monotonic()
@@ -282,7 +306,7 @@ async def _follow(
             timeout = min(next(delays), remaining)
             await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if waiter.future.done():
-                return waiter.future.result()  # raises ClientGone or ShuttingDown
+                return waiter.future.result()  # raises ShuttingDown when the proxy stops
             if poll is not None and poll.done():
                 return poll.result()
     finally:
@@ -299,14 +323,13 @@ async def receive_callback(request: Request) -> Response:
         if services.signing_key is not None:
             verify_signature(services.signing_key, request.headers, body)
         job = parse_job(body)
-        waiter = services.waiters.get(token)
-        if waiter is not None and waiter.job_id is not None and job["id"] != waiter.job_id:
-            raise BadRequest(f"callback for job {job['id']} on the token of job {waiter.job_id}")
         if not is_terminal(job):
             outcome = "not_final"
             return JSONAnswer({"status": "ignored", "detail": "the job is not finished"})
         delivery = await _deliver(services, token, job)
         outcome = delivery.value
+        if delivery is Delivery.MISMATCH:
+            raise JobMismatch(f"job {job['id']} is not the job of this callback token")
         if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
             logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
             raise UnknownCallback()
@@ -322,7 +345,9 @@ async def receive_callback(request: Request) -> Response:
 async def _deliver(services: Services, token: str, job: Job) -> Delivery:
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
-    delivery = services.waiters.resolve(token, job)
+    delivery = await services.waiters.deliver(token, job)
+    if delivery is Delivery.MISMATCH:
+        return delivery
     if services.results.tracks(token):
         stored = await services.results.put_result(token, job)
         if stored and delivery is not Delivery.OK:

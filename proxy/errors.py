@@ -6,7 +6,8 @@ one exception handler. Route handlers never build error responses by hand.
 
     ProxyError                      500 internal_error
     ├── BadRequest                  400 bad_request
-    │   └── BodyTooLarge            413 body_too_large
+    │   ├── BodyTooLarge            413 body_too_large
+    │   └── JobMismatch             400 job_mismatch          (a callback of another job)
     ├── BadSignature                401 bad_signature
     ├── UnknownCallback             404 unknown_callback
     ├── IdempotencyConflict         422 idempotency_conflict
@@ -58,6 +59,12 @@ class BodyTooLarge(BadRequest):
 
     status_code = 413
     error = "body_too_large"
+
+
+class JobMismatch(BadRequest):
+    """The callback carries another job than the one started for its token."""
+
+    error = "job_mismatch"
 
 
 class BadSignature(ProxyError):

@@ -144,8 +144,9 @@ class RedisBus:
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed message on %s", channel_of(self.replica_id))
             return
-        if self._waiters.resolve(token, job) is not Delivery.OK:
-            logger.debug("dropped the result of job %s: no client waits for it", job.get("id"))
+        delivery = self._waiters.resolve(token, job)
+        if delivery not in (Delivery.OK, Delivery.HELD):
+            logger.debug("dropped the result of job %s: %s", job.get("id"), delivery.value)
 
     async def _reread(self) -> int:
         """Resolve held waiters whose results were stored while we were not listening."""

@@ -37,6 +37,8 @@ class Delivery(str, Enum):
     STORED = "stored"  # kept for an Idempotency-Key retry; no waiter is listening now
     DUPLICATE = "duplicate"
     UNKNOWN = "unknown"
+    MISMATCH = "mismatch"  # another job's result on this waiter's token: refused
+    HELD = "held"  # came before /start named the job: judged once the id is known
 
 
 def new_replica_id() -> str:
@@ -51,7 +53,11 @@ def replica_of(token: str) -> str:
 
 @dataclass(slots=True, eq=False)
 class Waiter:
-    """One held request: its token, the future its result lands in, and its job id."""
+    """One held request: its token, the future its result lands in, and its job id.
+
+    Only the job that ``/start`` named may settle it. A result that arrives before that
+    answer is held in ``early`` with a verdict future, and judged in :meth:`bind`.
+    """
 
     token: str
     future: asyncio.Future[Job]
@@ -62,6 +68,8 @@ class Waiter:
     accepted_at: float = field(default_factory=time.monotonic)
     answered_by: str = ""
     poll: asyncio.Task[None] | None = None
+    early: list[tuple[Job, asyncio.Future[Delivery] | None]] | None = None
+    client_left: bool = False
 
     def settle(self, job: Job, via: str) -> bool:
         """Give the waiter its result unless it has one; True if this one counted."""
@@ -70,6 +78,39 @@ class Waiter:
         self.answered_by = via
         self.future.set_result(job)
         return True
+
+    def fail(self, error: ProxyError) -> bool:
+        """Answer the waiter with ``error`` unless it has an answer; True if this counted."""
+        if self.future.done():
+            return False
+        self.future.set_exception(error)
+        return True
+
+    def offer(self, job: Job, verdict: asyncio.Future[Delivery] | None = None) -> Delivery:
+        """A result from a callback: taken only if it is this waiter's job. Before the
+        job is known it is held, and ``verdict`` (if any) learns its fate later."""
+        if self.job_id is None:
+            self.early = [*(self.early or ()), (job, verdict)]
+            return Delivery.HELD
+        if job.get("id") != self.job_id:
+            return Delivery.MISMATCH
+        return Delivery.OK if self.settle(job, "callback") else Delivery.DUPLICATE
+
+    def bind(self, job_id: str) -> None:
+        """The job server named the job: judge the results that came before."""
+        self.job_id = job_id
+        early, self.early = self.early, None
+        for job, verdict in early or ():
+            delivery = self.offer(job)
+            if verdict is not None and not verdict.done():
+                verdict.set_result(delivery)
+
+    def release_early(self) -> None:
+        """The waiter is gone: results held for it were for nobody."""
+        for _, verdict in self.early or ():
+            if verdict is not None and not verdict.done():
+                verdict.set_result(Delivery.UNKNOWN)
+        self.early = None
 
 
 class WaiterRegistry:
@@ -109,6 +150,7 @@ class WaiterRegistry:
         finally:
             del self._waiters[token]
             self._remember_spent(token)
+            waiter.release_early()
             if waiter.poll is not None:
                 waiter.poll.cancel()
             if not waiter.future.done():
@@ -119,20 +161,24 @@ class WaiterRegistry:
                 self._emptied.set()
 
     def resolve(self, token: str, job: Job) -> Delivery:
-        """Hand a finished job to the waiter holding ``token``."""
+        """Hand a finished job to the waiter holding ``token`` (``HELD``: judged later)."""
         waiter = self._waiters.get(token)
         if waiter is None:
             return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
-        return Delivery.OK if waiter.settle(job, "callback") else Delivery.DUPLICATE
+        return waiter.offer(job)
+
+    async def deliver(self, token: str, job: Job) -> Delivery:
+        """:meth:`resolve`, waiting for the verdict on a result that came early."""
+        waiter = self._waiters.get(token)
+        if waiter is None or waiter.job_id is not None:
+            return self.resolve(token, job)
+        verdict: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        waiter.offer(job, verdict)
+        return await verdict
 
     def fail_all(self, error: ProxyError) -> int:
         """Answer every waiter still pending with ``error``; returns how many."""
-        failed = 0
-        for waiter in self._waiters.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
-                failed += 1
-        return failed
+        return sum(waiter.fail(error) for waiter in self._waiters.values())
 
     async def drain(self, timeout: float) -> tuple[int, int]:
         """Refuse new waiters, wait up to ``timeout`` for held ones, fail the rest.

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.app import create_app
+from proxy.app import Services, create_app
 from proxy.config import Settings
 
 PROXY_URL = "http://proxy.test"
@@ -42,6 +42,7 @@ class FakeJobServer:
     on_start: StartHook | None = None
     status_codes: dict[str, int] = field(default_factory=dict)
     to_proxy: httpx.AsyncClient | None = None
+    proxy_services: Services | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(0xABC0000000001))
 
     def app(self) -> Starlette:
@@ -129,6 +130,7 @@ def proxy_factory() -> ProxyFactory:
                 httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as to_proxy,
             ):
                 upstream.to_proxy = to_proxy
+                upstream.proxy_services = app.state.services
                 yield ProxyUnderTest(app, client, upstream)
 
     return build

@@ -56,23 +56,88 @@ async def test_failed_job_is_a_200_with_state_failed(proxy: ProxyUnderTest) -> N
     assert response.json()["error"] == "it broke"
 
 
-async def test_callback_before_start_answer_resolves(proxy_factory: ProxyFactory) -> None:
-    """A callback that arrives before the start response still resolves the waiter."""
-    upstream = FakeJobServer()
+def _calling_back_first(upstream: FakeJobServer, *jobs: dict[str, Any]) -> list[httpx.Response]:
+    """Make the fake call back with ``jobs`` before it answers /start (job id ``EARLY_ID``);
+    returns the list the callbacks' answers land in."""
+    answers: list[httpx.Response] = []
+    sent: set[asyncio.Task[None]] = set()
+
+    async def call_back(url: str, job: dict[str, Any]) -> None:
+        assert upstream.to_proxy is not None
+        answers.append(await upstream.to_proxy.post(url, json=job))
 
     async def call_back_first(body: dict[str, Any]) -> Response:
-        job = {"id": "1234567890abc", "state": "completed", "startedAt": "x", "proof": "B" * 40}
-        assert upstream.to_proxy is not None
-        delivered = await upstream.to_proxy.post(body["callback"], json=job)
-        assert delivered.status_code == 200
-        return JSONResponse({"state": "running", "id": "1234567890abc"})
+        assert upstream.proxy_services is not None
+        waiter = upstream.proxy_services.waiters.get(body["callback"].rsplit("/", 1)[1])
+        assert waiter is not None
+        for job in jobs:
+            task = asyncio.create_task(call_back(body["callback"], job))
+            sent.add(task)
+            task.add_done_callback(sent.discard)
+        # Answer /start only once the proxy holds every early callback.
+        async with asyncio.timeout(5):
+            while len(waiter.early or ()) < len(jobs):  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+        return JSONResponse({"state": "running", "id": EARLY_ID})
 
     upstream.on_start = call_back_first
+    return answers
+
+
+EARLY_ID = "1234567890abc"
+EARLY_JOB = {"id": EARLY_ID, "state": "completed", "startedAt": "x", "proof": "B" * 40}
+
+
+async def test_callback_before_start_answer_resolves(proxy_factory: ProxyFactory) -> None:
+    """A callback that arrives before the start response still resolves the waiter; it is
+    answered 200 once the start response has named its job."""
+    upstream = FakeJobServer()
+    callbacks = _calling_back_first(upstream, EARLY_JOB)
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.status_code == 200
-    assert response.json()["id"] == "1234567890abc"
-    assert response.json()["proof"] == "B" * 40
+    assert response.json() == EARLY_JOB
+    assert [answer.status_code for answer in callbacks] == [200]
+
+
+async def test_early_callback_of_another_job_is_refused(proxy_factory: ProxyFactory) -> None:
+    """A callback that comes before /start answered, carrying another job's id, is held,
+    then refused with 400 job_mismatch: the client gets its own job."""
+    upstream = FakeJobServer()
+    other = {**EARLY_JOB, "id": "fedcba9876543", "proof": "C" * 40}
+    callbacks = _calling_back_first(upstream, other, EARLY_JOB)
+    async with proxy_factory(upstream) as proxy:
+        response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
+    assert response.json() == EARLY_JOB
+    statuses = sorted(answer.status_code for answer in callbacks)
+    refused = next(answer for answer in callbacks if answer.status_code == 400)
+    assert statuses == [200, 400]
+    assert refused.json()["error"] == "job_mismatch"
+
+
+async def test_early_callback_alone_of_another_job_leaves_the_client_waiting(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """An early callback with the wrong id never answers the client: its own job does."""
+    upstream = FakeJobServer()
+    other = {**EARLY_JOB, "id": "fedcba9876543"}
+    callbacks = _calling_back_first(upstream, other)
+    async with proxy_factory(upstream) as proxy:
+        request = asyncio.ensure_future(
+            proxy.client.post("/proxy", json={"account": "a", "wait": True})
+        )
+        async with asyncio.timeout(5):
+            while not callbacks:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert not request.done()
+        upstream.jobs[EARLY_ID] = EARLY_JOB
+        assert upstream.to_proxy is not None
+        token_url = upstream.starts[0]["callback"]
+        delivered = await upstream.to_proxy.post(token_url, json=EARLY_JOB)
+        response = await request
+    assert callbacks[0].status_code == 400
+    assert delivered.status_code == 200
+    assert response.json() == EARLY_JOB
 
 
 async def test_duplicate_callback_is_harmless(proxy: ProxyUnderTest) -> None:
@@ -181,6 +246,24 @@ async def test_upstream_answer_without_id_is_502(proxy_factory: ProxyFactory) ->
     assert len(proxy.app.state.services.waiters) == 0
 
 
+@pytest.mark.parametrize("wait", [True, False])
+@pytest.mark.parametrize("answer", [{"state": "completed", "proof": "A" * 40}, {"id": 7}])
+async def test_start_answer_without_a_valid_id_is_502_whatever_its_state(
+    proxy_factory: ProxyFactory, wait: bool, answer: dict[str, Any]
+) -> None:
+    """A /start answer with no usable job id is a 502, even one claiming a final state."""
+    upstream = FakeJobServer()
+
+    async def no_id(body: dict[str, Any]) -> Response:
+        return JSONResponse(answer)
+
+    upstream.on_start = no_id
+    async with proxy_factory(upstream) as proxy:
+        response = await proxy.client.post("/proxy", json={"account": "a", "wait": wait})
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_bad_response"
+
+
 async def test_upstream_400_is_passed_on(proxy_factory: ProxyFactory) -> None:
     """A 4xx from the job server reaches the client with its status and answer."""
     upstream = FakeJobServer()
@@ -213,6 +296,7 @@ async def test_callback_with_wrong_job_id_is_400(proxy: ProxyUnderTest) -> None:
     request, job_id = await proxy.held_job()
     wrong = await proxy.upstream.callback(job_id, {"id": "ffff", "state": "completed"})
     assert wrong.status_code == 400
+    assert wrong.json()["error"] == "job_mismatch"
     await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
     assert (await request).status_code == 200
 

@@ -8,7 +8,7 @@ import json
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,16 @@ SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cw=="
 
 @contextlib.asynccontextmanager
 async def system(
-    jobserver_flags: Sequence[str] = (), proxy_flags: Sequence[str] = ()
+    jobserver_flags: Sequence[str] = (),
+    proxy_flags: Sequence[str] = (),
+    proxy_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """A job server and a proxy in front of it, both real processes."""
     async with (
         run_server("jobserver", *jobserver_flags) as jobserver,
-        run_server("jobproxy", "--upstream-url", jobserver.url, *proxy_flags) as proxy,
+        run_server(
+            "jobproxy", "--upstream-url", jobserver.url, *proxy_flags, env=proxy_env
+        ) as proxy,
     ):
         yield jobserver, proxy
 
@@ -166,6 +170,32 @@ async def test_abandoned_clients_leave_nothing_pending() -> None:
             await asyncio.gather(*(give_up(n) for n in range(200)))
         pending = await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v == 0)
     assert pending == 0
+
+
+async def test_a_client_gone_before_its_start_was_sent_starts_no_job() -> None:
+    """A client that leaves while its start waits in the proxy gets no job started, and
+    stops counting as pending at once."""
+    async with (
+        system(
+            ["--start-latency", "1.0"], proxy_env={"JOBPROXY_UPSTREAM_MAX_PER_ACCOUNT": "1"}
+        ) as (jobserver, proxy),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        # With one start per account in flight, the second waits in the proxy's lane
+        # while the first holds the job server's gate for a second.
+        first = asyncio.ensure_future(
+            client.post(f"{proxy.url}/proxy", json={"account": "lane", "wait": True})
+        )
+        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 1)
+        async with httpx.AsyncClient(timeout=0.3) as impatient:
+            with contextlib.suppress(httpx.TimeoutException):
+                await impatient.post(f"{proxy.url}/proxy", json={"account": "lane", "wait": True})
+        pending = await metric(proxy.url, "jobproxy_pending_jobs")
+        answer = await first
+        health = (await client.get(f"{jobserver.url}/healthz")).json()
+    assert pending == 1
+    assert answer.status_code == 200
+    assert health["jobs_started"] == 1
 
 
 async def sigterm_while_held(proxy: ServerProcess, accounts: list[str]) -> list[httpx.Response]:

@@ -39,6 +39,7 @@ class HeldRequest:
 
     async def _run(self) -> dict[str, object]:
         with self.registry.hold() as waiter:
+            waiter.bind(str(JOB["id"]))  # as /start names the job
             self.waiter = waiter
             self.entered.set()
             return await waiter.future
@@ -259,3 +260,40 @@ async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
     assert all(isinstance(outcome, ShuttingDown) for outcome in outcomes)
     assert len(registry) == 0
     assert list(registry) == []
+
+
+async def test_a_result_before_the_job_is_named_is_held_then_judged() -> None:
+    """A result for a waiter whose job id is not known yet is held: taken when the id
+    matches, refused as a mismatch when it does not."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        other = {"id": "other", "state": "completed"}
+        mine = asyncio.ensure_future(registry.deliver(waiter.token, JOB))
+        theirs = asyncio.ensure_future(registry.deliver(waiter.token, other))
+        await asyncio.sleep(0)
+        assert not (mine.done() or theirs.done())
+        assert not waiter.future.done()
+        waiter.bind("abc")
+        assert await mine is Delivery.OK
+        assert await theirs is Delivery.MISMATCH
+        assert waiter.future.result() == JOB
+
+
+async def test_a_result_held_for_a_waiter_that_leaves_is_for_nobody() -> None:
+    """A held early result whose waiter goes away before its job is named is unknown."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        early = asyncio.ensure_future(registry.deliver(waiter.token, JOB))
+        await asyncio.sleep(0)
+    assert await early is Delivery.UNKNOWN
+
+
+async def test_a_result_of_another_job_is_a_mismatch() -> None:
+    """Once the job is named, a result carrying another id is refused and changes nothing."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        waiter.bind("abc")
+        assert registry.resolve(waiter.token, {"id": "xyz", "state": "completed"}) is (
+            Delivery.MISMATCH
+        )
+        assert not waiter.future.done()
