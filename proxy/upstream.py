@@ -232,9 +232,12 @@ class Upstream:
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
     async def _start(self, body: Job, deadline: float) -> UpstreamAnswer:
-        give_up = min(deadline, time.monotonic() + self._budget)
         content = json.dumps(body, separators=(",", ":")).encode()
         attempt = 0
+        # Only time spent failing counts against the retry budget: the failed attempts
+        # and the pauses after them, never the wait for a place in the lane; a safe
+        # failure is retried whenever its pause fits what is left of the budget.
+        spent = 0.0
         while True:
             lane = await self.lanes.enter(body["account"], first=attempt > 0)
             accepted = False
@@ -259,8 +262,10 @@ class Upstream:
                     pause = retry_after_seconds(response)
                 # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
                 delay = max(pause, backoff_delay(attempt, self._rng))
-                if time.monotonic() + delay > give_up:
+                failed_at = time.monotonic()
+                if spent + delay > self._budget or failed_at + delay > deadline:
                     raise failure
+                spent += failed_at - sent_at + delay
                 self.lanes.pause(lane, delay)
             finally:
                 self.lanes.leave(lane, accepted=accepted)

@@ -613,3 +613,31 @@ def test_a_burst_of_busy_answers_halves_the_limit_once() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [8, 8, 8, 8, 9, 0]
+
+
+async def test_the_wait_for_a_lane_does_not_use_up_the_retry_budget() -> None:
+    """A start that waited longer than the retry budget for its turn is still retried
+    after a refused connection."""
+    calls: list[str] = []
+    first_arrived = asyncio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        callback = httpx.Response(200, content=request.content).json()["callback"]
+        calls.append(callback)
+        if len(calls) == 1:
+            first_arrived.set()
+            await asyncio.sleep(0.6)  # holds the account's only place past the budget
+        elif len(calls) == 2:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, json=RUNNING)
+
+    settings = _settings(upstream_max_per_account=1, start_retry_budget=0.3)
+    async with build_client(settings, httpx.MockTransport(handle)) as client:
+        upstream = Upstream(client, settings)
+        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
+        async with asyncio.timeout(5):
+            await first_arrived.wait()
+        second = await upstream.start(_body(1), deadline=_soon())
+        await first
+    assert second.body == RUNNING
+    assert calls == [_body(0)["callback"], _body(1)["callback"], _body(1)["callback"]]
