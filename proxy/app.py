@@ -267,7 +267,7 @@ async def _await_result(services: Services, waiter: Waiter, deadline: float) -> 
         # Awaiting the future itself (no asyncio.wait bookkeeping per held request); at
         # the deadline it is cancelled, which a late callback then finds spent.
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            job = await waiter.future  # raises ShuttingDown when the proxy stops
+            job = await waiter.future  # raises JobLost, or ShuttingDown when the proxy stops
     except TimeoutError:
         raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline") from None
     now = time.monotonic()
@@ -298,7 +298,10 @@ async def _follow(
                 if job_id is not None:
                     # The first request's holder may be gone: ask the job server too.
                     overdue_in = services.watch.expected()
-                    poll = asyncio.ensure_future(services.watch.poll(job_id, deadline, overdue_in))
+                    polling = services.watch.poll(
+                        job_id, deadline, known_since=time.monotonic(), first_delay=overdue_in
+                    )
+                    poll = asyncio.ensure_future(polling)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")
@@ -306,7 +309,7 @@ async def _follow(
             timeout = min(next(delays), remaining)
             await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if waiter.future.done():
-                return waiter.future.result()  # raises ShuttingDown when the proxy stops
+                return waiter.future.result()  # raises JobLost or ShuttingDown
             if poll is not None and poll.done():
                 return poll.result()
     finally:

@@ -48,6 +48,9 @@ class Settings:
     poll_initial: float = 1.0
     poll_backoff_base: float = 0.05
     poll_backoff_cap: float = 1.0
+    poll_lost_grace: float = 1.0
+    poll_max_failures: int = 5
+    poll_timeout: float = 2.0
     result_ttl: float = 300.0
     drain_timeout: float = 25.0
     upstream_transport: UpstreamTransport = "aiohttp"
@@ -81,11 +84,23 @@ class Settings:
             raise ConfigError("upstream_url: must be set")
 
     def _check_numbers(self) -> None:
-        positive = ("job_deadline", "start_timeout", "poll_initial", "poll_backoff_base")
+        positive = (
+            "job_deadline",
+            "start_timeout",
+            "poll_initial",
+            "poll_backoff_base",
+            "poll_timeout",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be greater than 0")
-        non_negative = ("start_retry_budget", "poll_k", "drain_timeout", "result_ttl")
+        non_negative = (
+            "start_retry_budget",
+            "poll_k",
+            "poll_lost_grace",
+            "drain_timeout",
+            "result_ttl",
+        )
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must not be negative")
@@ -98,6 +113,7 @@ class Settings:
             "max_body_size",
             "upstream_max_connections",
             "upstream_max_per_account",
+            "poll_max_failures",
             "backlog",
         )
         for name in at_least_one:

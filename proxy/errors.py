@@ -14,6 +14,7 @@ one exception handler. Route handlers never build error responses by hand.
     ├── UpstreamError               502 upstream_error
     │   ├── UpstreamUnavailable     502 upstream_unavailable   (no job can have started)
     │   ├── UpstreamBadResponse     502 upstream_bad_response
+    │   ├── JobLost                 502 job_lost               (accepted, then forgotten)
     │   └── UpstreamRejected        upstream's 4xx, passed on
     ├── Unavailable                 503 (+ Retry-After)
     │   ├── AtCapacity              503 at_capacity
@@ -105,6 +106,19 @@ class UpstreamBadResponse(UpstreamError):
     """The job server answered with something that is not a valid job response."""
 
     error = "upstream_bad_response"
+
+
+class JobLost(UpstreamError):
+    """The job server accepted the job but no longer knows it, or cannot be asked about it."""
+
+    error = "job_lost"
+
+    def __init__(self, detail: Any = None, *, job_id: str) -> None:
+        super().__init__(detail)
+        self.job_id = job_id
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "job_id": self.job_id}
 
 
 class UpstreamRejected(UpstreamError):

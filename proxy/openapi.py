@@ -166,7 +166,10 @@ def _start_operation(operation_id: str, summary: str) -> dict[str, Any]:
             "413": _error("the body is larger than max_body_size"),
             "422": _error("this Idempotency-Key was used with another body"),
             "4XX": _error("the job server refused the request (upstream_rejected)"),
-            "502": _error("the job server is unreachable or answered something unusable"),
+            "502": _error(
+                "the job server is unreachable, answered something unusable, or lost the "
+                "job (job_lost, with job_id)"
+            ),
             "503": _error("at capacity, shutting down, or Redis unreachable", retry_after=True),
             "504": _error("the job did not finish within job_deadline"),
         },

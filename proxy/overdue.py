@@ -18,11 +18,15 @@ callbacks arrive late, and the later they are the more they are reordered on the
 So a busy job server is not handed a status poll per job on top of its work, while a
 lost callback on a quiet one is polled for right after it is due. Silence is weaker
 evidence (a busy proxy or job server also falls silent for a moment), so at most
-``SILENCE_PROBES`` polls it started run at once: the oldest due jobs are swept a few
-at a time, and the sweep stops as soon as callbacks flow again.
+``SILENCE_PROBES`` polls it started run at once: the oldest due jobs are swept that
+many at a time, and the sweep stops as soon as callbacks flow again.
 
 Presumed-lost jobs are polled (``proxy.polling.wait_for_job``) and the poll's answer
-settles the waiter just as a callback would.
+settles the waiter just as a callback would. A job the job server no longer knows (a
+``404`` more than ``poll_lost_grace`` after it accepted the job) or cannot be asked
+about (``poll_max_failures`` failed polls in a row) is answered ``JobLost`` at once, so
+a probe of a lost job ends within a status round trip or a few backoffs, and when every
+callback stops, N held jobs are all probed within about N / ``SILENCE_PROBES`` of those.
 
 Waiters are watched in the order their jobs started, so one task checks only the
 oldest ones: if the oldest due job is not presumed lost, no younger one is.
@@ -41,8 +45,8 @@ from collections.abc import Awaitable
 import httpx
 
 from proxy.config import Settings
-from proxy.errors import JobTimeout
-from proxy.polling import DurationStats, PollSchedule, wait_for_job
+from proxy.errors import JobLost, JobTimeout
+from proxy.polling import DurationStats, LostJob, PollSchedule, wait_for_job
 from proxy.waiters import Job, Waiter
 
 logger = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ logger = logging.getLogger(__name__)
 MIN_SLACK = 0.02  # seconds: callback delivery reorders jobs that start this close
 LATENESS_SHARE = 0.5  # of the oldest due job's lateness, added to the slack
 SILENCE_SHARE = 0.5  # of the expected duration without any callback: all are lost
-SILENCE_PROBES = 8
+SILENCE_PROBES = 32
 RECHECK_INTERVAL = 0.05  # how often a due-but-not-lost head is looked at again
 
 
@@ -131,22 +135,35 @@ class OverdueWatch:
         self._probes -= 1
         self._wake.set()
 
-    def poll(self, job_id: str, deadline: float, first_delay: float = 0.0) -> Awaitable[Job]:
-        """Poll the job's status on the configured schedule until it ends or ``deadline``."""
+    def poll(
+        self, job_id: str, deadline: float, *, known_since: float, first_delay: float = 0.0
+    ) -> Awaitable[Job]:
+        """Poll the job's status on the configured schedule until it ends or ``deadline``;
+        ``known_since`` is when the job server acknowledged the job (see ``LostJob``)."""
+        settings = self._settings
         schedule = PollSchedule(
-            first_delay=first_delay,
-            base=self._settings.poll_backoff_base,
-            cap=self._settings.poll_backoff_cap,
+            first_delay=first_delay, base=settings.poll_backoff_base, cap=settings.poll_backoff_cap
         )
+        lost = LostJob(known_since, settings.poll_lost_grace, settings.poll_max_failures)
         return wait_for_job(
-            self._client, self._base_url, job_id, deadline=deadline, schedule=schedule
+            self._client,
+            self._base_url,
+            job_id,
+            deadline=deadline,
+            schedule=schedule,
+            lost=lost,
+            poll_timeout=settings.poll_timeout,
         )
 
     async def _settle_by_poll(self, waiter: Waiter, deadline: float) -> None:
         assert waiter.job_id is not None
         try:
-            job = await self.poll(waiter.job_id, deadline)
+            job = await self.poll(waiter.job_id, deadline, known_since=waiter.accepted_at)
         except JobTimeout:
             return  # the held request answers 504 at the same deadline
+        except JobLost as lost:
+            if waiter.fail(lost):
+                logger.warning("%s", lost.detail)
+            return
         if waiter.settle(job, "poll"):
             logger.debug("job %s answered by a status poll: its callback is lost", waiter.job_id)

@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 
 from proxy.bodies import decode_json
-from proxy.errors import JobTimeout
+from proxy.errors import JobLost, JobTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,27 @@ class PollSchedule:
             ceiling = min(self.cap, ceiling * self.factor)
 
 
+@dataclass(frozen=True)
+class LostJob:
+    """When a polled job counts as lost (:class:`JobLost`) rather than polled to the deadline.
+
+    ``known_since`` is when (on the poller's clock) the job server acknowledged the job:
+    a ``404`` more than ``grace`` seconds later means it no longer knows the job.
+    ``max_failures`` failed polls in a row (no answer, a 5xx other than 503, a malformed
+    answer; never a 404 or a 429/503 that asks to come back later) mean it cannot be
+    asked about the job.
+    """
+
+    known_since: float
+    grace: float = 1.0
+    max_failures: int = 5
+
+
 class _Failure(NamedTuple):
     reason: str
     retry_after: float = 0.0
-    expected: bool = False  # a 404 early on is normal: the job may not be visible yet
+    not_found: bool = False  # a 404 early on is normal: the job may not be visible yet
+    busy: bool = False  # 429/503: the job server asks to come back later
 
 
 def status_url(base_url: str, job_id: str) -> str:
@@ -152,14 +169,18 @@ async def wait_for_job(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    lost: LostJob | None = None,
+    poll_timeout: float = MAX_POLL_TIMEOUT,
 ) -> dict[str, Any]:
     """Poll the job's status until it is completed or failed, and return that answer.
 
     ``deadline`` is an absolute time on ``clock``; ``schedule.first_delay`` counts from
     this call. Transport errors, timeouts, 404, 5xx and malformed answers are logged and
-    polling goes on; ``Retry-After`` on 429/503 is honoured. ``on_update`` sees every
-    well-formed answer, running or final (its exceptions propagate). Raises ``JobTimeout``
-    when the deadline passes; never sleeps past it.
+    polling goes on; ``Retry-After`` on 429/503 is honoured. With ``lost``, a job the
+    job server no longer knows, or cannot be asked about, raises ``JobLost`` instead
+    (see :class:`LostJob`). ``on_update`` sees every well-formed answer, running or final
+    (its exceptions propagate). Each poll waits at most ``poll_timeout`` for its answer.
+    Raises ``JobTimeout`` when the deadline passes; never sleeps past it.
     """
     if not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
@@ -184,12 +205,16 @@ async def wait_for_job(
     while True:
         if pause > 0:
             await sleep(min(pause, time_left()))
-        outcome = await _poll_once(client, url, job_id, time_left())
+        outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
         polls += 1
         if isinstance(outcome, _Failure):
-            failure_streak += 1
+            counted = not (outcome.not_found or outcome.busy)
+            failure_streak += counted
             last_answer = outcome.reason
-            level = logging.DEBUG if outcome.expected or failure_streak > 1 else logging.WARNING
+            if lost is not None:
+                _check_lost(lost, outcome, failure_streak, job_id, clock())
+            quiet = not counted or failure_streak > 1
+            level = logging.DEBUG if quiet else logging.WARNING
             logger.log(level, "status poll %d of job %s failed: %s", polls, job_id, last_answer)
             pause = max(next(delays), outcome.retry_after)
             continue
@@ -203,10 +228,24 @@ async def wait_for_job(
         pause = next(delays)
 
 
+def _check_lost(lost: LostJob, failure: _Failure, streak: int, job_id: str, now: float) -> None:
+    if failure.not_found and now - lost.known_since > lost.grace:
+        raise JobLost(
+            f"job {job_id} is lost: the job server no longer knows it "
+            f"(404 {now - lost.known_since:.1f} s after accepting it)",
+            job_id=job_id,
+        )
+    if streak >= lost.max_failures:
+        raise JobLost(
+            f"job {job_id} is lost: its status could not be read in {streak} attempts "
+            f"in a row (last: {failure.reason})",
+            job_id=job_id,
+        )
+
+
 async def _poll_once(
-    client: httpx.AsyncClient, url: str, job_id: str, remaining: float
+    client: httpx.AsyncClient, url: str, job_id: str, budget: float
 ) -> dict[str, Any] | _Failure:
-    budget = min(remaining, MAX_POLL_TIMEOUT)
     try:
         # httpx timeouts bound each network step; asyncio.timeout bounds the whole request.
         async with asyncio.timeout(budget):
@@ -215,9 +254,9 @@ async def _poll_once(
         return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "))
     status = response.status_code
     if status in (429, 503):
-        return _Failure(f"HTTP {status}", retry_after_seconds(response))
+        return _Failure(f"HTTP {status}", retry_after_seconds(response), busy=True)
     if status == 404:
-        return _Failure("HTTP 404", expected=True)
+        return _Failure("HTTP 404", not_found=True)
     if not response.is_success:
         return _Failure(f"HTTP {status}")
     return _parse_job(response, job_id)

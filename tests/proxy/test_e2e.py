@@ -198,6 +198,37 @@ async def test_a_client_gone_before_its_start_was_sent_starts_no_job() -> None:
     assert health["jobs_started"] == 1
 
 
+async def test_jobs_a_restarted_job_server_forgot_are_answered_job_lost() -> None:
+    """After the job server restarts with empty memory, 100 held requests are answered
+    502 job_lost naming their job, within seconds rather than at the 30 s deadline."""
+    async with (
+        run_server("jobserver", "--job-duration", "5") as forgetful,
+        run_server("jobproxy", "--upstream-url", forgetful.url) as proxy,
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client,
+    ):
+        held = [
+            asyncio.ensure_future(
+                client.post(f"{proxy.url}/proxy", json={"account": f"f{n % 10}", "wait": True})
+            )
+            for n in range(100)
+        ]
+        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 100)
+        async with asyncio.timeout(10):
+            while (await client.get(f"{forgetful.url}/healthz")).json()["jobs_started"] < 100:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await forgetful.stop()
+        port = forgetful.url.rsplit(":", 1)[1]
+        async with run_server("jobserver", "--port", port):
+            began = time.monotonic()
+            answers = await asyncio.gather(*held)
+            took = time.monotonic() - began
+    assert [answer.status_code for answer in answers] == [502] * 100
+    bodies = [answer.json() for answer in answers]
+    assert {body["error"] for body in bodies} == {"job_lost"}
+    assert all(body["job_id"] in body["detail"] for body in bodies)
+    assert took < 15
+
+
 async def sigterm_while_held(proxy: ServerProcess, accounts: list[str]) -> list[httpx.Response]:
     """Hold one request per entry of ``accounts``, SIGTERM the proxy, collect the answers."""
     limits = httpx.Limits(max_connections=len(accounts) + 50)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from proxy.config import Settings
+from proxy.errors import JobLost
 from proxy.overdue import MIN_SLACK, RECHECK_INTERVAL, SILENCE_PROBES, OverdueWatch
 from proxy.waiters import Waiter
 
@@ -132,3 +133,38 @@ async def test_silence_polls_only_a_few_jobs_at_once(watch: OverdueWatch) -> Non
     polled = [each for each in jobs if each.poll is not None]
     assert polled == jobs[:SILENCE_PROBES]
     cleanup(*jobs)
+
+
+async def test_a_job_the_job_server_forgot_is_answered_job_lost() -> None:
+    """A due job whose status is 404 long after acceptance fails its waiter with JobLost."""
+    forgot = httpx.MockTransport(lambda request: httpx.Response(404, json={"error": "not_found"}))
+    async with httpx.AsyncClient(transport=forgot) as client:
+        polling = OverdueWatch(Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client)
+        now = time.monotonic()
+        job = waiter(started_at=now - 5.0)
+        polling.track(job, deadline=now + 5)
+        polling.check(now=now)
+        async with asyncio.timeout(5):
+            with pytest.raises(JobLost, match="abc"):
+                await job.future
+
+
+async def test_every_silent_job_is_probed_in_turn_when_the_job_server_forgot_them() -> None:
+    """With no callbacks at all and a job server that forgot every job, all held jobs are
+    answered JobLost, SILENCE_PROBES at a time, long before their deadline."""
+    forgot = httpx.MockTransport(lambda request: httpx.Response(404, json={"error": "not_found"}))
+    async with httpx.AsyncClient(transport=forgot) as client:
+        polling = OverdueWatch(Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client)
+        now = time.monotonic()
+        jobs = [waiter(started_at=now - 5.0 + n / 1000, job_id=f"j{n}") for n in range(200)]
+        for each in jobs:
+            polling.track(each, deadline=now + 60)
+        watching = asyncio.create_task(polling.run())
+        try:
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(
+                    *(each.future for each in jobs), return_exceptions=True
+                )
+        finally:
+            watching.cancel()
+    assert all(isinstance(outcome, JobLost) for outcome in outcomes)

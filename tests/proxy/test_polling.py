@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.errors import JobTimeout
+from proxy.errors import JobLost, JobTimeout
 from proxy.polling import (
     MIN_SAMPLES_FOR_ESTIMATE,
     DurationStats,
+    LostJob,
     PollSchedule,
     status_url,
     wait_for_job,
@@ -388,3 +389,120 @@ async def test_empty_job_id_is_rejected(clock: FakeClock) -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(ValueError, match="job_id"):
             await wait_for_job(client, BASE_URL, "", deadline=clock() + 1, clock=clock)
+
+
+# Lost jobs.
+
+
+async def test_404_long_after_acceptance_is_a_lost_job(clock: FakeClock) -> None:
+    """A 404 more than the grace after the job server accepted the job raises JobLost."""
+    server = ScriptedJobServer(clock, status(404))
+    lost = LostJob(known_since=clock() - 5.0, grace=1.0)
+    async with server.client() as client:
+        with pytest.raises(JobLost, match="no longer knows") as caught:
+            await wait_for_job(
+                client,
+                BASE_URL,
+                JOB_ID,
+                deadline=clock() + 60,
+                clock=clock,
+                sleep=clock.sleep,
+                lost=lost,
+            )
+    assert caught.value.job_id == JOB_ID
+    assert caught.value.body()["job_id"] == JOB_ID
+    assert len(server.requests) == 1
+
+
+async def test_404_within_the_grace_is_polled_again(clock: FakeClock) -> None:
+    """A 404 right after acceptance may be a job not yet visible: polling goes on."""
+    server = ScriptedJobServer(clock, status(404), job("completed", proof="p"))
+    lost = LostJob(known_since=clock(), grace=1.0)
+    async with server.client() as client:
+        answer = await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 60,
+            clock=clock,
+            sleep=clock.sleep,
+            lost=lost,
+            rng=random.Random(0),
+        )
+    assert answer["state"] == "completed"
+
+
+async def test_404_turns_into_lost_once_the_grace_has_passed(clock: FakeClock) -> None:
+    """404s that keep coming become JobLost as soon as the grace is over, not at the deadline."""
+    server = ScriptedJobServer(clock, status(404))
+    lost = LostJob(known_since=clock(), grace=1.0)
+    async with server.client() as client:
+        with pytest.raises(JobLost):
+            await wait_for_job(
+                client,
+                BASE_URL,
+                JOB_ID,
+                deadline=clock() + 60,
+                clock=clock,
+                sleep=clock.sleep,
+                lost=lost,
+                schedule=PollSchedule(base=0.2, cap=0.4),
+                rng=UpperBoundRandom(),
+            )
+    assert 1.0 < clock() - server.requests[0][0] <= 1.0 + 0.4
+
+
+async def test_status_that_cannot_be_read_is_a_lost_job(clock: FakeClock) -> None:
+    """max_failures polls in a row without a usable answer raise JobLost naming the cause."""
+    server = ScriptedJobServer(clock, raises(httpx.ConnectError), status(500), body("x"))
+    lost = LostJob(known_since=clock(), grace=1.0, max_failures=3)
+    async with server.client() as client:
+        with pytest.raises(JobLost, match="3 attempts"):
+            await wait_for_job(
+                client,
+                BASE_URL,
+                JOB_ID,
+                deadline=clock() + 60,
+                clock=clock,
+                sleep=clock.sleep,
+                lost=lost,
+            )
+    assert len(server.requests) == 3
+
+
+async def test_busy_answers_and_successes_do_not_count_towards_lost(clock: FakeClock) -> None:
+    """503s never count as failures, and a well-formed answer resets the streak."""
+    server = ScriptedJobServer(
+        clock,
+        raises(httpx.ConnectError),
+        status(503),
+        status(503),
+        raises(httpx.ConnectError),
+        job("running"),
+        raises(httpx.ConnectError),
+        raises(httpx.ConnectError),
+        job("completed", proof="p"),
+    )
+    lost = LostJob(known_since=clock(), grace=1.0, max_failures=3)
+    async with server.client() as client:
+        answer = await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 60,
+            clock=clock,
+            sleep=clock.sleep,
+            lost=lost,
+        )
+    assert answer["state"] == "completed"
+
+
+async def test_without_lost_rules_404_is_polled_until_the_deadline(clock: FakeClock) -> None:
+    """Used on its own without ``lost``, the poller treats 404 as not yet visible."""
+    server = ScriptedJobServer(clock, status(404))
+    async with server.client() as client:
+        with pytest.raises(JobTimeout):
+            await wait_for_job(
+                client, BASE_URL, JOB_ID, deadline=clock() + 10, clock=clock, sleep=clock.sleep
+            )
+    assert len(server.requests) > 5
