@@ -48,7 +48,7 @@ PROOF_INVALID = 1
 USAGE_ERROR = 2  # argparse's own exit code
 STARTUP_FAILURE = 3  # as uvicorn's
 GC_THRESHOLD = 7_000
-CONFIG_ENV = ENV_PREFIX + "CONFIG"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"  # also in config.NOT_SETTINGS
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -104,14 +104,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error(f"unknown command {command[0]!r}; the only command is: verify PROOF")
     if command and len(command) != 2:
         parser.error("verify takes one PROOF (the bundle text, or - to read it from stdin)")
+    warnings: list[str] = []
     try:
-        settings = load_settings(options, env, config_path)
+        settings = load_settings(options, env, config_path, warn=warnings.append)
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
     if command:
         return verify(settings, command[1])
-    return serve(settings)
+    return serve(settings, warnings)
 
 
 def verify(settings: Settings, proof: str) -> int:
@@ -126,9 +127,11 @@ def verify(settings: Settings, proof: str) -> int:
     return EXIT_OK
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     """Run the server until SIGTERM or SIGINT; exit 0 then."""
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    for warning in warnings:
+        logger.warning("%s", warning)
     # httpx logs every request at INFO: one line per callback would swamp a benchmark.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     # Thousands of jobs in flight allocate fast; the default young-generation threshold

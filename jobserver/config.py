@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import logging
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -19,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+logger = logging.getLogger(__name__)
+
 ENV_PREFIX = "JOBSERVER_"
+NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG"})  # names the TOML file (see __main__)
+SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://\S+:\d+")
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -168,21 +174,31 @@ def webhook_key(secret: str) -> bytes:
 
 
 def load_settings(
-    flags: Mapping[str, object], env: Mapping[str, str], config_path: Path | None
+    flags: Mapping[str, object],
+    env: Mapping[str, str],
+    config_path: Path | None,
+    *,
+    warn: Callable[[str], None] = logger.warning,
 ) -> Settings:
     """Build the settings from defaults ← TOML file ← ``JOBSERVER_*`` env ← flags.
 
     ``flags`` maps setting names to values (strings are parsed like env values). Unknown
-    ``JOBSERVER_*`` variables are ignored, since other tools may share the prefix;
-    unknown TOML keys and flag names are errors.
+    ``JOBSERVER_*`` variables are reported through ``warn`` and ignored: orchestrators
+    inject their own (Kubernetes service links). Unknown TOML keys and flag names are
+    errors. Only the value that wins is checked, so a flag can override a bad env value.
     """
     values: dict[str, object] = {}
     if config_path is not None:
         for name, raw in _read_toml(config_path).items():
             values[name] = _convert(name, raw, f"{config_path}", text=False)
-    for name in SETTING_FIELDS:
-        if (raw_env := env.get(env_name(name))) is not None:
-            values[name] = _convert(name, raw_env, env_name(name), text=True)
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
+            continue
+        name = key.removeprefix(ENV_PREFIX).lower()
+        if name not in SETTING_FIELDS:
+            warn(f"ignored {key}: no such setting")
+        elif name not in flags:
+            values[name] = _convert(name, env[key], key, text=True)
     for name, raw in flags.items():
         if name not in SETTING_FIELDS:
             raise ConfigError(f"unknown setting {name!r}")
@@ -210,7 +226,14 @@ def _convert(name: str, raw: object, source: str, *, text: bool) -> object:
         value = _parse(SETTING_TYPES[name], raw, text=text)
         _check_bounds(name, value)
     except ValueError as exc:
-        raise ConfigError(f"bad setting {name} = {raw!r} (from {source}): {exc}") from None
+        hint = ""
+        if text and isinstance(raw, str) and SERVICE_LINK.fullmatch(raw):
+            hint = (
+                "; this looks like a Kubernetes service link, injected into every pod once a "
+                "Service named jobserver exists: set enableServiceLinks: false in the pod "
+                "spec, rename the Service, or give this setting as a flag"
+            )
+        raise ConfigError(f"bad setting {name} = {raw!r} (from {source}): {exc}{hint}") from None
     return value
 
 

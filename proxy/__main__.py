@@ -12,6 +12,8 @@ from pathlib import Path
 from proxy.config import ConfigError, Settings, load_settings
 from proxy.server import serve
 
+logger = logging.getLogger("jobproxy")
+
 STARTUP_FAILURE = 3
 
 FLAGS: dict[str, str] = {
@@ -43,9 +45,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {name: getattr(args, name) for name in FLAGS.values()}
+    warnings: list[str] = []
     try:
         settings: Settings = load_settings(
-            config_path=args.config, env=os.environ, overrides=overrides
+            config_path=args.config, env=os.environ, overrides=overrides, warn=warnings.append
         )
     except ConfigError as exc:
         print(f"jobproxy: bad configuration: {exc}", file=sys.stderr)
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for warning in warnings:
+        logger.warning("%s", warning)
     # httpx logs every outbound request at INFO: one line per job is noise, and CPU.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import logging
 import math
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+logger = logging.getLogger(__name__)
+
 ENV_PREFIX = "JOBPROXY_"
+SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[^\s]+:\d+")
 SECRET_PREFIX = "whsec_"
 LogLevel = Literal["debug", "info", "warning", "error"]
 UpstreamTransport = Literal["aiohttp", "httpx"]
@@ -177,7 +182,8 @@ def _coerce(name: str, kind: Any, value: object) -> object:
         return value
     except (TypeError, ValueError):
         expected = getattr(kind, "__name__", "text")
-        raise ConfigError(f"{name}: {value!r} is not a valid {expected}") from None
+        hint = service_link_hint(value) if isinstance(value, str) else ""
+        raise ConfigError(f"{name}: {value!r} is not a valid {expected}{hint}") from None
 
 
 def _field_kinds() -> dict[str, Any]:
@@ -190,15 +196,32 @@ def _field_kinds() -> dict[str, Any]:
     return kinds
 
 
+def service_link_hint(value: str) -> str:
+    """Why an environment value like ``tcp://10.0.0.7:8000`` is there, and what to do."""
+    if not SERVICE_LINK.fullmatch(value):
+        return ""
+    return (
+        " (this looks like a Kubernetes service link, injected into every pod once a "
+        "Service named jobproxy exists: set enableServiceLinks: false in the pod spec, "
+        "rename the Service, or give this setting as a flag)"
+    )
+
+
 def load_settings(
     *,
     config_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    warn: Callable[[str], None] = logger.warning,
 ) -> Settings:
-    """Build the settings from defaults ← TOML file ← environment ← flags (``overrides``)."""
+    """Build the settings from defaults ← TOML file ← environment ← flags (``overrides``).
+
+    Unknown ``JOBPROXY_*`` variables are reported through ``warn`` and ignored:
+    orchestrators inject their own (Kubernetes service links). Only the value that wins
+    is checked, so a flag can override a bad environment value.
+    """
     kinds = _field_kinds()
-    values: dict[str, object] = {}
+    chosen: dict[str, tuple[str, object]] = {}  # name -> (where it came from, raw value)
     if config_path is not None:
         try:
             document = tomllib.loads(config_path.read_text())
@@ -209,15 +232,17 @@ def load_settings(
         for key, value in document.items():
             if key not in kinds:
                 raise ConfigError(f"{key}: unknown setting in {config_path}")
-            values[key] = _coerce(key, kinds[key], value)
-    for key, value in (env or {}).items():
+            chosen[key] = (key, value)
+    for key, value in sorted((env or {}).items()):
         if not key.startswith(ENV_PREFIX):
             continue
         name = key.removeprefix(ENV_PREFIX).lower()
         if name not in kinds:
-            raise ConfigError(f"{key}: unknown setting")
-        values[name] = _coerce(key, kinds[name], value)
+            warn(f"ignored {key}: no such setting")
+            continue
+        chosen[name] = (key, value)
     for name, value in (overrides or {}).items():
         if value is not None:
-            values[name] = _coerce(name, kinds[name], value)
+            chosen[name] = (name, value)
+    values = {name: _coerce(source, kinds[name], value) for name, (source, value) in chosen.items()}
     return Settings(**values)  # type: ignore[arg-type]

@@ -128,3 +128,26 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_unknown_env_variables_are_warned_about_and_ignored() -> None:
+    """JOBSERVER_* variables that name no setting are reported and ignored;
+    JOBSERVER_CONFIG, which names the file, is not reported."""
+    warnings: list[str] = []
+    env = {
+        "JOBSERVER_SERVICE_HOST": "10.0.0.7",
+        "JOBSERVER_CONFIG": "jobserver.toml",
+        "JOBSERVER_JOB_DURATION": "2",
+    }
+    settings = load_settings({}, env, None, warn=warnings.append)
+    assert settings.job_duration == 2
+    assert warnings == ["ignored JOBSERVER_SERVICE_HOST: no such setting"]
+
+
+def test_a_service_link_in_a_setting_says_what_it_is() -> None:
+    """JOBSERVER_PORT=tcp://... is an error naming Kubernetes service links and the way out;
+    a flag for the same setting wins without an error."""
+    env = {"JOBSERVER_PORT": "tcp://10.0.0.7:8001"}
+    with pytest.raises(ConfigError, match=r"Kubernetes service link.*enableServiceLinks"):
+        load_settings({}, env, None)
+    assert load_settings({"port": "8001"}, env, None).port == 8001

@@ -43,7 +43,6 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"JOBPROXY_UPSTREAM_URL": "localhost:8001"}, "upstream_url: 'localhost:8001'"),
         ({"JOBPROXY_REDIS_URL": "http://x"}, "redis_url"),
         ({"JOBPROXY_LOG_LEVEL": "loud"}, "log_level: 'loud'"),
-        ({"JOBPROXY_NOPE": "1"}, "JOBPROXY_NOPE: unknown setting"),
         ({"JOBPROXY_ACCESS_LOG": "maybe"}, "JOBPROXY_ACCESS_LOG: 'maybe'"),
         ({"JOBPROXY_JOB_DEADLINE": "nan"}, "JOBPROXY_JOB_DEADLINE: 'nan'"),
         ({"JOBPROXY_CALLBACK_SECRET": "whsec_!!!"}, "callback_secret: the part after whsec_"),
@@ -68,3 +67,32 @@ def test_public_url_defaults_to_the_bound_address() -> None:
     assert Settings().with_public_url(4321).public_url == "http://127.0.0.1:4321"
     assert Settings(host="0.0.0.0").with_public_url(1).public_url == "http://127.0.0.1:1"
     assert Settings(public_url="http://lb:80").with_public_url(1).public_url == "http://lb:80"
+
+
+def test_unknown_environment_variables_are_warned_about_and_ignored() -> None:
+    """Variables with the prefix that name no setting (Kubernetes injects some) are
+    reported and ignored."""
+    warnings: list[str] = []
+    env = {
+        "JOBPROXY_SERVICE_HOST": "10.0.0.7",
+        "JOBPROXY_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+        "JOBPROXY_JOB_DEADLINE": "9",
+    }
+    settings = load_settings(env=env, warn=warnings.append)
+    assert settings.job_deadline == 9
+    assert warnings == [
+        "ignored JOBPROXY_PORT_8000_TCP: no such setting",
+        "ignored JOBPROXY_SERVICE_HOST: no such setting",
+    ]
+
+
+def test_a_service_link_in_a_setting_says_what_it_is() -> None:
+    """JOBPROXY_PORT=tcp://... (a Service named jobproxy) is an error that explains itself."""
+    with pytest.raises(ConfigError, match=r"Kubernetes service link.*enableServiceLinks"):
+        load_settings(env={"JOBPROXY_PORT": "tcp://10.0.0.7:8000"})
+
+
+def test_a_flag_overrides_a_bad_environment_value() -> None:
+    """Only the winning value is checked: --port beats an injected JOBPROXY_PORT."""
+    settings = load_settings(env={"JOBPROXY_PORT": "tcp://10.0.0.7:8000"}, overrides={"port": "80"})
+    assert settings.port == 80
