@@ -103,8 +103,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 redis = connect(settings.redis_url)
                 resources.push_async_callback(redis.aclose)
                 bus = RedisBus(redis, waiters, settings.result_ttl)
-                listener = asyncio.create_task(bus.listen(), name="redis-listener")
-                resources.push_async_callback(_cancel, listener)
+                resources.push_async_callback(bus.leave)
+                for name, work in (("redis-listener", bus.listen), ("heartbeat", bus.keep_alive)):
+                    task = asyncio.create_task(work(), name=name)
+                    resources.push_async_callback(_cancel, task)
             watch = OverdueWatch(settings, client)
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
             resources.push_async_callback(_cancel, watching)
@@ -370,7 +372,10 @@ async def readyz(request: Request) -> Response:
         services.bus.subscribed.is_set() and await services.bus.ping()
     ):
         raise NotReady("Redis is unreachable")
-    return JSONAnswer({"status": "ready", "pending": len(services.waiters)})
+    ready: dict[str, Any] = {"status": "ready", "pending": len(services.waiters)}
+    if services.bus is not None:
+        ready["replicas"] = services.bus.live_replicas()
+    return JSONAnswer(ready)
 
 
 async def metrics(request: Request) -> Response:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "JOBPROXY_"
+REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[^\s]+:\d+")
 SECRET_PREFIX = "whsec_"
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -69,12 +70,20 @@ class Settings:
         self._check_urls()
         self._check_numbers()
         self._check_secret()
+        self._check_replica_id()
         for name, allowed in (
             ("log_level", get_args(LogLevel)),
             ("upstream_transport", get_args(UpstreamTransport)),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+
+    def _check_replica_id(self) -> None:
+        # The id is the first part of every callback token: <replica>.<random>.<mac>.
+        if self.replica_id and not REPLICA_ID.fullmatch(self.replica_id):
+            raise ConfigError(
+                f"replica_id: {self.replica_id!r} must be 1 to 64 letters, digits, - or _"
+            )
 
     def _check_secret(self) -> None:
         # Checked here so that a bad secret stops the start with one line, not a traceback.

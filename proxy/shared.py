@@ -1,10 +1,15 @@
 """Shared mode: several replicas behind a load balancer, one Redis between them.
 
 Waiters stay in the replica that holds the client. A callback token names that replica
-(``<replica>.<random>``); a replica that receives a callback for another replica's token
-*stores* the result in Redis with a TTL (``SET NX``, so duplicates are harmless), then
-*publishes* it on the holder's channel. Pub/sub loses what is sent while a subscriber is
-away, so after every (re)subscribe the holder re-reads the stored results of the
+and carries a MAC made with that replica's token key (``<replica>.<random>.<mac>``).
+Every replica registers itself in Redis with its key and refreshes the entry every
+``HEARTBEAT_INTERVAL`` (an entry not refreshed for ``REPLICA_TTL`` is gone), and keeps a
+local view of the live replicas. A replica that receives a callback for another
+replica's token first checks, with that view and one HMAC, that a live replica issued
+it: a forged token, or one of a replica that is gone, is a 404 and writes nothing. A
+genuine one is *stored* in Redis with a TTL (``SET NX``, so duplicates are harmless),
+then *published* on the holder's channel. Pub/sub loses what is sent while a subscriber
+is away, so after every (re)subscribe the holder re-reads the stored results of the
 waiters it holds: a message lost in a reconnect loses no job.
 
 Idempotency-Key claims live here too (see ``proxy.idempotency``), so a client's retry
@@ -18,10 +23,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -29,7 +37,7 @@ from redis.exceptions import RedisError
 from proxy.bodies import decode_json
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim, ExpiringMap
-from proxy.waiters import Delivery, Job, WaiterRegistry, replica_of
+from proxy.waiters import Delivery, Job, WaiterRegistry, replica_of, token_is_genuine
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +70,33 @@ def connect(url: str) -> Redis:
     )
 
 
+REPLICAS_KEY = f"{PREFIX}replicas"  # hash: replica id -> "<token key, hex> <alive until>"
+REPLICAS_CHANNEL = f"{PREFIX}replicas"  # arrivals and departures, heard at once
+HEARTBEAT_INTERVAL = 2.0
+REPLICA_TTL = 6.0  # seconds without a heartbeat after which a replica is gone
+
+
 def channel_of(replica: str) -> str:
     return f"{PREFIX}replica:{replica}"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A live replica as this one knows it: its token key and until when it is alive."""
+
+    key: bytes
+    until: float  # unix time
+
+    @classmethod
+    def parse(cls, entry: str) -> Peer | None:
+        try:
+            key, until = entry.split(" ")
+            return cls(bytes.fromhex(key), float(until))
+        except ValueError:
+            return None
+
+    def entry(self) -> str:
+        return f"{self.key.hex()} {self.until:.3f}"
 
 
 def _result_key(token: str) -> str:
@@ -97,6 +130,57 @@ class RedisBus:
         self._release = redis.register_script(RELEASE_SCRIPT)
         self.replica_id = waiters.replica_id
         self.subscribed = asyncio.Event()
+        self._peers: dict[str, Peer] = {}
+
+    # -- replicas --------------------------------------------------------------------
+
+    def live_replicas(self) -> list[str]:
+        now = time.time()
+        return sorted(replica for replica, peer in self._peers.items() if peer.until > now)
+
+    def issued_by_live_replica(self, token: str) -> bool:
+        """Whether a replica alive now issued ``token``: a lookup and one HMAC."""
+        peer = self._peers.get(replica_of(token))
+        return peer is not None and peer.until > time.time() and token_is_genuine(token, peer.key)
+
+    async def keep_alive(self) -> None:
+        """Register this replica and refresh the view of the others until cancelled."""
+        announced = False
+        while True:
+            try:
+                await self._heartbeat(announce=not announced)
+                announced = True
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.debug("replica heartbeat failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _heartbeat(self, *, announce: bool) -> None:
+        me = Peer(self._waiters.token_key, time.time() + REPLICA_TTL).entry()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(REPLICAS_KEY, self.replica_id, me)
+            pipe.hgetall(REPLICAS_KEY)
+            _, entries = await pipe.execute()
+        if announce:
+            await self._redis.publish(REPLICAS_CHANNEL, f"{self.replica_id} {me}")
+        now = time.time()
+        peers = {replica: Peer.parse(entry) for replica, entry in entries.items()}
+        self._peers = {r: p for r, p in peers.items() if p is not None and p.until > now}
+        if gone := [replica for replica in peers if replica not in self._peers]:
+            await self._redis.hdel(REPLICAS_KEY, *gone)
+
+    async def leave(self) -> None:
+        """Tell the other replicas at once that this one is gone (best effort)."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._redis.hdel(REPLICAS_KEY, self.replica_id)
+            await self._redis.publish(REPLICAS_CHANNEL, f"{self.replica_id} -")
+
+    def _peer_changed(self, data: str) -> None:
+        replica, _, entry = data.partition(" ")
+        peer = Peer.parse(entry)
+        if peer is None:
+            self._peers.pop(replica, None)
+        else:
+            self._peers[replica] = peer
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -104,7 +188,10 @@ class RedisBus:
         return replica_of(token) != self.replica_id
 
     async def forward(self, token: str, job: Job) -> Delivery:
-        """Store a result for another replica's waiter, then tell that replica."""
+        """Store a result for another replica's waiter, then tell that replica; a token
+        that no live replica issued is ``UNKNOWN`` and nothing is written."""
+        if not self.issued_by_live_replica(token):
+            return Delivery.UNKNOWN
         if not await self.put_result(token, job):
             return Delivery.DUPLICATE
         message = json.dumps({"token": token, "job": job}, separators=(",", ":"))
@@ -118,7 +205,12 @@ class RedisBus:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(channel_of(self.replica_id))
+                    channels = (channel_of(self.replica_id), REPLICAS_CHANNEL)
+                    await pubsub.subscribe(*channels)
+                    # Re-read only once Redis has confirmed the subscription (a refusal
+                    # comes back as a reply, not from subscribe()): a result published
+                    # before that moment is then surely stored and found here.
+                    await self._confirmed(pubsub, len(channels))
                     recovered = await self._reread()
                     self.subscribed.set()
                     delay = RECONNECT_BASE
@@ -128,14 +220,34 @@ class RedisBus:
                         recovered,
                     )
                     async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._deliver(message["data"])
+                        self._dispatch(message)
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.subscribed.is_set():
                     logger.warning("lost the Redis subscription: %s; reconnecting", exc)
                 self.subscribed.clear()
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_CAP, delay * 2)
+
+    async def _confirmed(self, pubsub: PubSub, channels: int) -> None:
+        """Wait for Redis to confirm ``channels`` subscriptions; raise if it refuses."""
+        confirmed = 0
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            while confirmed < channels:
+                message = await pubsub.get_message(timeout=REDIS_TIMEOUT)
+                if message is None:
+                    continue
+                if message.get("type") == "subscribe":
+                    confirmed += 1
+                else:
+                    self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        if message.get("channel") == REPLICAS_CHANNEL:
+            self._peer_changed(message["data"])
+        else:
+            self._deliver(message["data"])
 
     def _deliver(self, data: str) -> None:
         try:

@@ -1,7 +1,9 @@
 """Waiters: the futures that park held client requests until their job's result arrives.
 
 A waiter is registered under a fresh, unguessable callback token *before* the job is
-started upstream, so a callback can never arrive before its waiter exists. The holder
+started upstream, so a callback can never arrive before its waiter exists. A token is
+``<replica>.<128 random bits>.<128-bit MAC>``: the replica that holds the waiter, and a
+MAC with that replica's key, so that any replica can refuse a forged token at once. The holder
 removes its waiter in a ``finally`` (see :meth:`WaiterRegistry.hold`), whatever happened:
 answered, timed out, client gone or shut down.
 """
@@ -9,7 +11,10 @@ answered, timed out, client gone or shut down.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -24,6 +29,8 @@ from proxy.errors import AtCapacity, ProxyError, ShuttingDown
 logger = logging.getLogger(__name__)
 
 TOKEN_BYTES = 16  # 128 bits of randomness per callback token
+MAC_BYTES = 16  # a token's MAC, so that any replica can tell a forged one at once
+TOKEN_KEY_BYTES = 32
 REPLICA_ID_BYTES = 4
 SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
 
@@ -46,9 +53,21 @@ def new_replica_id() -> str:
 
 
 def replica_of(token: str) -> str:
-    """The replica named by a callback token (``<replica>.<random>``), or ``""``."""
+    """The replica named by a callback token (``<replica>.<random>.<mac>``), or ``""``."""
     replica, dot, _ = token.partition(".")
     return replica if dot else ""
+
+
+def token_mac(key: bytes, stem: str) -> str:
+    """The MAC part of a token: 128 bits of HMAC-SHA256(key, stem), base64url."""
+    digest = hmac.new(key, stem.encode(), hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def token_is_genuine(token: str, key: bytes) -> bool:
+    """Whether ``token`` was issued with ``key`` (one HMAC, compared in constant time)."""
+    stem, dot, mac = token.rpartition(".")
+    return bool(dot) and hmac.compare_digest(mac.encode(), token_mac(key, stem).encode())
 
 
 @dataclass(slots=True, eq=False)
@@ -119,6 +138,9 @@ class WaiterRegistry:
     def __init__(self, replica_id: str, max_pending: int) -> None:
         self.replica_id = replica_id
         self.max_pending = max_pending
+        # Signs this replica's tokens; in shared mode the other replicas learn it from
+        # Redis, so a callback reaching any of them is checked with one HMAC.
+        self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
         self._waiters: dict[str, Waiter] = {}
         self._spent: OrderedDict[str, None] = OrderedDict()
         self._emptied = asyncio.Event()
@@ -141,7 +163,8 @@ class WaiterRegistry:
             raise ShuttingDown("the proxy is shutting down")
         if len(self._waiters) >= self.max_pending:
             raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
-        token = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+        stem = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+        token = f"{stem}.{token_mac(self.token_key, stem)}"
         waiter = Waiter(token, asyncio.get_running_loop().create_future())
         self._waiters[token] = waiter
         self._emptied.clear()

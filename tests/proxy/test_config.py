@@ -43,6 +43,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"JOBPROXY_UPSTREAM_URL": "localhost:8001"}, "upstream_url: 'localhost:8001'"),
         ({"JOBPROXY_REDIS_URL": "http://x"}, "redis_url"),
         ({"JOBPROXY_LOG_LEVEL": "loud"}, "log_level: 'loud'"),
+        ({"JOBPROXY_REPLICA_ID": "a.b"}, "replica_id: 'a.b' must be"),
         ({"JOBPROXY_ACCESS_LOG": "maybe"}, "JOBPROXY_ACCESS_LOG: 'maybe'"),
         ({"JOBPROXY_JOB_DEADLINE": "nan"}, "JOBPROXY_JOB_DEADLINE: 'nan'"),
         ({"JOBPROXY_CALLBACK_SECRET": "whsec_!!!"}, "callback_secret: the part after whsec_"),

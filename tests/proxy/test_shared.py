@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import signal
 import socket
@@ -14,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobserver.harness import ServerProcess
-from proxy.shared import RedisBus, connect
-from proxy.waiters import WaiterRegistry
+from proxy.shared import REPLICAS_KEY, RedisBus, connect
+from proxy.waiters import WaiterRegistry, token_mac
 from tests.conftest import run_server
 from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
 
@@ -73,12 +74,19 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         await server.stop()
 
 
+NO_POLLS = {"JOBPROXY_POLL_INITIAL": "30"}
+
+
 @contextlib.asynccontextmanager
 async def replica(
-    jobserver: ServerProcess, redis_url: str, name: str, *flags: str
+    jobserver: ServerProcess,
+    redis_url: str,
+    name: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     argv = ["--upstream-url", jobserver.url, "--redis-url", redis_url, "--replica-id", name]
-    async with run_server("jobproxy", *argv, *flags) as proxy:
+    async with run_server("jobproxy", *argv, *flags, env=env) as proxy:
         await wait_for_ready(proxy)
         yield proxy
 
@@ -143,7 +151,8 @@ async def test_retry_on_another_replica_gets_the_same_job(redis_server: RedisSer
 
 
 async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> None:
-    """Redis restarted while jobs run: every job is still answered."""
+    """Redis down while the callbacks arrive (refused 503, retried by the job server),
+    then restarted: every job is still answered."""
     async with (
         run_server("jobserver", "--job-duration", "1.0") as jobserver,
         replica(jobserver, redis_server.url, "b") as b,
@@ -154,10 +163,127 @@ async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> 
         )
         await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= 30)
         await redis_server.stop()
-        await asyncio.sleep(0.3)  # Redis stays away while callbacks arrive
+        refused = 'jobproxy_callbacks_total{outcome="bus_unavailable"}'
+        met_the_outage = await wait_for_metric(b.url, refused, lambda v: v >= 1)
         await redis_server.start()
         code, report = await run
+    assert met_the_outage >= 1
     assert (code, report["result"]) == (0, "PASSED"), report
+
+
+async def test_results_published_while_the_holder_is_away_are_reread(
+    redis_server: RedisServer,
+) -> None:
+    """While replica A cannot subscribe, B stores the results its callbacks bring; once A
+    subscribes again it re-reads them and answers every client. A refused subscription
+    is one outage (one warning), not a subscription that seems to succeed in a loop."""
+    admin = aioredis.Redis(port=redis_server.port)
+    await admin.execute_command("ACL", "SETUSER", "a", "on", ">pw", "~*", "&*", "+@all")
+    a_url = f"redis://a:pw@127.0.0.1:{redis_server.port}/0"
+    jobs = 20
+    try:
+        async with (
+            run_server("jobserver", "--job-duration", "1.0") as jobserver,
+            replica(jobserver, redis_server.url, "b") as b,
+            # No status polls on A (jobs are due only after 30 s): the re-read must answer.
+            replica(jobserver, a_url, "a", "--public-url", b.url, env=NO_POLLS) as a,
+        ):
+            run = asyncio.ensure_future(
+                run_jobclient(f"{a.url}/proxy", "--jobs", str(jobs), "--deadline", "20")
+            )
+            await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= jobs)
+            # A loses its subscription and cannot take it back; B can still store.
+            await admin.execute_command("ACL", "SETUSER", "a", "-subscribe")
+            await admin.execute_command("CLIENT", "KILL", "USER", "a")
+            stored = 'jobproxy_callbacks_total{outcome="stored"}'
+            await wait_for_metric(b.url, stored, lambda v: v >= jobs, timeout=20)
+            await admin.execute_command("ACL", "SETUSER", "a", "+subscribe")
+            code, report = await run
+            log = a.log_tail()
+    finally:
+        await admin.aclose()
+    assert (code, report["result"]) == (0, "PASSED"), report
+    assert f"{jobs} results recovered from Redis" in log
+    assert log.count("lost the Redis subscription") == 1
+
+
+async def genuine_token(redis_url: str, replica_name: str) -> str:
+    """A token as ``replica_name`` would issue it, signed with the key it registered."""
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entry = await redis.hget(REPLICAS_KEY, replica_name)
+    finally:
+        await redis.aclose()
+    assert entry is not None
+    stem = f"{replica_name}.{secrets.token_urlsafe(16)}"
+    return f"{stem}.{token_mac(bytes.fromhex(entry.split()[0]), stem)}"
+
+
+async def redis_keys(redis_url: str) -> tuple[int, int]:
+    """(number of keys, bytes of memory used) of the Redis server."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        memory = await redis.info("memory")
+        return int(await redis.dbsize()), int(memory["used_memory"])
+    finally:
+        await redis.aclose()
+
+
+async def wait_for_replicas(proxy: ServerProcess, expected: list[str]) -> None:
+    """Until ``proxy`` sees exactly ``expected`` as the live replicas."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(15):
+        while (await client.get(f"{proxy.url}/readyz")).json().get("replicas") != expected:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_forged_callbacks_write_nothing_to_redis(redis_server: RedisServer) -> None:
+    """1,000 callbacks of 50 KB on tokens naming a live replica but not issued by it are
+    404 JSON, and Redis neither gains a key nor grows."""
+    job = {"id": "0123456789abc", "state": "completed", "padding": "x" * 50_000}
+    async with (
+        run_server("jobserver") as jobserver,
+        replica(jobserver, redis_server.url, "b"),
+        replica(jobserver, redis_server.url, "a") as a,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        await wait_for_replicas(a, ["a", "b"])
+        genuine = await genuine_token(redis_server.url, "b")
+        forged = [f"b.{secrets.token_urlsafe(16)}.{secrets.token_urlsafe(16)}" for _ in range(999)]
+        forged.append(genuine[:-2] + ("AA" if not genuine.endswith("AA") else "BB"))
+        keys_before, memory_before = await redis_keys(redis_server.url)
+        answers = []
+        for start in range(0, len(forged), 100):
+            answers += await asyncio.gather(
+                *(
+                    client.post(f"{a.url}/callback/{token}", json=job)
+                    for token in forged[start : start + 100]
+                )
+            )
+        keys_after, memory_after = await redis_keys(redis_server.url)
+    assert {answer.status_code for answer in answers} == {404}
+    assert {answer.json()["error"] for answer in answers} == {"unknown_callback"}
+    assert keys_after == keys_before
+    assert memory_after - memory_before < 1_000_000  # 50 MB if they had been stored
+
+
+async def test_a_callback_for_a_replica_that_left_writes_nothing(redis_server: RedisServer) -> None:
+    """A genuine token of a replica that has stopped is a 404 elsewhere, stored nowhere."""
+    async with (
+        run_server("jobserver") as jobserver,
+        replica(jobserver, redis_server.url, "a") as a,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        async with replica(jobserver, redis_server.url, "b"):
+            await wait_for_replicas(a, ["a", "b"])
+            token = await genuine_token(redis_server.url, "b")
+        await wait_for_replicas(a, ["a"])
+        keys_before, _ = await redis_keys(redis_server.url)
+        answer = await client.post(
+            f"{a.url}/callback/{token}", json={"id": "0123456789abc", "state": "completed"}
+        )
+        keys_after, _ = await redis_keys(redis_server.url)
+    assert answer.status_code == 404
+    assert keys_after == keys_before
 
 
 async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisServer) -> None:
@@ -165,9 +291,12 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
     readyz says not ready, plain requests still work; all recover when Redis is back."""
     async with (
         run_server("jobserver") as jobserver,
+        replica(jobserver, redis_server.url, "b"),
         replica(jobserver, redis_server.url, "a") as a,
         httpx.AsyncClient(timeout=15) as client,
     ):
+        await wait_for_replicas(a, ["a", "b"])
+        token = await genuine_token(redis_server.url, "b")
         await redis_server.stop()
         response = await client.post(
             f"{a.url}/proxy",
@@ -176,7 +305,7 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
         )
         ready = await client.get(f"{a.url}/readyz")
         foreign = await client.post(
-            f"{a.url}/callback/b.some-token", json={"id": "abc", "state": "completed"}
+            f"{a.url}/callback/{token}", json={"id": "abc", "state": "completed"}
         )
         plain = await client.post(f"{a.url}/proxy", json={"account": "x", "wait": True})
         await redis_server.start()

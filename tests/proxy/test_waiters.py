@@ -17,6 +17,8 @@ from proxy.waiters import (
     WaiterRegistry,
     new_replica_id,
     replica_of,
+    token_is_genuine,
+    token_mac,
 )
 
 JOB = {"id": "abc", "state": "completed"}
@@ -24,7 +26,7 @@ TIMEOUT = 5.0
 
 
 def _random_part(token: str) -> bytes:
-    random_part = token.split(".", 1)[1]
+    random_part = token.split(".")[1]
     return base64.urlsafe_b64decode(random_part + "=" * (-len(random_part) % 4))
 
 
@@ -56,7 +58,8 @@ class HeldRequest:
 
 
 async def test_tokens_are_unique_and_carry_128_random_bits() -> None:
-    """Each token is `<replica>.<random>` with at least 128 random bits, never repeated."""
+    """Each token is `<replica>.<random>.<mac>` with at least 128 random bits, never
+    repeated, and genuine under the registry's key."""
     registry = WaiterRegistry("r1", max_pending=10)
     tokens = set()
     for _ in range(1_000):
@@ -64,8 +67,23 @@ async def test_tokens_are_unique_and_carry_128_random_bits() -> None:
             tokens.add(waiter.token)
     assert len(tokens) == 1_000
     for token in tokens:
-        assert re.fullmatch(r"r1\.[A-Za-z0-9_-]+", token)
+        assert re.fullmatch(r"r1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}", token)
         assert len(_random_part(token)) >= TOKEN_BYTES >= 16
+        assert token_is_genuine(token, registry.token_key)
+
+
+def test_a_token_changed_in_any_part_or_signed_with_another_key_is_not_genuine() -> None:
+    """Changing the replica, the random part or the MAC, or another key, fails the check."""
+    key = b"k" * 32
+    stem = "a.abcdefghijklmnopqrstuv"
+    token = f"{stem}.{token_mac(key, stem)}"
+    assert token_is_genuine(token, key)
+    assert not token_is_genuine(token, b"x" * 32)
+    assert not token_is_genuine("b" + token[1:], key)
+    assert not token_is_genuine(token.replace("abc", "abd"), key)
+    assert not token_is_genuine(token[:-1] + ("A" if token[-1] != "A" else "B"), key)
+    assert not token_is_genuine(stem, key)
+    assert not token_is_genuine("", key)
 
 
 async def test_replica_of_names_the_replica_of_a_token() -> None:
