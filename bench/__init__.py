@@ -9,9 +9,11 @@ them from a third (the load generator, :mod:`bench.load`), prints tables and wri
   against the same number sent straight to the job server on one account each (the best
   any client could do without a proxy), with the proxy's memory and CPU per request.
 
-Modules: :mod:`bench.scenarios` (what runs), :mod:`bench.load`, :mod:`bench.http` and
-:mod:`bench.outcomes` (the generator, its HTTP client, and what an answer means),
-:mod:`bench.procfs` (what a process spent), :mod:`bench.counters` (the proxy's own
-counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.report` (targets, tables,
-JSON), :mod:`bench.plot` (the PNG), :mod:`bench.system` (machine, open-file limit).
+Modules: :mod:`bench.options` (what shapes a bench), :mod:`bench.servers` (starting the
+servers under test), :mod:`bench.scenarios` (what runs), :mod:`bench.load`,
+:mod:`bench.http` and :mod:`bench.outcomes` (the generator, its HTTP client, and what an
+answer means), :mod:`bench.procfs` (what a process spent), :mod:`bench.counters` (the
+proxy's own counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.targets` (the
+verdicts), :mod:`bench.report` (tables, JSON), :mod:`bench.plot` (the PNG),
+:mod:`bench.system` (machine, open-file limit).
 """

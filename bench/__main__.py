@@ -22,15 +22,10 @@ from typing import TypeVar
 from rich.console import Console
 
 from bench.load import LoadFailed
+from bench.options import SCENARIOS, TRANSPORTS, BenchOptions
 from bench.plot import PlotUnavailable, write_plot
 from bench.report import print_report, results_document
-from bench.scenarios import (
-    SCENARIOS,
-    TRANSPORTS,
-    BenchOptions,
-    BenchResults,
-    run_bench,
-)
+from bench.scenarios import BenchResults, run_bench
 from bench.system import files_needed, machine_info, raise_open_file_limit
 from jobserver.harness import ServerFailed
 

@@ -1,8 +1,8 @@
 """The scenarios: which servers run, what load they get, and what is measured.
 
-Every run starts its servers afresh (``--port 0``, through the same console scripts a
-user runs), so one run's leftovers (finished jobs, pooled connections, grown heaps) do
-not weigh on the next. The load comes from a third process (:mod:`bench.load`).
+Every run starts its servers afresh (:mod:`bench.servers`), so one run's leftovers
+(finished jobs, pooled connections, grown heaps) do not weigh on the next. The load
+comes from a third process (:mod:`bench.load`).
 """
 
 from __future__ import annotations
@@ -11,67 +11,27 @@ import asyncio
 import contextlib
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from bench.counters import scrape_counters
 from bench.load import LoadPlan, LoadResult, spawn_load
+from bench.options import BenchOptions, Transport
 from bench.outcomes import OK
 from bench.procfs import ProcessUsage, UsageMeter, read_listen_drops
+from bench.servers import job_server, proxy_server
 from bench.stats import RunSummary, lower_bound, per_start_seconds, ratio, summarize
-from jobserver.harness import ServerProcess, run_server
+from jobserver.harness import ServerProcess
 
-Transport = Literal["aiohttp", "httpx"]
-Scenario = Literal["fifty", "scale", "fifty-direct"]
-TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
-SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "fifty-direct")
-HOST = "127.0.0.1"
 # Lets the previous step's connections close and its callbacks land before a timed run.
 SETTLE = 0.3
 WARMUP_STARTS = 5
-# The proxy must never refuse the bench's own load with 503: leave room above the run.
-MIN_MAX_PENDING = 20_000
-DRAIN_TIMEOUT = 1.0
 
 Progress = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class BenchOptions:
-    """Everything that shapes one bench: sizes, durations, which scenarios and transports."""
-
-    sizes: tuple[int, ...] = (1_000, 5_000, 10_000)
-    accounts: int = 100
-    job_duration: float = 0.5
-    job_spread: float = 0.0
-    fifty_jobs: int = 50
-    fifty_repeats: int = 3
-    scenarios: tuple[Scenario, ...] = ("fifty", "scale")
-    transports: tuple[Transport, ...] = ("aiohttp",)
-    warmup: int = 100
-    request_timeout: float = 40.0
-    seed: int = 1
-    echo: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "sizes": list(self.sizes),
-            "accounts": self.accounts,
-            "job_duration_s": self.job_duration,
-            "job_spread_s": self.job_spread,
-            "fifty_jobs": self.fifty_jobs,
-            "fifty_repeats": self.fifty_repeats,
-            "scenarios": list(self.scenarios),
-            "transports": list(self.transports),
-            "warmup": self.warmup,
-            "request_timeout_s": self.request_timeout,
-            "seed": self.seed,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,29 +104,6 @@ class BenchResults:
     fifty: list[FiftyResult] = field(default_factory=list)
     fifty_direct: MeasuredRun | None = None
     scale: list[ScaleResult] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def job_server(options: BenchOptions) -> AsyncIterator[ServerProcess]:
-    argv = ["jobserver", "--host", HOST, "--port", "0"]
-    argv += ["--job-duration", str(options.job_duration)]
-    argv += ["--job-duration-spread", str(options.job_spread), "--seed", str(options.seed)]
-    async with run_server(argv, echo=options.echo) as server:
-        yield server
-
-
-@contextlib.asynccontextmanager
-async def proxy_server(
-    upstream_url: str, transport: Transport, options: BenchOptions
-) -> AsyncIterator[ServerProcess]:
-    max_pending = max(MIN_MAX_PENDING, 2 * max(options.sizes, default=0))
-    argv = ["jobproxy", "--host", HOST, "--port", "0", "--upstream-url", upstream_url]
-    argv += ["--max-pending", str(max_pending), "--job-deadline", str(options.request_timeout)]
-    # Every run has ended (answered or given up) when the proxy is stopped: nothing to drain.
-    argv += ["--drain-timeout", str(DRAIN_TIMEOUT)]
-    env = {"JOBPROXY_UPSTREAM_TRANSPORT": transport}
-    async with run_server(argv, env=env, echo=options.echo) as server:
-        yield server
 
 
 async def measure(

@@ -21,6 +21,7 @@ from bench.__main__ import EXIT_OK, main, parse_choices, parse_sizes
 from bench.counters import answered_by_poll, parse_counters
 from bench.http import HttpAnswer, ResponseIncomplete, build_post, parse_response
 from bench.load import LoadPlan, LoadResult
+from bench.options import TRANSPORTS, BenchOptions
 from bench.outcomes import OK, Verdict, error_kind, first_examples, judge
 from bench.procfs import (
     ProcessUsage,
@@ -29,10 +30,10 @@ from bench.procfs import (
     parse_memory,
     parse_status_kib,
 )
-from bench.report import Target
-from bench.scenarios import TRANSPORTS, BenchOptions, BenchResults, MeasuredRun, ScaleResult
+from bench.scenarios import BenchResults, MeasuredRun, ScaleResult
 from bench.stats import LatencySummary, lower_bound, per_start_seconds, percentile, ratio, summarize
 from bench.system import files_needed, raise_open_file_limit
+from bench.targets import Target
 
 PROOF = "0123456789ABCDEF0123456789ABCDEF01234567"
 STARTED_AT = "2024-01-02T03:04:05.678Z"

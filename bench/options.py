@@ -1,0 +1,44 @@
+"""What shapes one bench: sizes, durations, which scenarios and transports run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Transport = Literal["aiohttp", "httpx"]
+Scenario = Literal["fifty", "scale", "fifty-direct"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
+SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "fifty-direct")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """Everything that shapes one bench: sizes, durations, which scenarios and transports."""
+
+    sizes: tuple[int, ...] = (1_000, 5_000, 10_000)
+    accounts: int = 100
+    job_duration: float = 0.5
+    job_spread: float = 0.0
+    fifty_jobs: int = 50
+    fifty_repeats: int = 3
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale")
+    transports: tuple[Transport, ...] = ("aiohttp",)
+    warmup: int = 100
+    request_timeout: float = 40.0
+    seed: int = 1
+    echo: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sizes": list(self.sizes),
+            "accounts": self.accounts,
+            "job_duration_s": self.job_duration,
+            "job_spread_s": self.job_spread,
+            "fifty_jobs": self.fifty_jobs,
+            "fifty_repeats": self.fifty_repeats,
+            "scenarios": list(self.scenarios),
+            "transports": list(self.transports),
+            "warmup": self.warmup,
+            "request_timeout_s": self.request_timeout,
+            "seed": self.seed,
+        }
