@@ -7,7 +7,10 @@ them from a third (the load generator, :mod:`bench.load`), prints tables and wri
   (one job duration plus 50 serialized ``/start`` handlings, timed on the same server);
 - ``scale``: 1,000 / 5,000 / 10,000 held requests over 100 accounts through the proxy,
   against the same number sent straight to the job server on one account each (the best
-  any client could do without a proxy), with the proxy's memory and CPU per request.
+  any client could do without a proxy), with the proxy's memory and CPU per request;
+- ``network``: at round trips of 0, 20, 100 and 200 ms to the job server (its simulated
+  latency), 50 jobs on one account and 1,000 over 20 accounts through the proxy, against
+  the lower bound the protocol allows (one job, one round trip, one account's starts).
 
 Modules: :mod:`bench.options` (what shapes a bench), :mod:`bench.servers` (starting the
 servers under test), :mod:`bench.scenarios` (what runs), :mod:`bench.load`,

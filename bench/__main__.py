@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -26,8 +27,10 @@ from bench.options import SCENARIOS, TRANSPORTS, BenchOptions
 from bench.plot import PlotUnavailable, write_plot
 from bench.report import print_report, results_document
 from bench.scenarios import BenchResults, run_bench
+from bench.servers import BENCH_PROXY_SETTINGS, proxy_environment
 from bench.system import files_needed, machine_info, raise_open_file_limit
 from jobserver.harness import ServerFailed
+from proxy.config import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
 TARGET_MISSED = 1
@@ -35,7 +38,16 @@ USAGE_ERROR = 2
 BENCH_FAILED = 3
 DEFAULT_OUTPUT = Path("bench/results.json")
 WIDE_OUTPUT = 200  # columns of the tables when stdout is not a terminal
-QUICK = BenchOptions(sizes=(20,), accounts=4, job_duration=0.1, warmup=4, request_timeout=20.0)
+QUICK = BenchOptions(
+    sizes=(20,),
+    accounts=4,
+    job_duration=0.1,
+    rtts=(0.0, 40.0),
+    network_jobs=40,
+    network_accounts=4,
+    warmup=4,
+    request_timeout=20.0,
+)
 
 Choice = TypeVar("Choice", bound=str)
 
@@ -54,6 +66,37 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     if not sizes:
         raise argparse.ArgumentTypeError("no sizes given")
     return tuple(sizes)
+
+
+def parse_rtts(text: str) -> tuple[float, ...]:
+    """``"0,20,100"`` → ``(0.0, 20.0, 100.0)``: round trips in milliseconds, in the order given."""
+    rtts: list[float] = []
+    for part in filter(None, (word.strip() for word in text.split(","))):
+        try:
+            rtt = float(part)
+        except ValueError:
+            rtt = math.nan
+        if not math.isfinite(rtt) or rtt < 0:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a round trip in milliseconds")
+        if rtt not in rtts:
+            rtts.append(rtt)
+    if not rtts:
+        raise argparse.ArgumentTypeError("no round trips given")
+    return tuple(rtts)
+
+
+def parse_proxy_setting(text: str) -> tuple[str, str]:
+    """``"NAME=VALUE"`` → ``("name", "VALUE")``: a proxy setting the bench leaves free."""
+    name, equals, value = text.partition("=")
+    name = name.strip().lower()
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    if name not in {field.name for field in dataclasses.fields(Settings)}:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a proxy setting (see config/proxy.toml)")
+    if name in BENCH_PROXY_SETTINGS:
+        instead = " (use --transport)" if name == "upstream_transport" else ""
+        raise argparse.ArgumentTypeError(f"{name!r} is set by the bench itself{instead}")
+    return name, value
 
 
 def parse_choices(text: str, allowed: Sequence[Choice], what: str) -> tuple[Choice, ...]:
@@ -94,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--scenarios",
         type=lambda text: parse_choices(text, SCENARIOS, "scenario"),
-        help="fifty, scale, fifty-direct (about 25 s), or all (default fifty,scale)",
+        help=(
+            "fifty, scale, network, fifty-direct (about 25 s), or all "
+            f"(default {','.join(defaults.scenarios)})"
+        ),
     )
     add(
         "--transport",
@@ -111,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"runs of the one-account test; the median counts (default {defaults.fifty_repeats})",
     )
+    add(
+        "--rtts",
+        type=parse_rtts,
+        help="round trips to the job server of the network runs, ms "
+        f"(default {','.join(f'{rtt:g}' for rtt in defaults.rtts)})",
+    )
+    add(
+        "--network-jobs",
+        type=int,
+        help=f"jobs of the network run over several accounts (default {defaults.network_jobs})",
+    )
+    add(
+        "--network-accounts",
+        type=int,
+        help=f"accounts of that run (default {defaults.network_accounts})",
+    )
+    add(
+        "--proxy-setting",
+        type=parse_proxy_setting,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a proxy setting for every proxy started, as JOBPROXY_<NAME>=VALUE (repeatable)",
+    )
     add("--warmup", type=int, help=f"requests before each timed run (default {defaults.warmup})")
     add(
         "--timeout",
@@ -121,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--quick",
         action="store_true",
-        help="tiny sizes for a smoke test (20 jobs, 4 accounts, 0.1 s)",
+        help="tiny sizes for a smoke test (20 jobs, 4 accounts, 0.1 s; round trips 0 and 40 ms)",
     )
     add(
         "--output",
@@ -129,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OUTPUT,
         help=f"JSON results (default {DEFAULT_OUTPUT})",
     )
-    add("--plot", type=Path, help="also write a PNG of the latencies (needs matplotlib)")
+    add(
+        "--plot",
+        type=Path,
+        help="also write a PNG of the latencies, and <stem>-network.png of the network runs "
+        "(needs matplotlib)",
+    )
     add("--strict", action="store_true", help="exit 1 when a target is missed")
     add("--echo", action="store_true", help="show the servers' logs on stderr")
     return parser
@@ -147,6 +221,11 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         "transports": args.transport,
         "fifty_jobs": args.fifty_jobs,
         "fifty_repeats": args.fifty_repeats,
+        "rtts": args.rtts,
+        "network_jobs": args.network_jobs,
+        "network_accounts": args.network_accounts,
+        # Given twice, a setting's last value wins.
+        "proxy_settings": tuple(dict(args.proxy_setting).items()) if args.proxy_setting else None,
         "warmup": args.warmup,
         "request_timeout": args.timeout,
         "seed": args.seed,
@@ -158,14 +237,22 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
 
 def check(options: BenchOptions) -> str | None:
     """Why the options cannot run, or None."""
-    if min(options.accounts, options.fifty_jobs, options.fifty_repeats, *options.sizes) < 1:
-        return "--accounts, --fifty-jobs, --fifty-repeats and --sizes must be at least 1"
+    counts = (options.accounts, options.fifty_jobs, options.fifty_repeats, *options.sizes)
+    if min(*counts, options.network_jobs, options.network_accounts) < 1:
+        return (
+            "--accounts, --fifty-jobs, --fifty-repeats, --sizes, --network-jobs and "
+            "--network-accounts must be at least 1"
+        )
     if options.warmup < 0:
         return "--warmup must not be negative"
     if options.job_duration < 0 or options.job_spread < 0 or options.request_timeout <= 0:
         return "--job-duration and --job-spread must not be negative, --timeout above 0"
     if not options.scenarios or not options.transports:
         return "choose at least one scenario and one transport"
+    try:
+        load_settings(env=proxy_environment(options, options.transports[0]))
+    except ConfigError as exc:
+        return f"--proxy-setting: {exc}"
     return None
 
 
@@ -194,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem := check(options):
         parser.error(problem)
     # Children inherit the limit: the servers and the generator each hold every request.
-    raise_open_file_limit(files_needed(max((*options.sizes, options.fifty_jobs))))
+    raise_open_file_limit(
+        files_needed(max((*options.sizes, options.fifty_jobs, options.network_jobs)))
+    )
     console = Console()
     if not console.is_terminal:
         console = Console(width=WIDE_OUTPUT)
@@ -204,8 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.output.write_text(json.dumps(document, indent=2) + "\n")
         console.print(f"results: {args.output}")
         if args.plot is not None:
-            write_plot(results, args.plot)
-            console.print(f"plot: {args.plot}")
+            for path in write_plot(results, args.plot):
+                console.print(f"plot: {path}")
     except (ServerFailed, LoadFailed, PlotUnavailable) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return BENCH_FAILED

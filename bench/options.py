@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Transport = Literal["aiohttp", "httpx"]
-Scenario = Literal["fifty", "scale", "fifty-direct"]
+Scenario = Literal["fifty", "scale", "network", "fifty-direct"]
 TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
-SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "fifty-direct")
+SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "network", "fifty-direct")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +21,14 @@ class BenchOptions:
     job_spread: float = 0.0
     fifty_jobs: int = 50
     fifty_repeats: int = 3
-    scenarios: tuple[Scenario, ...] = ("fifty", "scale")
+    # Round trips of the network scenario, ms; the job server's latency is half of one.
+    rtts: tuple[float, ...] = (0.0, 20.0, 100.0, 200.0)
+    network_jobs: int = 1_000
+    network_accounts: int = 20
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "network")
     transports: tuple[Transport, ...] = ("aiohttp",)
+    # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
+    proxy_settings: tuple[tuple[str, str], ...] = ()
     warmup: int = 100
     request_timeout: float = 40.0
     seed: int = 1
@@ -36,8 +42,12 @@ class BenchOptions:
             "job_spread_s": self.job_spread,
             "fifty_jobs": self.fifty_jobs,
             "fifty_repeats": self.fifty_repeats,
+            "rtts_ms": list(self.rtts),
+            "network_jobs": self.network_jobs,
+            "network_accounts": self.network_accounts,
             "scenarios": list(self.scenarios),
             "transports": list(self.transports),
+            "proxy_settings": dict(self.proxy_settings),
             "warmup": self.warmup,
             "request_timeout_s": self.request_timeout,
             "seed": self.seed,

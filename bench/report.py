@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from rich.console import Console
@@ -9,14 +10,18 @@ from rich.table import Table
 
 from bench.counters import answered_by_poll
 from bench.procfs import ProcessUsage
-from bench.scenarios import BenchResults, FiftyResult, MeasuredRun, ScaleResult
-from bench.stats import RunSummary
+from bench.scenarios import BenchResults, FiftyResult, MeasuredRun, NetworkResult, ScaleResult
+from bench.stats import RunSummary, jobs_per_account
 from bench.targets import (
     FIFTY_RATIO_LIMIT,
+    NETWORK_TARGET_JOB_DURATION,
+    NETWORK_TOTAL_LIMITS,
     RSS_PER_REQUEST_LIMIT,
     SCALE_RATIO_LIMIT,
     Target,
     evaluate_targets,
+    network_total_limit,
+    network_where,
 )
 
 SCHEMA = "jobproxy-bench/1"
@@ -73,6 +78,38 @@ def scale_document(scale: ScaleResult) -> dict[str, object]:
     }
 
 
+def network_run_document(network: NetworkResult) -> dict[str, object]:
+    return {
+        "rtt_ms": network.rtt_ms,
+        "latency_s": network.rtt_ms / 2_000,
+        "transport": network.transport,
+        "label": network.label,
+        "jobs": network.jobs,
+        "accounts": network.accounts,
+        "jobs_per_account": jobs_per_account(network.jobs, network.accounts),
+        "job_duration_s": network.job_duration,
+        "per_start_s": _number(network.per_start_s, 6),
+        "lower_bound_s": _number(network.lower_bound_s),
+        "total_s": _number(network.run.summary.wall_s),
+        "ratio": _number(network.ratio),
+        "total_limit_s": network_total_limit(network),
+        "start_queue_peak": network.start_queue_peak,
+        "run": run_document(network.run),
+    }
+
+
+def network_document(results: BenchResults) -> dict[str, object] | None:
+    """The ``/start`` timing all network runs share, and each run."""
+    starts = results.network_starts
+    if starts is None:
+        return None
+    return {
+        "per_start_s": _number(starts.per_start_s, 6),
+        "per_start_run": starts.summary.to_json(),
+        "runs": [network_run_document(network) for network in results.network],
+    }
+
+
 def results_document(
     results: BenchResults, *, machine: dict[str, object], started_at: str, duration_s: float
 ) -> dict[str, object]:
@@ -88,6 +125,7 @@ def results_document(
         "fifty": [fifty_document(fifty) for fifty in results.fifty],
         "fifty_direct": run_document(fifty_direct) if fifty_direct is not None else None,
         "scale": [scale_document(scale) for scale in results.scale],
+        "network": network_document(results),
         "targets": [target.to_json() for target in targets],
         "passed": all(target.passed for target in targets),
     }
@@ -204,6 +242,52 @@ def scale_table(results: BenchResults) -> Table:
     return table
 
 
+def _network_caption() -> str:
+    limits = "; ".join(
+        f"{rtt_ms:g} ms, {jobs:,} on {accounts:,}: ≤ {limit:.2f} s"
+        for (rtt_ms, jobs, accounts), limit in NETWORK_TOTAL_LIMITS.items()
+    )
+    return (
+        "lower bound: job + round trip + one account's starts, one after another; "
+        f"totals with a target are coloured ({limits}; jobs of {NETWORK_TARGET_JOB_DURATION:g} s)"
+    )
+
+
+def network_table(results: BenchResults) -> Table:
+    table = Table(
+        title="Across a network",
+        title_justify="left",
+        caption=_network_caption(),
+        caption_justify="left",
+    )
+    table.add_column("RTT ms", justify="right")
+    table.add_column("run")
+    for header in ("completed", "total s", "lower bound s", "ratio", "over job p50/p99 ms"):
+        table.add_column(header, justify="right")
+    table.add_column("proxy CPU/1k", justify="right")
+    several_transports = len(results.options.transports) > 1
+    for rtt_ms, runs in itertools.groupby(results.network, key=lambda network: network.rtt_ms):
+        for network in runs:
+            summary = network.run.summary
+            total = _seconds(summary.wall_s)
+            if (limit := network_total_limit(network)) is not None:
+                passed = summary.all_completed and summary.wall_s <= limit
+                total = f"[{'green' if passed else 'red'}]{total}[/]"
+            label = network.label + (f" ({network.transport})" if several_transports else "")
+            table.add_row(
+                f"{rtt_ms:g}",
+                label,
+                _completed(summary),
+                total,
+                _seconds(network.lower_bound_s),
+                f"{network.ratio:.2f}" if math.isfinite(network.ratio) else "-",
+                _over_job(summary),
+                _per_1000(network.run.proxy),
+            )
+        table.add_section()
+    return table
+
+
 def targets_table(targets: list[Target]) -> Table:
     table = Table(title="Targets", title_justify="left")
     for header in ("target", "where", "value", "limit", "result"):
@@ -224,6 +308,7 @@ def _all_runs(results: BenchResults) -> list[tuple[str, RunSummary]]:
     for scale in results.scale:
         runs.append((f"{scale.size} direct", scale.direct.summary))
         runs += [(f"{scale.size} {name}", run.summary) for name, run in scale.proxied.items()]
+    runs += [(network_where(network), network.run.summary) for network in results.network]
     return runs
 
 
@@ -233,6 +318,8 @@ def print_report(results: BenchResults, console: Console) -> list[Target]:
         console.print(fifty_table(results))
     if results.scale:
         console.print(scale_table(results))
+    if results.network:
+        console.print(network_table(results))
     for where, summary in _all_runs(results):
         if summary.listen_drops:
             console.print(

@@ -19,8 +19,16 @@ from bench.load import LoadPlan, LoadResult, spawn_load
 from bench.options import BenchOptions, Transport
 from bench.outcomes import OK
 from bench.procfs import ProcessUsage, UsageMeter, read_listen_drops
-from bench.servers import job_server, proxy_server
-from bench.stats import RunSummary, lower_bound, per_start_seconds, ratio, summarize
+from bench.servers import job_server, proxy_server, read_start_queue_peak
+from bench.stats import (
+    RunSummary,
+    jobs_per_account,
+    lower_bound,
+    network_lower_bound,
+    per_start_seconds,
+    ratio,
+    summarize,
+)
 from jobserver.harness import ServerProcess
 
 # Lets the previous step's connections close and its callbacks land before a timed run.
@@ -98,12 +106,70 @@ class ScaleResult:
         return ratio(proxied.wall_s, direct.wall_s)
 
 
+def run_label(jobs: int, accounts: int) -> str:
+    """``"50 on 1 account"``, ``"1,000 on 20 accounts"``."""
+    return f"{jobs:,} on {accounts:,} account{'' if accounts == 1 else 's'}"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTiming:
+    """Sequential ``wait: false`` starts on one account: what one ``/start`` handling takes."""
+
+    summary: RunSummary
+    per_start_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkResult:
+    """``jobs`` held requests over ``accounts`` through the proxy, ``rtt_ms`` from the job server.
+
+    Against :func:`bench.stats.network_lower_bound`, with the ``/start`` handling time
+    timed once per bench on a job server without latency.
+    """
+
+    rtt_ms: float
+    transport: Transport
+    accounts: int
+    job_duration: float
+    per_start_s: float
+    run: MeasuredRun
+    # The job server's most /start requests of one account at once, since it started.
+    start_queue_peak: int | None = None
+
+    @property
+    def jobs(self) -> int:
+        return self.run.summary.jobs
+
+    @property
+    def label(self) -> str:
+        return run_label(self.jobs, self.accounts)
+
+    @property
+    def lower_bound_s(self) -> float:
+        return network_lower_bound(
+            job_duration=self.job_duration,
+            rtt_s=self.rtt_ms / 1_000,
+            jobs_per_account=jobs_per_account(self.jobs, self.accounts),
+            per_start_s=self.per_start_s,
+        )
+
+    @property
+    def ratio(self) -> float:
+        """Total time over the lower bound; NaN unless every job completed."""
+        summary = self.run.summary
+        if not summary.all_completed:
+            return math.nan
+        return ratio(summary.wall_s, self.lower_bound_s)
+
+
 @dataclass
 class BenchResults:
     options: BenchOptions
     fifty: list[FiftyResult] = field(default_factory=list)
     fifty_direct: MeasuredRun | None = None
     scale: list[ScaleResult] = field(default_factory=list)
+    network_starts: StartTiming | None = None
+    network: list[NetworkResult] = field(default_factory=list)
 
 
 async def measure(
@@ -160,6 +226,14 @@ async def warm_up(
     await asyncio.sleep(SETTLE)
 
 
+async def time_starts(jobserver: ServerProcess, jobs: int) -> LoadResult:
+    """``jobs`` sequential ``wait: false`` starts on one account, after a few untimed ones."""
+    start_url = f"{jobserver.url}/start"
+    warmup = LoadPlan(start_url, WARMUP_STARTS, 1, "warmup-start", wait=False, sequential=True)
+    await spawn_load(warmup)
+    return await spawn_load(LoadPlan(start_url, jobs, 1, "per-start", wait=False, sequential=True))
+
+
 async def run_fifty(
     options: BenchOptions, transport: Transport, progress: Progress = _quiet
 ) -> FiftyResult:
@@ -170,11 +244,7 @@ async def run_fifty(
         proxy_server(jobserver.url, transport, options) as proxy,
     ):
         progress(f"{jobs} jobs on one account: timing sequential /start on the job server")
-        start_url = f"{jobserver.url}/start"
-        warmup = LoadPlan(start_url, WARMUP_STARTS, 1, "warmup-start", wait=False, sequential=True)
-        await spawn_load(warmup)
-        starts = LoadPlan(start_url, jobs, 1, "per-start", wait=False, sequential=True)
-        per_start = await spawn_load(starts)
+        per_start = await time_starts(jobserver, jobs)
         # The jobs those starts began are still running: let them end first.
         await asyncio.sleep(options.job_duration + SETTLE)
         await warm_up(f"{proxy.url}/proxy", min(options.warmup, jobs), 1, options, progress)
@@ -233,6 +303,59 @@ async def run_scale(options: BenchOptions, size: int, progress: Progress = _quie
     return result
 
 
+async def time_network_starts(options: BenchOptions, progress: Progress = _quiet) -> StartTiming:
+    """The ``/start`` handling time of every network run, timed once without latency."""
+    jobs = max(options.fifty_jobs, jobs_per_account(options.network_jobs, options.network_accounts))
+    async with job_server(options) as jobserver:
+        progress(f"network: timing {jobs} sequential /start on a job server without latency")
+        starts = await time_starts(jobserver, jobs)
+    return StartTiming(summarize(starts, job_duration=0.0), per_start_seconds(starts))
+
+
+async def run_network(
+    options: BenchOptions,
+    rtt_ms: float,
+    transport: Transport,
+    starts: StartTiming,
+    progress: Progress = _quiet,
+) -> list[NetworkResult]:
+    """At one round trip: ``fifty_jobs`` on one account, then ``network_jobs`` over accounts.
+
+    Both runs share a fresh job server (latency: half the round trip) and proxy.
+    """
+    shapes = [(options.fifty_jobs, 1), (options.network_jobs, options.network_accounts)]
+    results: list[NetworkResult] = []
+    async with (
+        job_server(options, latency=rtt_ms / 2_000) as jobserver,
+        proxy_server(jobserver.url, transport, options) as proxy,
+    ):
+        proxy_url = f"{proxy.url}/proxy"
+        warmup_accounts = min(options.warmup, options.network_accounts)
+        await warm_up(proxy_url, options.warmup, warmup_accounts, options, progress)
+        for number, (jobs, accounts) in enumerate(shapes):
+            progress(
+                f"network, {rtt_ms:g} ms round trip: {run_label(jobs, accounts)} ({transport})"
+            )
+            plan = LoadPlan(
+                proxy_url, jobs, accounts, f"network{number}", timeout=options.request_timeout
+            )
+            run = await measure(plan, options, jobserver=jobserver, proxy=proxy)
+            peak = await read_start_queue_peak(jobserver)
+            results.append(
+                NetworkResult(
+                    rtt_ms=rtt_ms,
+                    transport=transport,
+                    accounts=accounts,
+                    job_duration=options.job_duration,
+                    per_start_s=starts.per_start_s,
+                    run=run,
+                    start_queue_peak=peak,
+                )
+            )
+            await asyncio.sleep(SETTLE)
+    return results
+
+
 async def run_bench(options: BenchOptions, progress: Progress = _quiet) -> BenchResults:
     """Every scenario of ``options``, one after another (they would skew each other)."""
     results = BenchResults(options)
@@ -244,4 +367,10 @@ async def run_bench(options: BenchOptions, progress: Progress = _quiet) -> Bench
     if "scale" in options.scenarios:
         for size in options.sizes:
             results.scale.append(await run_scale(options, size, progress))
+    if "network" in options.scenarios:
+        starts = await time_network_starts(options, progress)
+        results.network_starts = starts
+        for rtt_ms in options.rtts:
+            for transport in options.transports:
+                results.network += await run_network(options, rtt_ms, transport, starts, progress)
     return results

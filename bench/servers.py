@@ -2,13 +2,19 @@
 
 ``--port 0`` lets the kernel pick a port; :func:`jobserver.harness.run_server` waits for
 the ready line that names it, and stops the server when the block ends.
+
+Every proxy gets its settings as ``JOBPROXY_*`` environment variables: the bench's own,
+then those given with ``--proxy-setting`` (which win), so that a setting can be swept
+without editing code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
+from bench.http import MalformedResponse, fetch
 from bench.options import BenchOptions, Transport
 from jobserver.harness import ServerProcess, run_server
 
@@ -16,26 +22,59 @@ HOST = "127.0.0.1"
 # The proxy must never refuse the bench's own load with 503: leave room above the run.
 MIN_MAX_PENDING = 20_000
 DRAIN_TIMEOUT = 1.0
+HEALTHZ_TIMEOUT = 5.0
+PROXY_ENV_PREFIX = "JOBPROXY_"
+# What the bench decides for every proxy it starts; --proxy-setting may not change these.
+BENCH_PROXY_SETTINGS = frozenset(
+    {"host", "port", "upstream_url", "public_url", "upstream_transport"}
+)
 
 
 @contextlib.asynccontextmanager
-async def job_server(options: BenchOptions) -> AsyncIterator[ServerProcess]:
+async def job_server(options: BenchOptions, latency: float = 0.0) -> AsyncIterator[ServerProcess]:
+    """A job server; ``latency`` (s, one way) puts it across a simulated network."""
     argv = ["jobserver", "--host", HOST, "--port", "0"]
     argv += ["--job-duration", str(options.job_duration)]
     argv += ["--job-duration-spread", str(options.job_spread), "--seed", str(options.seed)]
+    if latency > 0:
+        argv += ["--latency", str(latency)]
     async with run_server(argv, echo=options.echo) as server:
         yield server
+
+
+async def read_start_queue_peak(jobserver: ServerProcess) -> int | None:
+    """The job server's ``start_queue_peak`` (``/healthz``); None when it cannot say.
+
+    The most ``/start`` requests of one account on their way or waiting at once since
+    the server started: near the run's jobs per account when the proxy lets an account's
+    starts overlap, 1 when it sends them one after another.
+    """
+    try:
+        answer = await fetch(f"{jobserver.url}/healthz", HEALTHZ_TIMEOUT)
+        peak = json.loads(answer.body).get("start_queue_peak")
+    except (OSError, TimeoutError, MalformedResponse, ValueError, AttributeError):
+        return None
+    return peak if isinstance(peak, int) else None
+
+
+def proxy_environment(options: BenchOptions, transport: Transport) -> dict[str, str]:
+    """The proxy's settings as ``JOBPROXY_*`` variables: the bench's, then ``--proxy-setting``."""
+    settings = {
+        "max_pending": str(max(MIN_MAX_PENDING, 2 * max(options.sizes, default=0))),
+        "job_deadline": str(options.request_timeout),
+        # Every run has ended (answered or given up) when the proxy is stopped: no drain.
+        "drain_timeout": str(DRAIN_TIMEOUT),
+        **dict(options.proxy_settings),
+        "upstream_transport": transport,
+    }
+    return {PROXY_ENV_PREFIX + name.upper(): value for name, value in settings.items()}
 
 
 @contextlib.asynccontextmanager
 async def proxy_server(
     upstream_url: str, transport: Transport, options: BenchOptions
 ) -> AsyncIterator[ServerProcess]:
-    max_pending = max(MIN_MAX_PENDING, 2 * max(options.sizes, default=0))
     argv = ["jobproxy", "--host", HOST, "--port", "0", "--upstream-url", upstream_url]
-    argv += ["--max-pending", str(max_pending), "--job-deadline", str(options.request_timeout)]
-    # Every run has ended (answered or given up) when the proxy is stopped: nothing to drain.
-    argv += ["--drain-timeout", str(DRAIN_TIMEOUT)]
-    env = {"JOBPROXY_UPSTREAM_TRANSPORT": transport}
+    env = proxy_environment(options, transport)
     async with run_server(argv, env=env, echo=options.echo) as server:
         yield server

@@ -150,6 +150,31 @@ def lower_bound(*, job_duration: float, jobs: int, per_start_s: float) -> float:
     return job_duration + jobs * per_start_s
 
 
+def network_lower_bound(
+    *, job_duration: float, rtt_s: float, jobs_per_account: int, per_start_s: float
+) -> float:
+    """The fastest an account's ``jobs_per_account`` jobs can finish across a network.
+
+    :func:`lower_bound` plus one round trip (``rtt_s``), which the protocol itself needs:
+    the last ``/start`` of the account travels to the job server (half a round trip) and
+    its job's callback travels back (the other half). The answers to the starts travel
+    back while the account's next starts are handled, so they add nothing.
+
+    The starts' handling time comes from a job server without latency. With many
+    accounts the bound is optimistic: it counts one account's starts only, while one
+    job server process handles every account's.
+    """
+    serialized = lower_bound(
+        job_duration=job_duration, jobs=jobs_per_account, per_start_s=per_start_s
+    )
+    return serialized + rtt_s
+
+
+def jobs_per_account(jobs: int, accounts: int) -> int:
+    """The busiest account's share when ``jobs`` go round-robin over ``accounts``."""
+    return math.ceil(jobs / max(1, accounts))
+
+
 def ratio(measured: float, reference: float) -> float:
     """``measured / reference``; NaN when the reference is missing or zero."""
     if not math.isfinite(reference) or reference <= 0 or not math.isfinite(measured):

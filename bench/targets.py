@@ -5,12 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.scenarios import BenchResults
+from bench.scenarios import BenchResults, NetworkResult
 from bench.stats import RunSummary
 
 FIFTY_RATIO_LIMIT = 1.10
 SCALE_RATIO_LIMIT = 1.5
 RSS_PER_REQUEST_LIMIT = 16 * 1_024
+# Total seconds of a network run by (round trip ms, jobs, accounts), for jobs of 0.5 s.
+# Runs of other shapes (round trips, sizes, job durations) are reported, not judged.
+NETWORK_TARGET_JOB_DURATION = 0.5
+NETWORK_TOTAL_LIMITS: dict[tuple[float, int, int], float] = {
+    (100.0, 50, 1): 0.80,
+    (200.0, 50, 1): 1.10,
+    (100.0, 1_000, 20): 2.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,17 @@ class Target:
         }
 
 
+def network_total_limit(network: NetworkResult) -> float | None:
+    """The most seconds a network run may take, or None when no target names its shape."""
+    if network.job_duration != NETWORK_TARGET_JOB_DURATION:
+        return None
+    return NETWORK_TOTAL_LIMITS.get((network.rtt_ms, network.jobs, network.accounts))
+
+
+def network_where(network: NetworkResult) -> str:
+    return f"network {network.rtt_ms:g} ms, {network.label}, {network.transport}"
+
+
 def evaluate_targets(results: BenchResults) -> list[Target]:
     """Every target the results can be judged on."""
     targets: list[Target] = []
@@ -64,4 +83,12 @@ def evaluate_targets(results: BenchResults) -> list[Target]:
                 per_request = run.proxy.rss_growth_per_request_bytes
                 limit = RSS_PER_REQUEST_LIMIT
                 targets.append(Target("proxy_rss_per_held_request", where, per_request, limit, "B"))
+    for network in results.network:
+        where = network_where(network)
+        summary = network.run.summary
+        failures(where, summary)
+        if (total_limit := network_total_limit(network)) is not None:
+            # A run cut short by errors would otherwise look fast.
+            total = summary.wall_s if summary.all_completed else math.nan
+            targets.append(Target("network_total", where, total, total_limit, "s"))
     return targets

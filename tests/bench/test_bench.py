@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 
 from bench import plot
-from bench.__main__ import EXIT_OK, main, parse_choices, parse_sizes
+from bench.__main__ import (
+    EXIT_OK,
+    USAGE_ERROR,
+    build_parser,
+    main,
+    options_from,
+    parse_choices,
+    parse_proxy_setting,
+    parse_rtts,
+    parse_sizes,
+)
 from bench.counters import answered_by_poll, parse_counters
 from bench.http import HttpAnswer, ResponseIncomplete, build_post, parse_response
 from bench.load import LoadPlan, LoadResult
@@ -30,10 +40,20 @@ from bench.procfs import (
     parse_memory,
     parse_status_kib,
 )
-from bench.scenarios import BenchResults, MeasuredRun, ScaleResult
-from bench.stats import LatencySummary, lower_bound, per_start_seconds, percentile, ratio, summarize
+from bench.scenarios import BenchResults, MeasuredRun, NetworkResult, ScaleResult
+from bench.servers import proxy_environment
+from bench.stats import (
+    LatencySummary,
+    jobs_per_account,
+    lower_bound,
+    network_lower_bound,
+    per_start_seconds,
+    percentile,
+    ratio,
+    summarize,
+)
 from bench.system import files_needed, raise_open_file_limit
-from bench.targets import Target
+from bench.targets import Target, evaluate_targets
 
 PROOF = "0123456789ABCDEF0123456789ABCDEF01234567"
 STARTED_AT = "2024-01-02T03:04:05.678Z"
@@ -59,6 +79,28 @@ TcpExt: 0 7 9 123
 IpExt: InNoRoutes InOctets
 IpExt: 0 456
 """
+
+
+def network_result(
+    *,
+    rtt_ms: float,
+    jobs: int,
+    accounts: int,
+    wall_s: float,
+    failed: int = 0,
+    job_duration: float = 0.5,
+    per_start_s: float = 0.0004,
+) -> NetworkResult:
+    outcomes = [OK] * (jobs - failed) + ["timeout"] * failed
+    load = load_result(outcomes, [wall_s] * jobs)
+    return NetworkResult(
+        rtt_ms=rtt_ms,
+        transport="aiohttp",
+        accounts=accounts,
+        job_duration=job_duration,
+        per_start_s=per_start_s,
+        run=MeasuredRun(summarize(load, job_duration=job_duration), load),
+    )
 
 
 def load_result(
@@ -102,6 +144,21 @@ def test_lower_bound_is_one_job_plus_serialized_starts() -> None:
     assert ratio(0.605, 0.55) == pytest.approx(1.1)
     assert math.isnan(ratio(1.0, 0.0))
     assert math.isnan(ratio(math.nan, 1.0))
+
+
+def test_network_lower_bound_adds_one_round_trip() -> None:
+    """Across a network the bound adds one round trip to one account's serialized starts."""
+    bound = network_lower_bound(job_duration=0.5, rtt_s=0.1, jobs_per_account=50, per_start_s=0.001)
+    assert bound == pytest.approx(0.5 + 0.1 + 50 * 0.001)
+    assert network_lower_bound(
+        job_duration=0.5, rtt_s=0.0, jobs_per_account=50, per_start_s=0.001
+    ) == pytest.approx(lower_bound(job_duration=0.5, jobs=50, per_start_s=0.001))
+    assert jobs_per_account(1_000, 20) == 50
+    assert jobs_per_account(41, 4) == 11  # round-robin: the busiest account has one more
+    run = network_result(rtt_ms=200, jobs=41, accounts=4, wall_s=1.0, per_start_s=0.002)
+    assert run.lower_bound_s == pytest.approx(0.5 + 0.2 + 11 * 0.002)
+    assert run.ratio == pytest.approx(1.0 / run.lower_bound_s)
+    assert run.label == "41 on 4 accounts"
 
 
 def test_per_start_time_is_the_mean_of_successful_starts() -> None:
@@ -284,6 +341,76 @@ def test_command_line_lists() -> None:
         parse_choices("curl", TRANSPORTS, "transport")
 
 
+def test_round_trips_parse_as_milliseconds() -> None:
+    """Round trips are non-negative milliseconds, in the order given, without repeats."""
+    assert parse_rtts("0, 20,100,200") == (0.0, 20.0, 100.0, 200.0)
+    assert parse_rtts("12.5,0,12.5") == (12.5, 0.0)
+    for bad in ("-1", "fast", "", "nan", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rtts(bad)
+    options = options_from(build_parser().parse_args(["--rtts", "100", "--network-jobs", "7"]))
+    assert (options.rtts, options.network_jobs, options.network_accounts) == ((100.0,), 7, 20)
+
+
+def test_proxy_settings_parse_and_reach_the_environment() -> None:
+    """NAME=VALUE names a proxy setting; the last value given wins over the bench's own."""
+    assert parse_proxy_setting("UPSTREAM_MAX_CONNECTIONS=50") == ("upstream_max_connections", "50")
+    assert parse_proxy_setting("callback_secret=a=b") == ("callback_secret", "a=b")
+    for bad, reason in (
+        ("foo", "NAME=VALUE"),
+        ("=1", "NAME=VALUE"),
+        ("nope=1", "not a proxy setting"),
+        ("port=1", "set by the bench"),
+        ("upstream_transport=httpx", "--transport"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            parse_proxy_setting(bad)
+    argv = ["--proxy-setting", "max_pending=5", "--proxy-setting", "MAX_PENDING=6"]
+    options = options_from(build_parser().parse_args(argv))
+    assert options.proxy_settings == (("max_pending", "6"),)
+    assert options.to_json()["proxy_settings"] == {"max_pending": "6"}
+    env = proxy_environment(options, "httpx")
+    assert env["JOBPROXY_MAX_PENDING"] == "6"
+    assert env["JOBPROXY_UPSTREAM_TRANSPORT"] == "httpx"
+    assert proxy_environment(BenchOptions(), "aiohttp")["JOBPROXY_MAX_PENDING"] == "20000"
+
+
+@pytest.mark.parametrize("setting", ["foo", "max_pending=lots", "port=1"])
+def test_bad_proxy_setting_is_a_usage_error(
+    setting: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed, unknown, reserved or invalid --proxy-setting exits 2 before anything runs."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--proxy-setting", setting])
+    assert exit_info.value.code == USAGE_ERROR
+    assert "--proxy-setting" in capsys.readouterr().err
+
+
+def test_network_targets_judge_the_listed_round_trips_only() -> None:
+    """Totals are judged at the targets' round trips and shapes; every run must not fail."""
+    runs = [
+        network_result(rtt_ms=100, jobs=50, accounts=1, wall_s=0.75),
+        network_result(rtt_ms=200, jobs=50, accounts=1, wall_s=1.2),
+        network_result(rtt_ms=100, jobs=1_000, accounts=20, wall_s=1.9),
+        network_result(rtt_ms=20, jobs=50, accounts=1, wall_s=0.6),
+        network_result(rtt_ms=100, jobs=50, accounts=1, wall_s=0.5, failed=1),
+        network_result(rtt_ms=100, jobs=50, accounts=1, wall_s=0.5, job_duration=0.1),
+    ]
+    targets = evaluate_targets(BenchResults(BenchOptions(), network=runs))
+    totals = [(t.where, t.value, t.limit, t.passed) for t in targets if t.name == "network_total"]
+    assert totals[:3] == [
+        ("network 100 ms, 50 on 1 account, aiohttp", 0.75, 0.80, True),
+        ("network 200 ms, 50 on 1 account, aiohttp", 1.2, 1.10, False),
+        ("network 100 ms, 1,000 on 20 accounts, aiohttp", 1.9, 2.0, True),
+    ]
+    # The run with a failure has no total to judge; the one with short jobs has no target.
+    assert len(totals) == 4
+    assert math.isnan(totals[3][1])
+    assert not totals[3][3]
+    failed = [t.passed for t in targets if t.name == "requests_failed"]
+    assert failed == [True, True, True, True, False, True]
+
+
 def test_targets_pass_at_the_limit_and_fail_on_nan() -> None:
     """A target passes at or below its limit; a missing figure never passes."""
     assert Target("ratio", "x", 1.5, 1.5, "x").passed
@@ -312,7 +439,15 @@ def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.Monk
 def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     """A tiny bench against real processes completes every job and writes the full JSON."""
     output = tmp_path / "results.json"
-    argv = ["--quick", "--output", str(output), "--fifty-repeats", "1"]
+    argv = [
+        "--quick",
+        "--scenarios",
+        "fifty,scale",
+        "--output",
+        str(output),
+        "--fifty-repeats",
+        "1",
+    ]
     picture = tmp_path / "bench.png"
     if importlib.util.find_spec("matplotlib") is not None:
         argv += ["--plot", str(picture)]
@@ -338,3 +473,47 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     }
     if importlib.util.find_spec("matplotlib") is not None:
         assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_network_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny network bench completes every job at each round trip and reports each run."""
+    output = tmp_path / "results.json"
+    argv = ["--scenarios", "network", "--rtts", "0,40", "--job-duration", "0.1"]
+    argv += ["--fifty-jobs", "10", "--network-jobs", "40", "--network-accounts", "4"]
+    argv += ["--warmup", "4", "--output", str(output)]
+    argv += ["--proxy-setting", "upstream_max_connections=64"]
+    picture = tmp_path / "bench.png"
+    with_plot = importlib.util.find_spec("matplotlib") is not None
+    if with_plot:
+        argv += ["--plot", str(picture)]
+    assert main(argv) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "Across a network" in printed
+    assert "10 on 1 account" in printed
+    assert "40 on 4 accounts" in printed
+    document = json.loads(output.read_text())
+    assert document["options"]["proxy_settings"] == {"upstream_max_connections": "64"}
+    network = document["network"]
+    per_start = network["per_start_s"]
+    assert per_start > 0
+    shapes = [(run["rtt_ms"], run["label"]) for run in network["runs"]]
+    assert shapes == [
+        (0.0, "10 on 1 account"),
+        (0.0, "40 on 4 accounts"),
+        (40.0, "10 on 1 account"),
+        (40.0, "40 on 4 accounts"),
+    ]
+    for run in network["runs"]:
+        assert run["run"]["completed"] == run["jobs"]
+        assert run["run"]["errors"] == {}
+        expected = 0.1 + run["rtt_ms"] / 1_000 + run["jobs_per_account"] * per_start
+        assert run["lower_bound_s"] == pytest.approx(expected, abs=1e-3)
+        assert run["total_limit_s"] is None
+        assert run["start_queue_peak"] >= 1
+        assert run["run"]["proxy"]["cpu_s"] >= 0
+    failures = {t["where"] for t in document["targets"] if t["name"] == "requests_failed"}
+    assert "network 40 ms, 40 on 4 accounts, aiohttp" in failures
+    assert document["passed"]
+    if with_plot:
+        assert not picture.exists()  # no loopback runs to draw
+        assert (tmp_path / "bench-network.png").read_bytes().startswith(b"\x89PNG")
