@@ -8,6 +8,8 @@ them from a third (the load generator, :mod:`bench.load`), prints tables and wri
 - ``scale``: 1,000 / 5,000 / 10,000 held requests over 100 accounts through the proxy,
   against the same number sent straight to the job server on one account each (the best
   any client could do without a proxy), with the proxy's memory and CPU per request;
+- ``floor``: the largest size held by the serving stack alone (:mod:`bench.floor`, a raw
+  ASGI app under the proxy's uvicorn configuration), to show the proxy's own share;
 - ``network``: at round trips of 0, 20, 100 and 200 ms to the job server (its simulated
   latency), 50 jobs on one account and 1,000 over 20 accounts through the proxy, against
   the lower bound the protocol allows (one job, one round trip, one account's starts).
@@ -15,8 +17,8 @@ them from a third (the load generator, :mod:`bench.load`), prints tables and wri
 Modules: :mod:`bench.options` (what shapes a bench), :mod:`bench.servers` (starting the
 servers under test), :mod:`bench.scenarios` (what runs), :mod:`bench.load`,
 :mod:`bench.http` and :mod:`bench.outcomes` (the generator, its HTTP client, and what an
-answer means), :mod:`bench.procfs` (what a process spent), :mod:`bench.counters` (the
-proxy's own counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.targets` (the
-verdicts), :mod:`bench.report` (tables, JSON), :mod:`bench.plot` (the PNG),
-:mod:`bench.system` (machine, open-file limit).
+answer means), :mod:`bench.floor` (the serving stack alone), :mod:`bench.procfs` (what a
+process spent), :mod:`bench.counters` (the proxy's own counters), :mod:`bench.stats`
+(the arithmetic), :mod:`bench.targets` (the verdicts), :mod:`bench.report` (tables,
+JSON), :mod:`bench.plot` (the PNGs), :mod:`bench.system` (machine, open-file limit).
 """

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=lambda text: parse_choices(text, SCENARIOS, "scenario"),
         help=(
-            "fifty, scale, network, fifty-direct (about 25 s), or all "
+            "fifty, scale, floor, network, fifty-direct (about 25 s), or all "
             f"(default {','.join(defaults.scenarios)})"
         ),
     )

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Transport = Literal["aiohttp", "httpx"]
-Scenario = Literal["fifty", "scale", "network", "fifty-direct"]
+Scenario = Literal["fifty", "scale", "floor", "network", "fifty-direct"]
 TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
-SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "network", "fifty-direct")
+SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "fifty-direct")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class BenchOptions:
     rtts: tuple[float, ...] = (0.0, 20.0, 100.0, 200.0)
     network_jobs: int = 1_000
     network_accounts: int = 20
-    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "network")
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network")
     transports: tuple[Transport, ...] = ("aiohttp",)
     # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
     proxy_settings: tuple[tuple[str, str], ...] = ()

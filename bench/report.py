@@ -10,7 +10,14 @@ from rich.table import Table
 
 from bench.counters import answered_by_poll
 from bench.procfs import ProcessUsage
-from bench.scenarios import BenchResults, FiftyResult, MeasuredRun, NetworkResult, ScaleResult
+from bench.scenarios import (
+    BenchResults,
+    FiftyResult,
+    FloorResult,
+    MeasuredRun,
+    NetworkResult,
+    ScaleResult,
+)
 from bench.stats import RunSummary, jobs_per_account
 from bench.targets import (
     FIFTY_RATIO_LIMIT,
@@ -26,6 +33,7 @@ from bench.targets import (
 
 SCHEMA = "jobproxy-bench/1"
 ERRORS_SHOWN = 3
+FLOOR_LABEL = "floor (raw ASGI under uvicorn)"
 
 
 def _usage(usage: ProcessUsage | None) -> dict[str, object] | None:
@@ -78,6 +86,16 @@ def scale_document(scale: ScaleResult) -> dict[str, object]:
     }
 
 
+def floor_document(floor: FloorResult) -> dict[str, object]:
+    return {
+        "app": FLOOR_LABEL,
+        "size": floor.size,
+        "cpu_s_per_1000_requests": _number(floor.usage.cpu_s_per_1000_jobs),
+        "rss_per_held_request_bytes": _number(floor.usage.rss_growth_per_request_bytes, 1),
+        "run": {**floor.summary.to_json(), "floor": floor.usage.to_json()},
+    }
+
+
 def network_run_document(network: NetworkResult) -> dict[str, object]:
     return {
         "rtt_ms": network.rtt_ms,
@@ -125,6 +143,7 @@ def results_document(
         "fifty": [fifty_document(fifty) for fifty in results.fifty],
         "fifty_direct": run_document(fifty_direct) if fifty_direct is not None else None,
         "scale": [scale_document(scale) for scale in results.scale],
+        "floor": floor_document(results.floor) if results.floor is not None else None,
         "network": network_document(results),
         "targets": [target.to_json() for target in targets],
         "passed": all(target.passed for target in targets),
@@ -202,7 +221,19 @@ def _per_1000(usage: ProcessUsage | None) -> str:
 
 
 def scale_table(results: BenchResults) -> Table:
-    table = Table(title="Scale: concurrent held requests", title_justify="left")
+    """The scale runs, and the floor: the serving stack alone, in the proxy's columns."""
+    caption = None
+    if results.floor is not None:
+        caption = (
+            "floor: a raw ASGI app under the proxy's uvicorn configuration (bench/floor.py), "
+            "every request held at once; its RSS and CPU in the proxy's columns"
+        )
+    table = Table(
+        title="Scale: concurrent held requests",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
     table.add_column("size", justify="right")
     table.add_column("via")
     table.add_column("completed", justify="right")
@@ -239,6 +270,22 @@ def scale_table(results: BenchResults) -> Table:
                 f"{answered_by_poll(run.proxy_counters):,}" if run.proxy is not None else "",
             )
         table.add_section()
+    if (floor := results.floor) is not None:
+        summary = floor.summary
+        table.add_row(
+            f"{floor.size:,}",
+            FLOOR_LABEL,
+            _completed(summary),
+            _errors(summary),
+            _seconds(summary.wall_s),
+            "",
+            "",
+            f"{floor.usage.rss_growth_per_request_bytes / 1_024:.1f}K",
+            _per_1000(floor.usage),
+            "",
+            f"{summary.generator_cpu_s:.2f}",
+            "",
+        )
     return table
 
 
@@ -308,6 +355,8 @@ def _all_runs(results: BenchResults) -> list[tuple[str, RunSummary]]:
     for scale in results.scale:
         runs.append((f"{scale.size} direct", scale.direct.summary))
         runs += [(f"{scale.size} {name}", run.summary) for name, run in scale.proxied.items()]
+    if results.floor is not None:
+        runs.append(("floor", results.floor.summary))
     runs += [(network_where(network), network.run.summary) for network in results.network]
     return runs
 
@@ -316,7 +365,7 @@ def print_report(results: BenchResults, console: Console) -> list[Target]:
     """Print every table that has rows; returns the targets judged."""
     if results.fifty or results.fifty_direct is not None:
         console.print(fifty_table(results))
-    if results.scale:
+    if results.scale or results.floor is not None:
         console.print(scale_table(results))
     if results.network:
         console.print(network_table(results))

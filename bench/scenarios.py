@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.counters import scrape_counters
+from bench.floor import HOLD_PATH
 from bench.load import LoadPlan, LoadResult, spawn_load
 from bench.options import BenchOptions, Transport
 from bench.outcomes import OK
 from bench.procfs import ProcessUsage, UsageMeter, read_listen_drops
-from bench.servers import job_server, proxy_server, read_start_queue_peak
+from bench.servers import floor_server, job_server, proxy_server, read_start_queue_peak
 from bench.stats import (
     RunSummary,
     jobs_per_account,
@@ -106,6 +107,16 @@ class ScaleResult:
         return ratio(proxied.wall_s, direct.wall_s)
 
 
+@dataclass(frozen=True, slots=True)
+class FloorResult:
+    """``size`` requests held at once by the serving stack alone (:mod:`bench.floor`)."""
+
+    size: int
+    summary: RunSummary
+    load: LoadResult
+    usage: ProcessUsage
+
+
 def run_label(jobs: int, accounts: int) -> str:
     """``"50 on 1 account"``, ``"1,000 on 20 accounts"``."""
     return f"{jobs:,} on {accounts:,} account{'' if accounts == 1 else 's'}"
@@ -168,6 +179,7 @@ class BenchResults:
     fifty: list[FiftyResult] = field(default_factory=list)
     fifty_direct: MeasuredRun | None = None
     scale: list[ScaleResult] = field(default_factory=list)
+    floor: FloorResult | None = None
     network_starts: StartTiming | None = None
     network: list[NetworkResult] = field(default_factory=list)
 
@@ -303,6 +315,24 @@ async def run_scale(options: BenchOptions, size: int, progress: Progress = _quie
     return result
 
 
+async def run_floor(options: BenchOptions, progress: Progress = _quiet) -> FloorResult:
+    """The largest size held by a raw ASGI app under the proxy's uvicorn configuration."""
+    size = max(options.sizes)
+    async with floor_server(size, options) as floor:
+        # Anything but POST /hold is answered at once: the warm-up is not held.
+        await warm_up(f"{floor.url}/", options.warmup, 1, options, progress)
+        progress(f"floor {size:,}: a raw ASGI app under uvicorn holds every request at once")
+        plan = LoadPlan(
+            f"{floor.url}{HOLD_PATH}", size, 1, "floor", timeout=options.request_timeout
+        )
+        drops_before = read_listen_drops()
+        async with UsageMeter(floor.pid).measure(size) as usage:
+            load = await spawn_load(plan)
+        drops = read_listen_drops() - drops_before
+    summary = summarize(load, job_duration=0.0, listen_drops=drops)
+    return FloorResult(size=size, summary=summary, load=load, usage=usage[0])
+
+
 async def time_network_starts(options: BenchOptions, progress: Progress = _quiet) -> StartTiming:
     """The ``/start`` handling time of every network run, timed once without latency."""
     jobs = max(options.fifty_jobs, jobs_per_account(options.network_jobs, options.network_accounts))
@@ -367,6 +397,8 @@ async def run_bench(options: BenchOptions, progress: Progress = _quiet) -> Bench
     if "scale" in options.scenarios:
         for size in options.sizes:
             results.scale.append(await run_scale(options, size, progress))
+    if "floor" in options.scenarios:
+        results.floor = await run_floor(options, progress)
     if "network" in options.scenarios:
         starts = await time_network_starts(options, progress)
         results.network_starts = starts

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from bench.http import MalformedResponse, fetch
 from bench.options import BenchOptions, Transport
@@ -55,6 +57,16 @@ async def read_start_queue_peak(jobserver: ServerProcess) -> int | None:
     except (OSError, TimeoutError, MalformedResponse, ValueError, AttributeError):
         return None
     return peak if isinstance(peak, int) else None
+
+
+@contextlib.asynccontextmanager
+async def floor_server(hold: int, options: BenchOptions) -> AsyncIterator[ServerProcess]:
+    """The serving stack alone (:mod:`bench.floor`): ``POST /hold`` held in batches of ``hold``."""
+    # The harness runs a name found next to the running interpreter: this interpreter.
+    argv = [Path(sys.executable).name, "-m", "bench.floor", "--host", HOST, "--port", "0"]
+    argv += ["--hold", str(hold), "--hold-timeout", str(options.request_timeout)]
+    async with run_server(argv, echo=options.echo) as server:
+        yield server
 
 
 def proxy_environment(options: BenchOptions, transport: Transport) -> dict[str, str]:

@@ -83,6 +83,8 @@ def evaluate_targets(results: BenchResults) -> list[Target]:
                 per_request = run.proxy.rss_growth_per_request_bytes
                 limit = RSS_PER_REQUEST_LIMIT
                 targets.append(Target("proxy_rss_per_held_request", where, per_request, limit, "B"))
+    if results.floor is not None:
+        failures("floor", results.floor.summary)
     for network in results.network:
         where = network_where(network)
         summary = network.run.summary
