@@ -1,9 +1,22 @@
 """The jobclient: fire N held job requests at once and judge what comes back.
 
 ``jobclient --url URL --account NAME [--jobs 50] [--deadline 5] [--json]`` posts
-``{"account": NAME, "wait": true}`` to ``URL`` ``--jobs`` times at once, then prints a
-summary and ``WORK SAMPLE RESULT: PASSED`` or ``FAILED``. It is built from three pure
-pieces and a thin command line:
+``{"account": NAME, "wait": true}`` to ``URL`` ``--jobs`` times at once, then speaks as
+the original client did::
+
+     50 / 50 [=================================================] 100.00 % 1s
+
+    Succeeded: 50
+    Average Duration: 0.532087121 seconds
+    Total Duration: 0.601318954 seconds
+
+    WORK SAMPLE RESULT: PASSED
+
+    Proof :
+    H4sIAAAAAAAC/...
+
+(the live line on a terminal only; see :mod:`jobserver.progress`). It is built from
+three pure pieces and a thin command line:
 
 - :func:`run_jobs` sends the requests and returns a :class:`RunReport` of per-job
   :class:`JobOutcome` values; it never raises for what the server does.
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -31,9 +45,8 @@ from typing import Any, NoReturn
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from rich.console import Console
 
-from jobserver.progress import ProgressBar, ProgressLines
+from jobserver.progress import ProgressLine, ProgressLines
 from jobserver.proofs import encode_bundle, is_proof_shaped
 
 EXIT_PASSED = 0
@@ -50,7 +63,6 @@ RESULT_FAILED = "FAILED"
 BODY_EXCERPT_CHARS = 200
 # Text output lists this many failures one by one; --json lists them all.
 LISTED_FAILURES = 20
-# Without a terminal, a progress line is printed each time this share of jobs has answered.
 
 # Signs, anywhere in an error's chain of causes, that the server dropped the connection.
 DISCONNECTED = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
@@ -287,7 +299,7 @@ def proof_bundle(report: RunReport, deadline: float) -> dict[str, Any]:
 
 
 def render_text(report: RunReport, verdict: Verdict) -> str:
-    """The human summary, ending with the result line (and the proof on PASSED)."""
+    """The summary in the original client's words, ending with the result (and the proof)."""
     lines = [f"Succeeded: {len(report.jobs)}"]
     failures = report.failures
     if failures:
@@ -295,12 +307,12 @@ def render_text(report: RunReport, verdict: Verdict) -> str:
         lines.extend(f"  job {o.number}: {o.failure}" for o in failures[:LISTED_FAILURES])
         if len(failures) > LISTED_FAILURES:
             lines.append(f"  ... and {len(failures) - LISTED_FAILURES} more")
-    lines.append(f"Average Duration: {report.average:.3f} seconds")
-    lines.append(f"Total Duration: {report.total:.3f} seconds")
-    lines.append(f"WORK SAMPLE RESULT: {verdict.result}")
+    lines.append(f"Average Duration: {report.average:.9f} seconds")
+    lines.append(f"Total Duration: {report.total:.9f} seconds")
+    lines.extend(["", f"WORK SAMPLE RESULT: {verdict.result}"])
     lines.extend(f"Reason: {reason}" for reason in verdict.reasons)
     if verdict.proof is not None:
-        lines.extend(["Proof:", verdict.proof])
+        lines.extend(["", "Proof :", verdict.proof])
     return "\n".join(lines)
 
 
@@ -391,25 +403,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("jobclient: error: argument --account: must not be empty", file=sys.stderr)
         return EXIT_USAGE
 
-    progress: ProgressBar | ProgressLines | None = None
+    progress: ProgressLine | ProgressLines | None = None
     if sys.stderr.isatty():
-        progress = ProgressBar(options.jobs, Console(stderr=True))
+        progress = ProgressLine(options.jobs, sys.stderr)
     elif not options.json:
         progress = ProgressLines(options.jobs, sys.stderr)
 
-    run = run_jobs(
-        options.url,
-        options.account,
-        options.jobs,
-        request_timeout=options.timeout,
-        on_progress=progress,
-    )
+    async def run() -> RunReport:
+        shown = progress.shown() if isinstance(progress, ProgressLine) else contextlib.nullcontext()
+        async with shown:
+            return await run_jobs(
+                options.url,
+                options.account,
+                options.jobs,
+                request_timeout=options.timeout,
+                on_progress=progress,
+            )
+
     try:
-        if isinstance(progress, ProgressBar):
-            with progress:
-                report = asyncio.run(run)
-        else:
-            report = asyncio.run(run)
+        report = asyncio.run(run())
     except KeyboardInterrupt:
         print("jobclient: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,50 +1,106 @@
-"""The jobclient's progress display: a live bar on a terminal, count lines elsewhere."""
+"""The jobclient's progress display: the original's live line on a terminal, count lines elsewhere.
+
+On a terminal one line is redrawn in place, in the original client's form::
+
+     37 / 50 [========================================>--------------]  74.00 % 1s
+
+answered / total, a bar as wide as the terminal allows, the share answered with two
+decimals and the elapsed whole seconds. When the run ends the line stays, followed by a
+blank line, as the original's did. Without a terminal, plain count lines are printed
+instead, each time another tenth of the jobs has answered.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+import os
 import time
-from types import TracebackType
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from jobserver.client import JobOutcome
 
 PROGRESS_LINE_STEP = 0.1  # a plain line each time another tenth of the jobs answered
+REFRESH_SECONDS = 0.2  # the live line's clock ticks even while no answer arrives
+FALLBACK_COLUMNS = 80  # a terminal that does not tell its width (a fresh pty says 0)
+MIN_BAR_WIDTH = 10
 
 
-class ProgressBar:
-    """A live rich bar on a terminal: answered / total, failures, elapsed time."""
+def progress_line(done: int, total: int, elapsed: float, columns: int) -> str:
+    """The live line: `` 50 / 50 [====...====] 100.00 % 1s``, one column short of ``columns``.
 
-    def __init__(self, total: int, console: Console) -> None:
-        self._failed = 0
-        self._progress = Progress(
-            TextColumn("jobs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self._task = self._progress.add_task("jobs", total=total, failed=0)
+    The bar takes the room the other parts leave, so the line keeps its length as the
+    counts grow and each redraw covers the last. It is filled as the original's was:
+    ``=`` for what is done (rounded up), ``>`` at its head, ``-`` for the rest.
+    """
+    counters = f" {done} / {total} "
+    percent = f" {100 * done / total:6.2f} % "
+    seconds = f"{int(elapsed)}s"
+    # Leave the last column free: writing into it makes some terminals wrap the line.
+    width = max(MIN_BAR_WIDTH, columns - 1 - len(counters) - len(percent) - len(seconds) - 2)
+    filled = min(width, math.ceil(width * done / total))
+    if filled == width:
+        bar = "=" * width
+    elif filled > 0:
+        bar = "=" * (filled - 1) + ">" + "-" * (width - filled)
+    else:
+        bar = "-" * width
+    return f"{counters}[{bar}]{percent}{seconds}"
 
-    def __enter__(self) -> ProgressBar:
-        self._progress.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
+def terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal behind ``stream``, or :data:`FALLBACK_COLUMNS`."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return FALLBACK_COLUMNS
+    return columns or FALLBACK_COLUMNS
+
+
+class ProgressLine:
+    """The live line on a terminal, redrawn on every answer and every :data:`REFRESH_SECONDS`."""
+
+    def __init__(
+        self, total: int, stream: TextIO, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._progress.stop()
+        self._total = total
+        self._stream = stream
+        self._clock = clock
+        self._done = 0
+        self._started = clock()
 
     def __call__(self, outcome: JobOutcome) -> None:
-        self._failed += 0 if outcome.succeeded else 1
-        self._progress.update(self._task, advance=1, failed=self._failed)
+        self._done += 1
+        self.draw()
+
+    def draw(self) -> None:
+        elapsed = self._clock() - self._started
+        line = progress_line(self._done, self._total, elapsed, terminal_columns(self._stream))
+        self._stream.write("\r" + line)
+        self._stream.flush()
+
+    @contextlib.asynccontextmanager
+    async def shown(self) -> AsyncIterator[None]:
+        """Show the line for the block (the run), then leave it with a blank line after it."""
+        self._started = self._clock()
+        self.draw()
+        ticker = asyncio.create_task(self._tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            await asyncio.wait([ticker])
+            self.draw()
+            self._stream.write("\n\n")
+            self._stream.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            self.draw()
 
 
 class ProgressLines:

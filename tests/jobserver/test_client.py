@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
+import os
+import pty
+import re
 import socket
+import struct
+import subprocess
+import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -41,12 +49,19 @@ from jobserver.client import (
     render_text,
     run_jobs,
 )
+from jobserver.harness import script_path
 from jobserver.proofs import decode_bundle, make_proof, verify_bundle
 
 SECRET = b"test-secret"
 ACCOUNT = "acme"
 STARTED_AT = "2024-01-02T03:04:05.678Z"
 URL = "http://jobserver.test/start"
+WAIT = 30.0
+# The original client's lines, with their variable parts.
+PROGRESS_FRAME = re.compile(r" (\d+) / 50 \[([=>-]+)\] +(\d+\.\d\d) % (\d+)s")
+FINAL_FRAME = re.compile(r" 50 / 50 \[=+\] 100\.00 % \d+s")
+AVERAGE_LINE = re.compile(r"Average Duration: \d+\.\d{9} seconds")
+TOTAL_LINE = re.compile(r"Total Duration: \d+\.\d{9} seconds")
 
 Answer = Callable[[int], Awaitable[Response]]
 
@@ -385,16 +400,18 @@ async def test_progress_is_reported_once_per_job() -> None:
 
 
 def test_text_output_on_passed() -> None:
-    """PASSED text: counts, durations to 3 decimals, the result line, then Proof and bundle."""
+    """PASSED text is the original's: counts, durations to 9 decimals, result, Proof and bundle."""
     report = report_of(completed(1, 10.0, 10.5), completed(2, 10.1, 10.7))
     verdict = judge(report, deadline=5.0)
     assert verdict.proof is not None
     assert render_text(report, verdict).splitlines() == [
         "Succeeded: 2",
-        "Average Duration: 0.550 seconds",
-        "Total Duration: 0.700 seconds",
+        "Average Duration: 0.550000000 seconds",
+        "Total Duration: 0.700000000 seconds",
+        "",
         "WORK SAMPLE RESULT: PASSED",
-        "Proof:",
+        "",
+        "Proof :",
         verdict.proof,
     ]
 
@@ -412,8 +429,9 @@ def test_text_output_on_failed() -> None:
         "Failed: 2",
         "  job 2: connection refused",
         '  job 3: HTTP 502: {"error":"upstream"}',
-        "Average Duration: 2.337 seconds",
-        "Total Duration: 6.000 seconds",
+        "Average Duration: 2.336666667 seconds",
+        "Total Duration: 6.000000000 seconds",
+        "",
         "WORK SAMPLE RESULT: FAILED",
         "Reason: 2 jobs failed",
         "Reason: total 6.000 s over the 5 s deadline",
@@ -489,12 +507,11 @@ async def test_main_passes_against_a_real_server(capsys: pytest.CaptureFixture[s
     lines = out.splitlines()
     assert code == EXIT_PASSED
     assert lines[0] == "Succeeded: 10"
-    assert lines[1].startswith("Average Duration: ")
-    assert lines[1].endswith(" seconds")
-    assert lines[2].startswith("Total Duration: ")
-    assert lines[3:5] == ["WORK SAMPLE RESULT: PASSED", "Proof:"]
-    assert len(verify_bundle(SECRET, lines[5])["jobs"]) == 10
-    assert len(lines) == 6
+    assert AVERAGE_LINE.fullmatch(lines[1])
+    assert TOTAL_LINE.fullmatch(lines[2])
+    assert lines[3:7] == ["", "WORK SAMPLE RESULT: PASSED", "", "Proof :"]
+    assert len(verify_bundle(SECRET, lines[7])["jobs"]) == 10
+    assert len(lines) == 8
     # Without a terminal, progress is plain count lines on stderr, ending at the total.
     assert err.splitlines()[-1].startswith("answered 10/10 jobs (0 failed)")
 
@@ -559,3 +576,74 @@ async def test_main_json_output_on_failure(capsys: pytest.CaptureFixture[str]) -
         {"job": 2, "reason": "response is not JSON"},
     ]
     assert document["proof"] is None
+
+
+async def read_terminal(master: int) -> str:
+    """Everything written to a pty, until the last process holding its other end is gone."""
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    closed: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: nobody holds the terminal any more
+            chunk = b""
+        if chunk:
+            chunks.append(chunk)
+        elif not closed.done():
+            closed.set_result(None)
+
+    loop.add_reader(master, readable)
+    try:
+        await asyncio.wait_for(closed, WAIT)
+    finally:
+        loop.remove_reader(master)
+    # The terminal turns each "\n" into "\r\n"; a lone "\r" is the client's own.
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+async def test_on_a_terminal_speaks_like_the_original() -> None:
+    """In a terminal: the original's live line, then its summary, result and proof, line by line."""
+    columns = 100
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        async with serve(fake_job_server(delay=0.05)) as url:
+            # A deadline far beyond the run: the form is under test here, not the speed.
+            argv = ["--url", url, "--account", ACCOUNT, "--deadline", "60"]
+            process = await asyncio.create_subprocess_exec(
+                script_path("jobclient"), *argv, stdin=terminal, stdout=terminal, stderr=terminal
+            )
+            os.close(terminal)
+            terminal = -1
+            output = await read_terminal(master)
+            code = await asyncio.wait_for(process.wait(), WAIT)
+    finally:
+        os.close(master)
+        if terminal != -1:
+            os.close(terminal)
+    live, *lines = output.split("\n")
+    first, *frames = live.split("\r")
+    assert code == EXIT_PASSED
+    assert first == ""
+    assert all(PROGRESS_FRAME.fullmatch(frame) for frame in frames), frames
+    assert all(len(frame) == columns - 1 for frame in frames)
+    assert FINAL_FRAME.fullmatch(frames[-1])
+    assert lines[:2] == ["", "Succeeded: 50"]
+    assert AVERAGE_LINE.fullmatch(lines[2])
+    assert TOTAL_LINE.fullmatch(lines[3])
+    assert lines[4:8] == ["", "WORK SAMPLE RESULT: PASSED", "", "Proof :"]
+    assert len(verify_bundle(SECRET, lines[8])["jobs"]) == 50
+    assert lines[9:] == [""]
+
+
+def test_jobclient_runs_without_rich() -> None:
+    """The jobclient needs no rich: with it unimportable, the client still loads."""
+    # httpx itself imports rich when it is there (for its own command line), so the check
+    # is that our modules load once rich cannot be imported at all.
+    script = "import sys; sys.modules['rich'] = None; import jobserver.client"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=WAIT
+    )
+    assert (result.returncode, result.stderr) == (0, "")
