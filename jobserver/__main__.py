@@ -3,7 +3,7 @@
 ::
 
     jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
-    jobserver [--config PATH] [--secret S] verify PROOF     # PROOF, or - for stdin
+    jobserver [--config PATH] [--secret S] verify PROOF --account NAME   # PROOF, or -
 
 Every setting of :class:`jobserver.config.Settings` is a flag (``--callback-drop-rate``)
 and an environment variable (``JOBSERVER_CALLBACK_DROP_RATE``); ``JOBSERVER_CONFIG``
@@ -37,7 +37,7 @@ from jobserver.config import (
     flag_name,
     load_settings,
 )
-from jobserver.proofs import InvalidBundle, verify_bundle
+from jobserver.proofs import InvalidBundle, check_bundle, decode_bundle
 
 # Not __name__: that is "__main__" under `python -m jobserver`, and the ready line should
 # come from the same logger however the server is started.
@@ -54,7 +54,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 USAGE = """\
 jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
-       jobserver [--config PATH] [--secret SECRET] verify PROOF"""
+       jobserver [--config PATH] [--secret SECRET] verify PROOF --account NAME"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="verify PROOF",
         help="check a jobclient proof bundle (- reads it from stdin); exit 0 when valid",
+    )
+    parser.add_argument(
+        "--account",
+        metavar="NAME",
+        help="verify: the account of the bundle's jobs (the bundle does not name it)",
     )
     settings = parser.add_argument_group(
         "settings", f"each also {ENV_PREFIX}<NAME> in the environment, or NAME in the TOML file"
@@ -97,6 +102,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parser = build_parser()
     options = vars(parser.parse_intermixed_args(argv))
     command: list[str] = options.pop("command", [])
+    account: str | None = options.pop("account", None)
     config_path: Path | None = options.pop("config", None)
     if config_path is None and env.get(CONFIG_ENV):
         config_path = Path(env[CONFIG_ENV])
@@ -104,27 +110,36 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error(f"unknown command {command[0]!r}; the only command is: verify PROOF")
     if command and len(command) != 2:
         parser.error("verify takes one PROOF (the bundle text, or - to read it from stdin)")
+    if command and not account:
+        parser.error("verify needs --account NAME: a proof bundle does not name its account")
+    if account is not None and not command:
+        parser.error("--account belongs to the verify command")
     warnings: list[str] = []
     try:
         settings = load_settings(options, env, config_path, warn=warnings.append)
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    if command:
-        return verify(settings, command[1])
+    if command and account:
+        return verify(settings, command[1], account)
     return serve(settings, warnings)
 
 
-def verify(settings: Settings, proof: str) -> int:
-    """Print one line: the bundle is valid (exit 0), or why it is not (exit 1)."""
+def verify(settings: Settings, proof: str, account: str) -> int:
+    """Print whether the bundle is valid (exit 0) or, per job, why it is not (exit 1)."""
     text = sys.stdin.read() if proof == "-" else proof
     try:
-        bundle = verify_bundle(settings.secret.encode(), text)
+        check = check_bundle(settings.secret.encode(), decode_bundle(text), account)
     except InvalidBundle as exc:
         print(f"INVALID: {exc}")
         return PROOF_INVALID
-    print(f"VALID: {len(bundle['jobs'])} jobs of account {bundle['account']!r}, all proofs check")
-    return EXIT_OK
+    if check.valid:
+        print(f"VALID: {check.describe()}")
+        return EXIT_OK
+    print(f"INVALID: {check.describe()}")
+    for failure in check.failures:
+        print(f"  job {failure.id}: {failure.reason}")
+    return PROOF_INVALID
 
 
 def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:

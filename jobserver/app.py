@@ -7,11 +7,14 @@ Errors, all answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by 
     ├── BadRequest              400 bad_request: the body is not a valid request
     ├── BodyTooLarge            413 body_too_large
     ├── JobNotFound             404 not_found
-    ├── InvalidProof            422 invalid_proof
+    ├── AccountUnknown          422 unknown_account: /verify without an account, for jobs
+    │                               this server does not know
+    ├── InvalidProof            422 invalid_proof: the body also lists each failed job
     ├── StartRefused            5xx start_failed: an injected /start fault
     ├── ShuttingDown            503 shutting_down: the server stops before the job ends
     └── RequestTimeout          504 timeout: /start did not end within request_timeout
     jobs.QueueFull              503 busy, with Retry-After
+    proofs.InvalidBundle        422 bad_bundle: not a bundle in the original's format
     starlette HTTPException     its status (404, 405 ...), word from the status phrase
     anything else               500 internal_error
 """
@@ -23,7 +26,7 @@ import gc
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -48,7 +51,7 @@ from jobserver.openapi import (
     CALLBACK_URL,
     openapi_document,
 )
-from jobserver.proofs import InvalidBundle, verify_bundle
+from jobserver.proofs import BundleCheck, CompletedJob, InvalidBundle, check_bundle, decode_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ class ApiError(Exception):
         self.detail = detail
         self.retry_after = retry_after
 
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail}
+
 
 class BadRequest(ApiError):
     status = 400
@@ -82,9 +88,29 @@ class JobNotFound(ApiError):
     error = "not_found"
 
 
+class AccountUnknown(ApiError):
+    status = 422
+    error = "unknown_account"
+
+
 class InvalidProof(ApiError):
+    """A readable bundle with proofs that do not check: the answer lists them."""
+
     status = 422
     error = "invalid_proof"
+
+    def __init__(self, check: BundleCheck) -> None:
+        super().__init__(check.describe())
+        self.check = check
+
+    def body(self) -> dict[str, Any]:
+        return {
+            **super().body(),
+            "valid": False,
+            "account": self.check.account,
+            "jobs": self.check.jobs,
+            "failures": [{"id": f.id, "reason": f.reason} for f in self.check.failures],
+        }
 
 
 class StartRefused(ApiError):
@@ -149,13 +175,18 @@ def _error_response(
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
-    return _error_response(exc.status, exc.error, exc.detail, headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _queue_full(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, QueueFull)
     headers = {"retry-after": str(exc.retry_after)}
     return _error_response(503, "busy", str(exc), headers)
+
+
+async def _invalid_bundle(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidBundle)
+    return _error_response(422, "bad_bundle", str(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -171,6 +202,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     QueueFull: _queue_full,
+    InvalidBundle: _invalid_bundle,
     HTTPException: _http_error,
     Exception: _server_error,
 }
@@ -294,18 +326,47 @@ async def status(request: Request[AppState]) -> Response:
     return JSONResponse(job.to_json())
 
 
-async def verify(request: Request[AppState]) -> Response:
-    """``POST /verify``: check a jobclient proof bundle against this server's secret."""
-    settings = request.state["settings"]
-    document = _json_object(await _read_body(request, settings.max_proof_size))
+def parse_verify_request(body: bytes) -> tuple[str, str | None]:
+    """Check a ``/verify`` body: the bundle text and the account, if one is given."""
+    document = _json_object(body)
     proof = document.get("proof")
     if not isinstance(proof, str) or not proof:
         raise BadRequest("proof must be a non-empty string")
-    try:
-        bundle = verify_bundle(settings.secret.encode(), proof)
-    except InvalidBundle as exc:
-        raise InvalidProof(str(exc)) from None
-    return JSONResponse({"valid": True, "account": bundle["account"], "jobs": len(bundle["jobs"])})
+    if "account" not in document:
+        return proof, None
+    account = document["account"]
+    if not isinstance(account, str) or not 1 <= len(account) <= ACCOUNT_MAX_LENGTH:
+        raise BadRequest(f"account must be a string of 1 to {ACCOUNT_MAX_LENGTH} characters")
+    return proof, account
+
+
+def account_of(jobs: Sequence[CompletedJob], store: JobStore) -> str:
+    """The one account that this server's job table records for the bundle's jobs."""
+    accounts = {job.account for entry in jobs if (job := store.get(entry.id)) is not None}
+    if len(accounts) == 1:
+        return accounts.pop()
+    if not accounts:
+        raise AccountUnknown(
+            "account is required: none of the bundle's jobs is known to this job server "
+            "(run elsewhere, or finished longer than status_ttl ago)"
+        )
+    raise AccountUnknown(
+        f"account is required: the bundle's jobs belong to {len(accounts)} accounts"
+    )
+
+
+async def verify(request: Request[AppState]) -> Response:
+    """``POST /verify``: check a jobclient proof bundle against this server's secret."""
+    state = request.state
+    settings = state["settings"]
+    text, account = parse_verify_request(await _read_body(request, settings.max_proof_size))
+    jobs = decode_bundle(text)
+    if account is None:
+        account = account_of(jobs, state["store"])
+    check = check_bundle(settings.secret.encode(), jobs, account)
+    if not check.valid:
+        raise InvalidProof(check)
+    return JSONResponse({"valid": True, "account": check.account, "jobs": check.jobs})
 
 
 async def healthz(request: Request[AppState]) -> Response:

@@ -47,7 +47,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from jobserver.progress import ProgressLine, ProgressLines
-from jobserver.proofs import encode_bundle, is_proof_shaped
+from jobserver.proofs import CompletedJob, encode_bundle, is_proof_shaped
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -68,15 +68,6 @@ LISTED_FAILURES = 20
 DISCONNECTED = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
 
 ProgressCallback = Callable[["JobOutcome"], None]
-
-
-@dataclass(frozen=True)
-class CompletedJob:
-    """What a successful answer carries into the proof bundle."""
-
-    id: str
-    started_at: str
-    proof: str
 
 
 @dataclass(frozen=True)
@@ -281,21 +272,7 @@ def judge(report: RunReport, deadline: float) -> Verdict:
         reasons.append(f"total {report.total:.3f} s over the {deadline:g} s deadline")
     if reasons:
         return Verdict(passed=False, reasons=tuple(reasons), proof=None)
-    return Verdict(passed=True, reasons=(), proof=encode_bundle(proof_bundle(report, deadline)))
-
-
-def proof_bundle(report: RunReport, deadline: float) -> dict[str, Any]:
-    """The JSON object that :func:`judge` encodes as the proof on PASSED."""
-    return {
-        "account": report.account,
-        "jobs": [{"id": j.id, "startedAt": j.started_at, "proof": j.proof} for j in report.jobs],
-        "timings": {
-            "total": round(report.total, 3),
-            "average": round(report.average, 3),
-            "deadline": deadline,
-            "jobs": len(report.outcomes),
-        },
-    }
+    return Verdict(passed=True, reasons=(), proof=encode_bundle(report.jobs))
 
 
 def render_text(report: RunReport, verdict: Verdict) -> str:

@@ -105,7 +105,25 @@ def _schemas() -> dict[str, Any]:
         "VerifyRequest": {
             "type": "object",
             "required": ["proof"],
-            "properties": {"proof": {"type": "string", "minLength": 1}},
+            "properties": {
+                "proof": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        "a jobclient proof bundle: base64(gzip(JSON list of "
+                        "[id, startedAt, proof], one per job))"
+                    ),
+                },
+                "account": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": ACCOUNT_MAX_LENGTH,
+                    "description": (
+                        "the account of the bundle's jobs; optional when this server still "
+                        "knows them (it ran them, less than status_ttl ago)"
+                    ),
+                },
+            },
         },
         "VerifyResult": {
             "type": "object",
@@ -114,6 +132,33 @@ def _schemas() -> dict[str, Any]:
                 "valid": {"type": "boolean", "enum": [True]},
                 "account": {"type": "string"},
                 "jobs": {"type": "integer", "minimum": 1},
+            },
+        },
+        "VerifyFailure": {
+            "type": "object",
+            "required": ["error", "detail"],
+            "description": (
+                "error invalid_proof: the bundle was read and the listed jobs do not check; "
+                "bad_bundle: it is not a bundle; unknown_account: no account was given and "
+                "this server does not know the jobs"
+            ),
+            "properties": {
+                "error": {
+                    "type": "string",
+                    "enum": ["invalid_proof", "bad_bundle", "unknown_account"],
+                },
+                "detail": {"type": "string"},
+                "valid": {"type": "boolean", "enum": [False]},
+                "account": {"type": "string"},
+                "jobs": {"type": "integer", "minimum": 1},
+                "failures": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "reason"],
+                        "properties": {"id": {"type": "string"}, "reason": {"type": "string"}},
+                    },
+                },
             },
         },
         "Health": {
@@ -234,7 +279,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "200": _json(_ref("VerifyResult"), "every proof in the bundle is valid"),
                         "400": _error("the body is not a valid verify request"),
                         "413": _error(too_large.format(settings.max_proof_size)),
-                        "422": _error("the bundle is damaged or a proof is invalid"),
+                        "422": _json(
+                            _ref("VerifyFailure"),
+                            "the bundle cannot be read, its account is unknown, or proofs "
+                            "do not check (each such job listed with the reason)",
+                        ),
                     },
                 }
             },

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,11 @@ from jobserver.config import Settings
 
 FAST_JOBS: dict[str, Any] = {"job_duration": 0.05, "job_duration_spread": 0.0}
 DELIVERY_TIMEOUT = 10.0
+# Printed by the original jobclient after a PASSED run against the original job server
+# (README of github.com/brpandey/sample_proxy, 2017): 50 jobs of this account, their
+# proofs made with that server's secret, so they cannot check against ours.
+ORIGINAL_BUNDLE = Path(__file__).with_name("original_proof_bundle.txt").read_text().strip()
+ORIGINAL_ACCOUNT = "fozzie@muppets.com"
 
 
 def fast_settings(**overrides: Any) -> Settings:

@@ -14,8 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from jobserver.proofs import encode_bundle, make_proof
-from tests.jobserver.servers import callback_receiver, jobserver_client
+from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
+from tests.jobserver.servers import (
+    ORIGINAL_ACCOUNT,
+    ORIGINAL_BUNDLE,
+    callback_receiver,
+    jobserver_client,
+)
 
 SECRET = "test-secret"
 STARTED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -268,49 +273,114 @@ async def test_openapi_document_describes_every_route() -> None:
     assert "Error" in document["components"]["schemas"]
 
 
+def bundle_of(*jobs: dict[str, str]) -> str:
+    """The jobclient's bundle of finished jobs as the job server answered them."""
+    return encode_bundle(CompletedJob(j["id"], j["startedAt"], j["proof"]) for j in jobs)
+
+
 async def test_verify_accepts_a_bundle_of_real_proofs() -> None:
     """POST /verify answers valid, the account and the job count for genuine proofs."""
     async with jobserver_client(secret=SECRET) as client:
         jobs = [(await start(client, "acme", wait=True)).json() for _ in range(2)]
-        bundle = encode_bundle(
-            {
-                "account": "acme",
-                "jobs": [{k: job[k] for k in ("id", "startedAt", "proof")} for job in jobs],
-                "timings": {},
-            }
-        )
-        response = await client.post("/verify", json={"proof": bundle})
+        response = await client.post("/verify", json={"proof": bundle_of(*jobs), "account": "acme"})
     assert response.status_code == 200
     assert response.json() == {"valid": True, "account": "acme", "jobs": 2}
 
 
-async def test_verify_refuses_a_forged_bundle_with_422() -> None:
-    """A bundle whose proof was made with another secret is 422 invalid_proof."""
-    forged = make_proof(b"not-the-secret", "0123456789abcdef", "acme", "2026-01-01T00:00:00.000Z")
+async def test_verify_finds_the_account_of_jobs_it_ran() -> None:
+    """Without an account, /verify takes it from its own table of the jobs it ran."""
+    async with jobserver_client(secret=SECRET) as client:
+        jobs = [(await start(client, "acme", wait=True)).json() for _ in range(2)]
+        response = await client.post("/verify", json={"proof": bundle_of(*jobs)})
+    assert response.status_code == 200
+    assert response.json() == {"valid": True, "account": "acme", "jobs": 2}
+
+
+async def test_verify_lists_each_forged_proof_with_422() -> None:
+    """Proofs not made with the secret are 422 invalid_proof, each failing job named."""
+    started_at = "2026-01-01T00:00:00.000Z"
+    genuine = independent_proof("1f2e3d4c5b6a7", "acme", started_at)
+    forged = make_proof(b"not-the-secret", "abcdef0123456789", "acme", started_at)
     bundle = encode_bundle(
-        {
-            "account": "acme",
-            "jobs": [
-                {"id": "0123456789abcdef", "startedAt": "2026-01-01T00:00:00.000Z", "proof": forged}
-            ],
-        }
+        [
+            CompletedJob("1f2e3d4c5b6a7", started_at, genuine),
+            CompletedJob("abcdef0123456789", started_at, forged),
+        ]
     )
     async with jobserver_client(secret=SECRET) as client:
-        response = await client.post("/verify", json={"proof": bundle})
-        garbage = await client.post("/verify", json={"proof": "bm90IGEgYnVuZGxl"})
+        response = await client.post("/verify", json={"proof": bundle, "account": "acme"})
     assert response.status_code == 422
-    assert response.json()["error"] == "invalid_proof"
-    assert "invalid proof" in response.json()["detail"]
-    assert garbage.status_code == 422
+    assert response.json() == {
+        "error": "invalid_proof",
+        "detail": "1 of 2 proofs do not check for account 'acme'",
+        "valid": False,
+        "account": "acme",
+        "jobs": 2,
+        "failures": [{"id": "abcdef0123456789", "reason": PROOF_MISMATCH}],
+    }
 
 
-@pytest.mark.parametrize("body", [b"nope", b"{}", b'{"proof": 3}', b'{"proof": ""}'])
-async def test_verify_bad_body_is_400(body: bytes) -> None:
-    """A /verify body without a proof string is 400 naming proof or the JSON."""
+async def test_verify_reads_the_original_clients_bundle() -> None:
+    """The original client's bundle is read, and each of its 50 proofs reported as not matching."""
+    async with jobserver_client(secret=SECRET) as client:
+        response = await client.post(
+            "/verify", json={"proof": ORIGINAL_BUNDLE, "account": ORIGINAL_ACCOUNT}
+        )
+    body = response.json()
+    assert response.status_code == 422
+    assert (body["error"], body["valid"], body["jobs"]) == ("invalid_proof", False, 50)
+    assert {f["reason"] for f in body["failures"]} == {PROOF_MISMATCH}
+    assert len({f["id"] for f in body["failures"]}) == 50
+
+
+async def test_verify_without_account_for_unknown_jobs_is_422() -> None:
+    """Without an account, a bundle of jobs this server never ran is 422 unknown_account."""
+    async with jobserver_client() as client:
+        response = await client.post("/verify", json={"proof": ORIGINAL_BUNDLE})
+    assert response.status_code == 422
+    assert response.json()["error"] == "unknown_account"
+    assert "account is required" in response.json()["detail"]
+
+
+async def test_verify_without_account_for_jobs_of_two_accounts_is_422() -> None:
+    """Without an account, jobs of two accounts leave the account unknown: 422."""
+    async with jobserver_client(secret=SECRET) as client:
+        jobs = [(await start(client, name, wait=True)).json() for name in ("a", "b")]
+        response = await client.post("/verify", json={"proof": bundle_of(*jobs)})
+    assert response.status_code == 422
+    assert response.json()["error"] == "unknown_account"
+    assert "2 accounts" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("proof", ["bm90IGEgYnVuZGxl", encode_bundle([])])
+async def test_verify_of_what_is_not_a_bundle_is_422_bad_bundle(proof: str) -> None:
+    """A proof that is not a bundle in the original's format is 422 bad_bundle, saying why."""
+    async with jobserver_client() as client:
+        response = await client.post("/verify", json={"proof": proof, "account": "acme"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "bad_bundle"
+    assert response.json()["detail"].startswith("not a proof bundle")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"nope", "JSON"),
+        (b"{}", "proof"),
+        (b'{"proof": 3}', "proof"),
+        (b'{"proof": ""}', "proof"),
+        (b'{"proof": "abc", "account": 3}', "account"),
+        (b'{"proof": "abc", "account": ""}', "account"),
+        (b'{"proof": "abc", "account": null}', "account"),
+    ],
+)
+async def test_verify_bad_body_is_400(body: bytes, field: str) -> None:
+    """A /verify body without a proof string, or with a bad account, is 400 naming the field."""
     async with jobserver_client() as client:
         response = await client.post("/verify", content=body)
     assert response.status_code == 400
     assert response.json()["error"] == "bad_request"
+    assert field in response.json()["detail"]
 
 
 async def test_a_job_with_a_callback_is_visible_in_status_once_delivered() -> None:

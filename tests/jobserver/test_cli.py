@@ -16,9 +16,14 @@ import pytest
 from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
 from jobserver.harness import script_path
-from jobserver.proofs import encode_bundle, make_proof
+from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
 from tests.conftest import run_server
-from tests.jobserver.servers import callback_receiver, expected_signature
+from tests.jobserver.servers import (
+    ORIGINAL_ACCOUNT,
+    ORIGINAL_BUNDLE,
+    callback_receiver,
+    expected_signature,
+)
 
 SECRET = "cli-secret"
 STARTED_AT = "2026-11-25T13:09:06.123Z"
@@ -26,20 +31,9 @@ WAIT = 20.0
 
 
 def bundle(secret: str, jobs: int = 2) -> str:
-    ids = [f"{index:016x}" for index in range(jobs)]
+    ids = [f"{index + 1:x}" * 13 for index in range(jobs)]
     return encode_bundle(
-        {
-            "account": "acme",
-            "jobs": [
-                {
-                    "id": i,
-                    "startedAt": STARTED_AT,
-                    "proof": make_proof(secret.encode(), i, "acme", STARTED_AT),
-                }
-                for i in ids
-            ],
-            "timings": {},
-        }
+        CompletedJob(i, STARTED_AT, make_proof(secret.encode(), i, "acme", STARTED_AT)) for i in ids
     )
 
 
@@ -59,24 +53,48 @@ async def run_command(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
 
 def test_verify_valid_bundle_exits_0_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """verify prints one line and exits 0 for a bundle made with the configured secret."""
-    assert main(["--secret", SECRET, "verify", bundle(SECRET)], environ={}) == EXIT_OK
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1
-    assert out.startswith("VALID: 2 jobs")
+    argv = ["--secret", SECRET, "verify", bundle(SECRET), "--account", "acme"]
+    assert main(argv, environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "VALID: 2 jobs of account 'acme', all proofs check\n"
 
 
-def test_verify_forged_bundle_exits_1_saying_why(capsys: pytest.CaptureFixture[str]) -> None:
-    """verify exits 1 with one line naming the bad proof when the secret differs."""
-    assert main(["--secret", SECRET, "verify", bundle("other")], environ={}) == PROOF_INVALID
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1
-    assert "invalid proof" in out
+def test_verify_forged_bundle_exits_1_naming_each_job(capsys: pytest.CaptureFixture[str]) -> None:
+    """verify exits 1 with a line per job whose proof does not match when the secret differs."""
+    argv = ["--secret", SECRET, "verify", bundle("other"), "--account", "acme"]
+    assert main(argv, environ={}) == PROOF_INVALID
+    assert capsys.readouterr().out.splitlines() == [
+        "INVALID: 2 of 2 proofs do not check for account 'acme'",
+        f"  job {'1' * 13}: {PROOF_MISMATCH}",
+        f"  job {'2' * 13}: {PROOF_MISMATCH}",
+    ]
+
+
+def test_verify_reads_the_original_clients_bundle(capsys: pytest.CaptureFixture[str]) -> None:
+    """The original client's bundle is read, and each of its 50 proofs reported as not matching."""
+    argv = ["verify", ORIGINAL_BUNDLE, "--account", ORIGINAL_ACCOUNT]
+    assert main(argv, environ={}) == PROOF_INVALID
+    first, *jobs = capsys.readouterr().out.splitlines()
+    assert first == "INVALID: 50 of 50 proofs do not check for account 'fozzie@muppets.com'"
+    assert len(jobs) == 50
+    assert all(line.endswith(f": {PROOF_MISMATCH}") for line in jobs)
 
 
 def test_verify_garbage_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """Text that is not a bundle is invalid, exit 1."""
-    assert main(["verify", "not-a-bundle"], environ={}) == PROOF_INVALID
+    assert main(["verify", "not-a-bundle", "--account", "acme"], environ={}) == PROOF_INVALID
     assert capsys.readouterr().out.startswith("INVALID: not a proof bundle")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["verify", "H4sI"], ["verify", "H4sI", "--account", ""], ["--account", "acme"]],
+)
+def test_account_goes_with_verify_only(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """verify without --account, or --account without verify, is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, environ={})
+    assert exit_info.value.code == 2
+    assert "--account" in capsys.readouterr().err
 
 
 def test_verify_reads_stdin_and_uses_env_and_config(
@@ -84,11 +102,12 @@ def test_verify_reads_stdin_and_uses_env_and_config(
 ) -> None:
     """verify - reads the bundle from stdin; the secret comes from env or --config."""
     monkeypatch.setattr("sys.stdin", io.StringIO(bundle(SECRET) + "\n"))
-    assert main(["verify", "-"], environ={"JOBSERVER_SECRET": SECRET}) == EXIT_OK
+    assert main(["verify", "-", "--account", "acme"], environ={"JOBSERVER_SECRET": SECRET}) == 0
     config = tmp_path / "js.toml"
     config.write_text(f'secret = "{SECRET}"\n')
-    assert main(["verify", bundle(SECRET), "--config", str(config)], environ={}) == EXIT_OK
-    assert main(["verify", bundle(SECRET)], environ={"JOBSERVER_CONFIG": str(config)}) == 0
+    argv = ["verify", bundle(SECRET), "--account", "acme"]
+    assert main([*argv, "--config", str(config)], environ={}) == EXIT_OK
+    assert main(argv, environ={"JOBSERVER_CONFIG": str(config)}) == EXIT_OK
     assert capsys.readouterr().out.count("VALID") == 3
 
 
@@ -111,11 +130,13 @@ def test_unknown_command_is_a_usage_error() -> None:
 async def test_script_verify_exit_codes() -> None:
     """The installed script: verify exits 0 for a valid bundle from stdin, 1 for a forged one."""
     code, out, _ = await run_command(
-        "--secret", SECRET, "verify", "-", stdin=bundle(SECRET).encode()
+        "--secret", SECRET, "verify", "-", "--account", "acme", stdin=bundle(SECRET).encode()
     )
     assert (code, out.count("\n")) == (0, 1)
-    code, out, _ = await run_command("--secret", SECRET, "verify", bundle("forged"))
-    assert (code, out.count("\n")) == (1, 1)
+    code, out, _ = await run_command(
+        "--secret", SECRET, "verify", bundle("forged"), "--account", "acme"
+    )
+    assert (code, out.count("\n")) == (1, 3)
 
 
 async def test_script_bad_config_exits_nonzero_with_one_line(tmp_path: Path) -> None:
