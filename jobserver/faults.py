@@ -4,7 +4,7 @@ Every random choice of the job server comes from :class:`RandomStreams`: one
 ``random.Random`` per purpose, each derived from the ``seed`` setting. Separate streams
 keep runs comparable: turning on one fault knob does not shift the draws of another, and
 job ids stay the same whatever the faults. Without a seed, job ids and webhook message
-ids come from :mod:`secrets` and the streams are seeded by the OS.
+ids come from the OS's secure source (:mod:`secrets`) and the streams are seeded by the OS.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class RandomStreams:
     def __init__(self, seed: int | None) -> None:
         self._seed = seed
         self._streams: dict[str, random.Random] = {}
+        self._system = random.SystemRandom()
 
     @property
     def seeded(self) -> bool:
@@ -38,6 +39,10 @@ class RandomStreams:
             rng = random.Random(f"{self._seed}:{purpose}") if self.seeded else random.Random()
             self._streams[purpose] = rng
         return rng
+
+    def id_stream(self, purpose: str) -> random.Random:
+        """The stream for ``purpose`` when seeded, else the OS's secure source (as secrets)."""
+        return self.stream(purpose) if self.seeded else self._system
 
     def token_hex(self, purpose: str, nbytes: int) -> str:
         """``2 * nbytes`` lowercase hex digits: seeded when a seed is set, else from secrets."""

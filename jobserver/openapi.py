@@ -12,7 +12,7 @@ from jobserver.config import Settings
 
 ACCOUNT_MAX_LENGTH = 256
 CALLBACK_MAX_LENGTH = 2048
-JOB_ID_PATTERN = "^[0-9a-f]{16}$"
+JOB_ID_PATTERN = "^[1-9a-f][0-9a-f]{12,15}$"  # 13 to 16 digits, no leading zero
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 PROOF_PATTERN = "^[0-9A-F]{40}$"
 # A callback URL: http(s), a host name (its last label starts with a letter) or a dotted

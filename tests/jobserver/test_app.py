@@ -24,7 +24,8 @@ from tests.jobserver.servers import (
 
 SECRET = "test-secret"
 STARTED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+# As the real server's: 13 to 16 lowercase hex digits, no leading zero.
+JOB_ID = re.compile(r"^[1-9a-f][0-9a-f]{12,15}$")
 
 
 def independent_proof(job_id: str, account: str, started_at: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
 from jobserver.harness import script_path
+from jobserver.jobs import draw_job_id
 from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
 from tests.conftest import run_server
 from tests.jobserver.servers import (
@@ -177,7 +178,7 @@ async def test_real_server_answers_and_stops_cleanly_on_sigterm() -> None:
 
 async def test_shutdown_answers_held_requests_503_and_is_bounded() -> None:
     """On SIGTERM a wait: true request held for a long job gets 503 shutting_down; exit 0."""
-    first_id = RandomStreams(1).token_hex("job-ids", 8)
+    first_id = draw_job_id(RandomStreams(1))
     flags = ("--job-duration", "60", "--shutdown-timeout", "5", "--seed", "1")
     async with (
         run_server("jobserver", *flags) as server,

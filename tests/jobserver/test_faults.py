@@ -11,6 +11,7 @@ import httpx
 
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
+from jobserver.jobs import draw_job_id
 from tests.jobserver.servers import callback_receiver, jobserver_client
 
 
@@ -141,10 +142,10 @@ def test_seeded_drop_rate_drops_some_callbacks_reproducibly() -> None:
 
 
 def test_unseeded_streams_use_secrets_for_ids() -> None:
-    """Without a seed, ids are 16 hex digits and differ between two fresh servers."""
-    first = RandomStreams(None).token_hex("job-ids", 8)
-    second = RandomStreams(None).token_hex("job-ids", 8)
-    assert len(first) == 16
+    """Without a seed, webhook ids have the asked length and differ between fresh servers."""
+    first = RandomStreams(None).token_hex("message-ids", 12)
+    second = RandomStreams(None).token_hex("message-ids", 12)
+    assert len(first) == 24
     assert first != second
 
 
@@ -154,4 +155,5 @@ def test_seeded_streams_are_independent_per_purpose() -> None:
     busy = RandomStreams(9)
     for _ in range(10):
         busy.stream("failure").random()
-    assert quiet.token_hex("job-ids", 8) == busy.token_hex("job-ids", 8)
+    assert quiet.token_hex("message-ids", 12) == busy.token_hex("message-ids", 12)
+    assert draw_job_id(quiet) == draw_job_id(busy)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
 from jobserver.config import Settings
 from jobserver.faults import FaultInjector, RandomStreams
-from jobserver.jobs import AccountGate, Job, JobRunner, JobState, JobStore, QueueFull, utc_timestamp
+from jobserver.jobs import (
+    AccountGate,
+    Job,
+    JobRunner,
+    JobState,
+    JobStore,
+    QueueFull,
+    draw_job_id,
+    utc_timestamp,
+)
 from jobserver.proofs import make_proof
 
 WAIT = 5.0
+# The real server's ids: 13 to 16 lowercase hex digits, no leading zero.
+REAL_JOB_ID = re.compile(r"[1-9a-f][0-9a-f]{12,15}")
 
 
 class FakeClock:
@@ -37,6 +50,41 @@ def test_utc_timestamp_has_milliseconds_and_z() -> None:
     moment = datetime(2026, 11, 25, 13, 9, 6, 123456, tzinfo=UTC)
     assert utc_timestamp(moment) == "2026-11-25T13:09:06.123Z"
     assert utc_timestamp(moment.replace(microsecond=0)) == "2026-11-25T13:09:06.000Z"
+
+
+def test_job_ids_are_like_the_real_servers() -> None:
+    """Ids have 13 to 16 hex digits without a leading zero, about half shorter than 16."""
+    streams = RandomStreams(7)
+    ids = [draw_job_id(streams) for _ in range(4000)]
+    assert all(REAL_JOB_ID.fullmatch(job_id) for job_id in ids)
+    assert len(set(ids)) == len(ids)
+    lengths = Counter(len(job_id) for job_id in ids)
+    assert set(lengths) == {13, 14, 15, 16}
+    assert 0.4 < (len(ids) - lengths[16]) / len(ids) < 0.6
+
+
+def test_job_ids_follow_the_seed() -> None:
+    """The same seed draws the same ids; another seed, or none, draws others."""
+
+    def first_ids(seed: int | None) -> list[str]:
+        streams = RandomStreams(seed)
+        return [draw_job_id(streams) for _ in range(20)]
+
+    assert first_ids(3) == first_ids(3)
+    assert first_ids(3) != first_ids(4)
+    unseeded = first_ids(None)
+    assert all(REAL_JOB_ID.fullmatch(job_id) for job_id in unseeded)
+    assert unseeded != first_ids(None)
+
+
+async def test_runner_gives_jobs_the_seeded_ids() -> None:
+    """The runner's jobs carry the ids the seed draws, in order."""
+    store = JobStore(ttl=60)
+    runner = make_runner(store, seed=5)
+    jobs = [runner.submit("acme", None) for _ in range(3)]
+    await runner.close(WAIT)
+    streams = RandomStreams(5)
+    assert [job.id for job in jobs] == [draw_job_id(streams) for _ in range(3)]
 
 
 def test_store_keeps_finished_jobs_for_the_ttl_then_evicts_them() -> None:
