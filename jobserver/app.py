@@ -237,6 +237,8 @@ def _http_url(value: str) -> httpx.URL | None:
     """``value`` parsed, when it is a callback URL as the OpenAPI document defines it."""
     if CALLBACK_URL_SYNTAX.fullmatch(value) is None:
         return None
+    if not value.lower().startswith(("http://", "https://")):
+        value = "http://" + value  # as the real server did with host:port/path
     try:
         return httpx.URL(value)
     except (httpx.InvalidURL, ValueError):  # pragma: no cover - the syntax rules these out
@@ -261,7 +263,7 @@ def parse_start_request(body: bytes) -> StartRequest:
     callback = document["callback"]
     url = _http_url(callback) if isinstance(callback, str) else None
     if url is None:
-        raise BadRequest("callback must be an absolute http or https URL")
+        raise BadRequest("callback must be an http or https URL, or host:port/path")
     if len(str(callback)) > CALLBACK_MAX_LENGTH:
         raise BadRequest(f"callback must be at most {CALLBACK_MAX_LENGTH} characters long")
     return StartRequest(account, wait, url)

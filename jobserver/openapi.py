@@ -15,7 +15,8 @@ CALLBACK_MAX_LENGTH = 2048
 JOB_ID_PATTERN = "^[1-9a-f][0-9a-f]{12,15}$"  # 13 to 16 digits, no leading zero
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 PROOF_PATTERN = "^[0-9A-F]{40}$"
-# A callback URL: http(s), a host name (its last label starts with a letter) or a dotted
+# A callback URL: http(s):// or, as the real server allowed, no scheme at all (then it
+# is called over http); a host name (its last label starts with a letter) or a dotted
 # IPv4 address, an optional port in range, then printable ASCII. Stricter than RFC 3986
 # on purpose: every URL it accepts is one httpx can send to, so the schema and the
 # server agree on what is valid. IPv6 literals and credentials are not accepted.
@@ -26,7 +27,8 @@ _PORT = (
     r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
 )
 CALLBACK_URL = (
-    rf"[Hh][Tt][Tt][Pp][Ss]?://(?:(?:{_LABEL}\.)*{_LAST_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}})"
+    rf"(?:[Hh][Tt][Tt][Pp][Ss]?://)?"
+    rf"(?:(?:{_LABEL}\.)*{_LAST_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}})"
     rf"(?::{_PORT})?(?:[/?#][!-~]*)?"
 )
 CALLBACK_PATTERN = f"^{CALLBACK_URL}$"
@@ -69,8 +71,9 @@ def _schemas() -> dict[str, Any]:
                     "maxLength": CALLBACK_MAX_LENGTH,
                     "pattern": CALLBACK_PATTERN,
                     "description": (
-                        "absolute http(s) URL (host name or IPv4 address, printable ASCII); "
-                        "the finished job is POSTed to it, whatever wait is"
+                        "http(s) URL (host name or IPv4 address, printable ASCII); without "
+                        "a scheme (host:port/path) it is called over http. The finished "
+                        "job is POSTed to it, whatever wait is"
                     ),
                 },
             },

@@ -146,6 +146,12 @@ async def test_wait_false_requests_of_one_account_are_not_held_by_the_job() -> N
         (b'{"account": "acme", "callback": "http://user:pw@h/"}', "callback"),
         (b'{"account": "acme", "callback": "http://h/a b"}', "callback"),
         (b'{"account": "acme", "callback": null}', "callback"),
+        (b'{"account": "acme", "callback": "host:99999/x"}', "callback"),
+        (b'{"account": "acme", "callback": "user:pw@host/x"}', "callback"),
+        (b'{"account": "acme", "callback": ":8000/x"}', "callback"),
+        (b'{"account": "acme", "callback": "host/a b"}', "callback"),
+        (b'{"account": "acme", "callback": "mailto:someone@host"}', "callback"),
+        (b'{"account": "acme", "callback": "8000/x"}', "callback"),
         (b"\xff\xfe", "JSON"),
     ],
 )
@@ -231,16 +237,45 @@ async def test_request_timeout_answers_504() -> None:
     assert response.json()["error"] == "timeout"
 
 
+CALLBACK_SHAPES = [
+    "http://127.0.0.1:8000/callback/abc",
+    "https://proxy.example.com/cb?token=x&y=1",
+    "HTTP://localhost:1/",
+    "127.0.0.1:8000/callback/abc",
+    "proxy.example.com/cb?token=x",
+    "localhost:8000",
+]
+NOT_CALLBACKS = ["/relative", "ftp://host/x", "http://", "host:99999/x", "user:pw@h/", "8000/x"]
+
+
 async def test_callback_urls_of_the_documented_shapes_are_accepted() -> None:
-    """Host names, IPv4 addresses, ports and query strings make valid callback URLs."""
-    urls = [
-        "http://127.0.0.1:8000/callback/abc",
-        "https://proxy.example.com/cb?token=x&y=1",
-        "HTTP://localhost:1/",
-    ]
+    """Host names, IPv4 addresses, ports, query strings, with or without a scheme, are valid."""
     async with jobserver_client(job_duration=5.0) as client:
-        responses = [await start(client, "acme", callback=url) for url in urls]
-    assert [r.status_code for r in responses] == [200, 200, 200]
+        responses = [await start(client, "acme", callback=url) for url in CALLBACK_SHAPES]
+    assert [r.status_code for r in responses] == [200] * len(CALLBACK_SHAPES)
+
+
+async def test_callback_without_a_scheme_is_called_over_http() -> None:
+    """A callback given as host:port/path is POSTed to over http, as the real server did."""
+    async with callback_receiver() as receiver, jobserver_client() as client:
+        callback = receiver.url.removeprefix("http://") + "/cb?x=1"
+        started = await start(client, "acme", callback=callback)
+        delivery = await receiver.next()
+    assert started.status_code == 200
+    assert delivery.path == "/cb"
+    assert json.loads(delivery.body)["id"] == started.json()["id"]
+
+
+async def test_openapi_callback_pattern_agrees_with_the_server() -> None:
+    """The documented callback pattern accepts exactly the callbacks /start accepts."""
+    async with jobserver_client(job_duration=5.0) as client:
+        document = (await client.get("/openapi.json")).json()
+        callback = document["components"]["schemas"]["StartRequest"]["properties"]["callback"]
+        pattern = re.compile(callback["pattern"])
+        for url in CALLBACK_SHAPES + NOT_CALLBACKS:
+            accepted = (await start(client, "acme", callback=url)).status_code == 200
+            assert accepted == (pattern.search(url) is not None), url
+            assert accepted == (url in CALLBACK_SHAPES), url
 
 
 async def test_healthz_counts_jobs() -> None:
