@@ -141,10 +141,11 @@ def test_proxy_api(case: schemathesis.Case[Any]) -> None:
 @jobserver_schema.parametrize()
 @FUZZ_SETTINGS
 def test_jobserver_api(case: schemathesis.Case[Any]) -> None:
-    """Every job server operation answers as documented, errors as JSON, no undocumented 5xx."""
+    """Every job server operation answers as documented, in UTF-8 JSON, no undocumented 5xx."""
     response = case.call()
     case.validate_response(response, excluded_checks=[not_a_server_error])
     _check_our_rules(response)
+    assert response.headers["content-type"] == ["application/json; charset=utf-8"]
 
 
 def test_served_documents_are_valid_openapi() -> None:

@@ -427,3 +427,40 @@ async def test_a_job_with_a_callback_is_visible_in_status_once_delivered() -> No
         status = await client.get(f"/status/{started.json()['id']}")
     assert json.loads(delivery.body) == status.json()
     assert status.json()["state"] == "completed"
+
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+async def test_every_answer_is_labelled_json_in_utf8() -> None:
+    """Answers of every kind, errors included, are application/json; charset=utf-8."""
+    async with jobserver_client(
+        secret=SECRET, max_body_size=1000, max_running=1, queue_size=0, job_duration=5.0
+    ) as client:
+        running = await start(client, "acme")
+        answers = [
+            running,
+            await client.get(f"/status/{running.json()['id']}"),
+            await start(client, "busy"),  # 503: the one running slot is taken
+            await client.get("/status/ünïcode"),  # the detail names the id, in UTF-8
+            await client.post("/start", content=b"{not json"),
+            await start(client, "x" * 2000),
+            await client.post("/verify", json={"proof": ORIGINAL_BUNDLE}),
+            await client.post("/verify", json={"proof": "bm90"}),
+            await client.get("/healthz"),
+            await client.get("/openapi.json"),
+            await client.get("/nowhere"),
+            await client.get("/start"),
+        ]
+    statuses = [a.status_code for a in answers]
+    assert statuses == [200, 200, 503, 404, 400, 413, 422, 422, 200, 200, 404, 405]
+    assert [a.headers["content-type"] for a in answers] == [JSON_CONTENT_TYPE] * len(answers)
+    assert "'ünïcode'" in answers[3].content.decode("utf-8")
+
+
+async def test_finished_jobs_are_labelled_json_in_utf8() -> None:
+    """A wait: true answer (the finished job) is application/json; charset=utf-8 too."""
+    async with jobserver_client() as client:
+        response = await start(client, "acme", wait=True)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == JSON_CONTENT_TYPE
