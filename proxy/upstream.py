@@ -96,9 +96,9 @@ def job_id_of(job: Job) -> str:
 
 
 class _Lane:
-    """One account's starts: how many are in flight, who waits, and until when it pauses."""
+    """One account's starts: how many are in flight, who waits, whether it is paused."""
 
-    __slots__ = ("account", "in_flight", "limit", "paused_until", "timer", "waiting")
+    __slots__ = ("account", "in_flight", "limit", "paused_until", "queued", "timer", "waiting")
 
     def __init__(self, account: str, limit: int) -> None:
         self.account = account
@@ -106,57 +106,77 @@ class _Lane:
         self.in_flight = 0
         self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.paused_until = -math.inf
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # set while the lane is paused
+        self.queued = False  # in the queue of lanes waiting for a free connection
 
 
 class AccountLanes:
-    """At most ``limit`` ``/start`` calls of one account in flight; the rest wait in order.
+    """Which ``/start`` calls may go out: at most ``per_account`` of one account and
+    ``total`` of all accounts in flight (``total`` is the connection pool's size, so no
+    call ever waits inside the HTTP client, where a waiting request costs a kilobyte).
 
-    A waiter is a plain future in a FIFO. A cancelled waiter (its client left) is skipped
-    when its turn comes, so a start that was never sent is never sent. A lane lives only
-    while it has starts in flight, waiters or a pause, so idle accounts cost nothing.
+    A waiting call is a plain future in its account's FIFO. When the pool is full,
+    accounts take turns for the connections that free up (round robin), so one
+    account's burst does not hold back the others. A cancelled waiter (its client left)
+    is skipped when its turn comes: a start that was never sent is never sent. A lane
+    lives only while it has calls in flight, waiters or a pause.
     """
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
+    def __init__(self, per_account: int, total: int) -> None:
+        self._per_account = per_account
+        self._total = total
+        self._in_flight = 0
         self._lanes: dict[str, _Lane] = {}
+        self._ready: collections.deque[_Lane] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._lanes)
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def limit_of(self, account: str) -> int:
         lane = self._lanes.get(account)
-        return self._limit if lane is None else lane.limit
+        return self._per_account if lane is None else lane.limit
 
     async def enter(self, account: str, *, first: bool = False) -> _Lane:
         """Wait for a place in the account's lane; ``first`` puts a retry ahead of the queue."""
         lane = self._lanes.get(account)
         if lane is None:
-            lane = self._lanes[account] = _Lane(account, self._limit)
-        loop = asyncio.get_running_loop()
-        if lane.in_flight < lane.limit and not lane.waiting and lane.paused_until <= loop.time():
+            lane = self._lanes[account] = _Lane(account, self._per_account)
+        if (
+            lane.in_flight < lane.limit
+            and not lane.waiting
+            and lane.timer is None
+            and self._in_flight < self._total
+            and not self._ready
+        ):
             lane.in_flight += 1
+            self._in_flight += 1
             return lane
-        place = loop.create_future()
+        place = asyncio.get_running_loop().create_future()
         if first:
             lane.waiting.appendleft(place)
         else:
             lane.waiting.append(place)
+        self._schedule(lane)
+        self._pump()
         try:
             await place
         except asyncio.CancelledError:
             if place.done() and not place.cancelled():
-                lane.in_flight -= 1  # the place came as we left: hand it on
-            self._advance(lane)
+                self._release(lane)  # the place came as we left: hand it on
+            else:
+                self._tidy(lane)
             raise
         return lane
 
     def leave(self, lane: _Lane, *, accepted: bool) -> None:
         """Give the place back; an accepted start lets the lane's limit grow by one."""
-        lane.in_flight -= 1
-        if accepted and lane.limit < self._limit:
+        if accepted and lane.limit < self._per_account:
             lane.limit += 1
-        self._advance(lane)
+        self._release(lane)
 
     def pause(self, lane: _Lane, seconds: float) -> None:
         """Send none of the account's starts for ``seconds``; the first busy answer of a
@@ -171,21 +191,48 @@ class AccountLanes:
                 lane.timer.cancel()
             lane.timer = loop.call_at(lane.paused_until, self._reopen, lane)
 
+    def _release(self, lane: _Lane) -> None:
+        lane.in_flight -= 1
+        self._in_flight -= 1
+        self._schedule(lane)
+        self._pump()
+        self._tidy(lane)
+
     def _reopen(self, lane: _Lane) -> None:
         lane.timer = None
-        self._advance(lane)
+        self._schedule(lane)
+        self._pump()
+        self._tidy(lane)
 
-    def _advance(self, lane: _Lane) -> None:
-        """Hand free places to the waiters in order, unless the lane is paused."""
-        if lane.timer is None:
-            while lane.waiting and lane.in_flight < lane.limit:
+    def _schedule(self, lane: _Lane) -> None:
+        """Queue the lane for a connection if it has waiters it may send now."""
+        if not lane.queued and lane.waiting and lane.in_flight < lane.limit and not lane.timer:
+            lane.queued = True
+            self._ready.append(lane)
+
+    def _pump(self) -> None:
+        """Hand free connections to the queued lanes, one start each, in turn."""
+        while self._ready and self._in_flight < self._total:
+            lane = self._ready.popleft()
+            lane.queued = False
+            if lane.timer is not None or lane.in_flight >= lane.limit:
+                continue  # queued again when it reopens or a start of it ends
+            while lane.waiting:
                 place = lane.waiting.popleft()
                 if not place.done():  # else its client left: never send that start
                     lane.in_flight += 1
+                    self._in_flight += 1
                     place.set_result(None)
-            while lane.waiting and lane.waiting[0].done():
-                lane.waiting.popleft()
-        if not (lane.in_flight or lane.waiting or lane.timer):
+                    break
+            self._schedule(lane)
+            self._tidy(lane)
+
+    def _tidy(self, lane: _Lane) -> None:
+        """Forget a lane that has nothing left to do."""
+        while lane.waiting and lane.waiting[0].done():
+            lane.waiting.popleft()
+        idle = not (lane.in_flight or lane.waiting or lane.timer or lane.queued)
+        if idle and self._lanes.get(lane.account) is lane:
             del self._lanes[lane.account]
 
 
@@ -210,7 +257,9 @@ class Upstream:
         self._timeout = settings.start_timeout
         self._budget = settings.start_retry_budget
         self._rng = random.Random()
-        self.lanes = AccountLanes(settings.upstream_max_per_account)
+        self.lanes = AccountLanes(
+            settings.upstream_max_per_account, settings.upstream_max_connections
+        )
         self.retries = 0
 
     async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:

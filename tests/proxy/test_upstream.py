@@ -597,7 +597,7 @@ def test_a_burst_of_busy_answers_halves_the_limit_once() -> None:
     """Busy answers arriving while the lane is paused do not halve it again."""
 
     async def scenario() -> list[int]:
-        lanes = AccountLanes(16)
+        lanes = AccountLanes(16, total=1_000)
         keeper = await lanes.enter("a")  # keeps the lane alive throughout
         held = [await lanes.enter("a") for _ in range(4)]
         seen = []
@@ -641,3 +641,31 @@ async def test_the_wait_for_a_lane_does_not_use_up_the_retry_budget() -> None:
         await first
     assert second.body == RUNNING
     assert calls == [_body(0)["callback"], _body(1)["callback"], _body(1)["callback"]]
+
+
+def test_starts_in_flight_never_exceed_the_pool_and_accounts_take_turns() -> None:
+    """With the pool full, waiting starts get connections as they free up, one account
+    after another rather than one account's whole queue first."""
+
+    async def scenario() -> tuple[int, list[str]]:
+        lanes = AccountLanes(per_account=10, total=2)
+        held = [await lanes.enter("a"), await lanes.enter("a")]
+        order: list[str] = []
+
+        async def start(account: str) -> None:
+            lane = await lanes.enter(account)
+            order.append(account)
+            lanes.leave(lane, accepted=True)
+
+        waiting = [asyncio.ensure_future(start(account)) for account in "aaabbb"]
+        await asyncio.sleep(0)
+        most = lanes.in_flight
+        for lane in held:
+            lanes.leave(lane, accepted=True)
+        await asyncio.gather(*waiting)
+        return most, order
+
+    most, order = asyncio.run(scenario())
+    assert most == 2
+    assert order[:4] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+    assert sorted(order) == sorted("aaabbb")
