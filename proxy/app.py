@@ -1,11 +1,13 @@
 """The proxy's Starlette app: routes, lifespan and the one error-to-response table.
 
-A held request's path: :func:`start_job` registers a waiter (``proxy.waiters``), starts
-the job upstream with its callback URL (``proxy.upstream``), and waits for the callback
-(:func:`receive_callback`, ``proxy.callbacks``) or, once the job is overdue, for a
-status poll (``proxy.polling``), whichever answers first. With an ``Idempotency-Key``,
-a retry follows the first request's job instead (``proxy.idempotency``); with Redis,
-callbacks for other replicas travel through it (``proxy.shared``).
+A held request's path (:class:`HeldRequests`): read and check the body, register a
+waiter (``proxy.waiters``), start the job upstream with its callback URL
+(``proxy.upstream``), then wait for the client's disconnect while the answer is decided
+and sent by whoever comes first: the job's callback (:class:`Callbacks`), a status poll
+once the job is overdue (``proxy.overdue``), the deadline, or the drain on shutdown.
+Those two hot endpoints are plain ASGI handlers inside the Starlette app; the rare paths
+(an ``Idempotency-Key``, signed callbacks, another replica's callback) fall back to
+ordinary Starlette handlers (``proxy.idempotency``, ``proxy.shared``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
@@ -25,10 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
+from starlette.routing import Route, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.bodies import JobRequest, read_body
+from proxy.answers import Answer, encode, json_answer, send_answer
+from proxy.bodies import JobRequest, decode_json, read_body, receive_body
 from proxy.callbacks import parse_job, signing_key, verify_signature
 from proxy.config import Settings
 from proxy.errors import (
@@ -56,6 +59,11 @@ from proxy.waiters import Delivery, Job, Waiter, WaiterRegistry, new_replica_id
 logger = logging.getLogger(__name__)
 
 READY_PROBE_TIMEOUT = 2.0
+RECEIPTS = {
+    delivery: json_answer(encode({"status": delivery.value}))
+    for delivery in (Delivery.OK, Delivery.STORED)
+}
+IGNORED = json_answer(encode({"status": "ignored", "detail": "the job is not finished"}))
 
 
 @dataclass(slots=True)
@@ -71,14 +79,6 @@ class Services:
     watch: OverdueWatch
     metrics: Metrics
     signing_key: bytes | None
-
-
-class JSONAnswer(JSONResponse):
-    """A JSON response that can encode whatever a job server sent: non-ASCII characters,
-    lone surrogates included, are written as ``\\u`` escapes."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
 class LifespanState(TypedDict):
@@ -134,11 +134,14 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             )
             yield {"services": services}
 
+    held = HeldRequests(request_response(start_with_key))
+    callbacks = Callbacks(request_response(receive_callback))
     return Starlette(
         routes=[
-            Route("/proxy", start_job, methods=["POST"]),
-            Route("/start", start_job, methods=["POST"]),
-            Route("/callback/{token}", receive_callback, methods=["POST"]),
+            Route("/proxy", held, methods=["POST"]),
+            Route("/start", held, methods=["POST"]),
+            Route("/", held, methods=["POST"]),
+            Route("/callback/{token}", callbacks, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -159,45 +162,197 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def start_job(request: Request) -> Response:
+def _has_header(scope: Scope, name: bytes) -> bool:
+    return any(key == name for key, _ in scope["headers"])
+
+
+class HeldRequests:
+    """``POST /proxy`` (and its aliases): hold the request until its job's answer is sent.
+
+    Errors raised here before anything was sent become JSON answers through the app's
+    exception handlers. A request with an ``Idempotency-Key`` goes to ``with_key``.
+    """
+
+    def __init__(self, with_key: ASGIApp) -> None:
+        self._with_key = with_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _has_header(scope, b"idempotency-key"):
+            await self._with_key(scope, receive, send)
+            return
+        services: Services = scope["state"]["services"]
+        outcome = "internal_error"
+        try:
+            body = await receive_body(scope, receive, services.settings.max_body_size)
+            job_request = JobRequest.parse(body)
+            deadline = time.monotonic() + services.settings.job_deadline
+            with services.waiters.hold() as waiter:
+                outcome = await _hold(
+                    services, waiter, job_request, deadline, receive=receive, send=send
+                )
+        except ProxyError as exc:
+            outcome = exc.error
+            if isinstance(exc, UpstreamError):
+                services.metrics.upstream_error(exc.error)
+            raise
+        finally:
+            services.metrics.request(outcome)
+
+
+async def _hold(
+    services: Services,
+    waiter: Waiter,
+    job_request: JobRequest,
+    deadline: float,
+    *,
+    receive: Receive,
+    send: Send,
+) -> str:
+    """Start the job and hold the request until its answer was sent; returns the outcome."""
+    own_callback = f"{services.settings.public_url}/callback/{waiter.token}"
+    callback = own_callback if job_request.wait else job_request.callback
+    answer = await _start_unless_client_leaves(services, job_request, callback, deadline, receive)
+    job = _job_of(answer)
+    if not job_request.wait:
+        await send_answer(send, json_answer(answer.raw, answer.status_code))
+        return "forwarded"
+    waiter.bind(job_id_of(job))
+    if is_terminal(job):  # a job server may finish the job before answering
+        waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
+    waiter.send = send
+    if waiter.settled:  # by the start's answer, or by a callback that came before it
+        await waiter.respond()
+        return waiter.outcome
+    waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
+    loop = asyncio.get_running_loop()
+    waiter.timer = loop.call_later(
+        deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
+    )
+    services.watch.track(waiter, deadline)
+    # The answer is sent by whoever decides it; receive() returns once it was sent (the
+    # response is complete) or the client has gone.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if not waiter.settled:
+        return ClientGone.error
+    _observe(services, waiter)
+    return waiter.outcome
+
+
+async def _start_unless_client_leaves(
+    services: Services,
+    job_request: JobRequest,
+    callback: str | None,
+    deadline: float,
+    receive: Receive,
+) -> UpstreamAnswer:
+    """Start the job upstream; a client that leaves while its start still waits in the
+    proxy cancels it (it is never sent). Watching costs a task, so it begins only when
+    the start has to wait."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher: asyncio.Future[Any] | None = None
+    state = {"done": False, "left": False}
+
+    def client_left(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and not state["done"]:
+            state["left"] = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        if watcher is None:
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(client_left)
+
+    try:
+        return await services.upstream.start(
+            job_request.upstream_body(callback), deadline=deadline, on_wait=watch
+        )
+    except asyncio.CancelledError:
+        if not state["left"]:
+            raise
+        task.uncancel()
+        raise ClientGone() from None
+    finally:
+        state["done"] = True
+        if watcher is not None:
+            watcher.cancel()
+
+
+def _job_of(answer: UpstreamAnswer) -> Job:
+    if not isinstance(answer.body, dict):
+        raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
+    job: Job = answer.body
+    job_id_of(job)  # whatever the state: a job without an id is no answer
+    return job
+
+
+def _deadline_passed(waiters: WaiterRegistry, waiter: Waiter) -> None:
+    waiter.timer = None
+    late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
+    if waiter.fail(late, "deadline"):
+        waiters.respond_soon(waiter)
+
+
+def _observe(services: Services, waiter: Waiter) -> None:
+    """Learn from an answered job: its duration, and how its answer came."""
+    if waiter.answered_by not in ("callback", "poll"):
+        return
+    now = time.monotonic()
+    services.metrics.job_duration(waiter.answered_by).observe(now - waiter.started_at)
+    if waiter.answered_by == "callback":
+        services.watch.answered(waiter, now)
+    if waiter.poll is not None:
+        services.metrics.poll_fallback(waiter.answered_by)
+
+
+# -- requests with an Idempotency-Key ------------------------------------------------
+
+
+async def start_with_key(request: Request) -> Response:
+    """``POST /proxy`` with an ``Idempotency-Key``: run the job, or follow the one the
+    key already names, keeping the result for later retries."""
     services = services_of(request)
     settings = services.settings
     outcome = "internal_error"
     try:
         job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
-        key = request.headers.get("idempotency-key")
-        key = None if key is None else check_key(key)
+        key = check_key(request.headers["idempotency-key"])
         deadline = time.monotonic() + settings.job_deadline
         with services.waiters.hold() as waiter:
+            waiter.future = asyncio.get_running_loop().create_future()
             answer = await _until_client_leaves(
-                request, waiter, _serve(services, waiter, job_request, key, deadline)
+                request, waiter, _serve_keyed(services, waiter, job_request, key, deadline)
             )
-        outcome = str(answer.body.get("state")) if job_request.wait else "forwarded"
-        return JSONAnswer(answer.body, answer.status_code)
+        outcome = waiter.outcome or "forwarded"
+        return _response(answer)
     except ProxyError as exc:
         outcome = exc.error
         if isinstance(exc, UpstreamError):
-            services.metrics.upstream_errors.labels(exc.error).inc()
+            services.metrics.upstream_error(exc.error)
         raise
     finally:
-        services.metrics.requests.labels(outcome).inc()
+        services.metrics.request(outcome)
+
+
+def _response(answer: Answer) -> Response:
+    status, headers, body = answer
+    names = {name.decode(): value.decode() for name, value in headers if name != b"content-length"}
+    return Response(body, status, headers=names)
 
 
 async def _until_client_leaves(
-    request: Request, waiter: Waiter, serving: Coroutine[Any, Any, UpstreamAnswer]
-) -> UpstreamAnswer:
-    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone).
-
-    Whatever the client was waiting for stops with it: a start still waiting for its
-    account's lane is never sent, and the waiter leaves the registry at once.
-    """
+    request: Request, waiter: Waiter, serving: Coroutine[Any, Any, Answer]
+) -> Answer:
+    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone)."""
     task = asyncio.current_task()
     assert task is not None
-    serving_done = False
+    state = {"done": False, "left": False}
 
     def client_left(watcher: asyncio.Future[Any]) -> None:
-        if not watcher.cancelled() and not serving_done:
-            waiter.client_left = True
+        if not watcher.cancelled() and not state["done"]:
+            state["left"] = True
             task.cancel()
 
     # The client's disconnect arrives as the next ASGI message once the body is read.
@@ -206,25 +361,24 @@ async def _until_client_leaves(
     try:
         return await serving
     except asyncio.CancelledError:
-        if not waiter.client_left:
+        if not state["left"]:
             raise
         task.uncancel()
         raise ClientGone() from None
     finally:
-        serving_done = True
+        state["done"] = True
         watcher.cancel()
 
 
-async def _serve(
-    services: Services, waiter: Waiter, job_request: JobRequest, key: str | None, deadline: float
-) -> UpstreamAnswer:
-    """Run the client's job (or follow the one its Idempotency-Key names)."""
+async def _serve_keyed(
+    services: Services, waiter: Waiter, job_request: JobRequest, key: str, deadline: float
+) -> Answer:
+    """Run the client's job, or follow the one its Idempotency-Key names."""
     results = services.results
-    if key is not None:
-        digest = fingerprint(dataclasses.asdict(job_request))
-        claim = await results.claim(key, digest, waiter.token)
-        if not claim.owner:
-            return UpstreamAnswer(200, await _follow(services, waiter, key, claim, job_request))
+    digest = fingerprint(dataclasses.asdict(job_request))
+    claim = await results.claim(key, digest, waiter.token)
+    if not claim.owner:
+        return await _follow(services, waiter, key, claim, job_request)
     own_callback = f"{services.settings.public_url}/callback/{waiter.token}"
     callback = own_callback if job_request.wait else job_request.callback
     try:
@@ -232,26 +386,29 @@ async def _serve(
             job_request.upstream_body(callback), deadline=deadline
         )
     except (UpstreamUnavailable, UpstreamRejected):
-        if key is not None:  # surely no job was started for this key: let a retry start one
-            await _quietly(results.release(key, waiter.token))
+        # Surely no job was started for this key: let a retry start one.
+        await _quietly(results.release(key, waiter.token))
         raise
-    if not isinstance(answer.body, dict):
-        raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
-    job: Job = answer.body
-    job_id = job_id_of(job)  # whatever the state: a job without an id is no answer
+    job = _job_of(answer)
     if not job_request.wait:
-        if key is not None:
-            await _quietly(results.put_result(waiter.token, job))
-        return answer
-    waiter.bind(job_id)
-    if not is_terminal(job):  # a job server may finish the job before answering
-        waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-        if key is not None:
-            await _quietly(results.bind_job(key, job_id))
-        job = await _await_result(services, waiter, deadline)
-    if key is not None:
         await _quietly(results.put_result(waiter.token, job))
-    return UpstreamAnswer(200, job)
+        return json_answer(answer.raw, answer.status_code)
+    waiter.bind(job_id_of(job))
+    if is_terminal(job):
+        waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
+    if not waiter.settled:
+        waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
+        await _quietly(results.bind_job(key, str(waiter.job_id)))
+        waiter.timer = asyncio.get_running_loop().call_later(
+            deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
+        )
+        services.watch.track(waiter, deadline)
+    assert waiter.future is not None
+    result = await waiter.future
+    _observe(services, waiter)
+    if result[0] == 200:
+        await _quietly(results.put_result(waiter.token, decode_json(result[2])))
+    return result
 
 
 async def _quietly(step: Awaitable[Any]) -> None:
@@ -262,39 +419,24 @@ async def _quietly(step: Awaitable[Any]) -> None:
         logger.warning("%s", exc.detail)
 
 
-async def _await_result(services: Services, waiter: Waiter, deadline: float) -> Job:
-    """The job's result: from its callback, or from a status poll if that is lost."""
-    services.watch.track(waiter, deadline)
-    try:
-        # Awaiting the future itself (no asyncio.wait bookkeeping per held request); at
-        # the deadline it is cancelled, which a late callback then finds spent.
-        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            job = await waiter.future  # raises JobLost, or ShuttingDown when the proxy stops
-    except TimeoutError:
-        raise JobTimeout(f"job {waiter.job_id} did not finish within the deadline") from None
-    now = time.monotonic()
-    services.metrics.job_duration.labels(waiter.answered_by).observe(now - waiter.started_at)
-    if waiter.answered_by == "callback":
-        services.watch.answered(waiter, now)
-    if waiter.poll is not None:
-        services.metrics.poll_fallbacks.labels(waiter.answered_by).inc()
-    return job
-
-
 async def _follow(
     services: Services, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
-) -> Job:
+) -> Answer:
     """A retry's answer: the first request's stored result, waited for if need be."""
     settings = services.settings
     deadline = time.monotonic() + settings.job_deadline
     delays = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap).delays()
     job_id = claim.job_id
     poll: asyncio.Future[Job] | None = None
+    assert waiter.future is not None
     try:
         while True:
             result = await services.results.get_result(claim.token)
+            if result is None and poll is not None and poll.done():
+                result = poll.result()  # raises JobLost
             if result is not None:
-                return result
+                waiter.outcome = str(result.get("state"))
+                return json_answer(encode(result))
             if job_request.wait and poll is None:
                 job_id = job_id or await services.results.job_id_for(key)
                 if job_id is not None:
@@ -310,16 +452,68 @@ async def _follow(
             watched: set[asyncio.Future[Any]] = {waiter.future, *([poll] if poll else [])}
             timeout = min(next(delays), remaining)
             await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if waiter.future.done():
-                return waiter.future.result()  # raises JobLost or ShuttingDown
-            if poll is not None and poll.done():
-                return poll.result()
+            if waiter.future.done():  # the drain answered this retry
+                return waiter.future.result()
     finally:
         if poll is not None:
             poll.cancel()
 
 
+# -- callbacks -----------------------------------------------------------------------
+
+
+class Callbacks:
+    """``POST /callback/{token}``: a finished job for a held request of this replica.
+
+    Signed callbacks, another replica's tokens and tokens whose result is kept for an
+    Idempotency-Key retry go to ``fallback``.
+    """
+
+    def __init__(self, fallback: ASGIApp) -> None:
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["state"]["services"]
+        token: str = scope["path_params"]["token"]
+        bus = services.bus
+        if (
+            services.signing_key is not None
+            or (bus is not None and bus.is_foreign(token))
+            or services.results.tracks(token)
+        ):
+            await self._fallback(scope, receive, send)
+            return
+        outcome = "internal_error"
+        try:
+            body = await receive_body(scope, receive, services.settings.max_body_size)
+            job = parse_job(body)
+            if not is_terminal(job):
+                outcome = "not_final"
+                await send_answer(send, IGNORED)
+                return
+            delivery = await services.waiters.deliver(token, job, body)
+            outcome = delivery.value
+            _refuse(delivery, job)
+            await send_answer(send, RECEIPTS[delivery])
+        except ProxyError as exc:
+            if not isinstance(exc, UnknownCallback):
+                outcome = exc.error
+            raise
+        finally:
+            services.metrics.callback(outcome)
+
+
+def _refuse(delivery: Delivery, job: Job) -> None:
+    """Raise the error a callback gets when its result was not taken."""
+    if delivery is Delivery.MISMATCH:
+        raise JobMismatch(f"job {job['id']} is not the job of this callback token")
+    if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
+        logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
+        raise UnknownCallback()
+
+
 async def receive_callback(request: Request) -> Response:
+    """The callback endpoint's rare paths: signatures, other replicas, kept results."""
     services = services_of(request)
     token = request.path_params["token"]
     outcome = "internal_error"
@@ -330,27 +524,23 @@ async def receive_callback(request: Request) -> Response:
         job = parse_job(body)
         if not is_terminal(job):
             outcome = "not_final"
-            return JSONAnswer({"status": "ignored", "detail": "the job is not finished"})
-        delivery = await _deliver(services, token, job)
+            return _response(IGNORED)
+        delivery = await _deliver(services, token, job, body)
         outcome = delivery.value
-        if delivery is Delivery.MISMATCH:
-            raise JobMismatch(f"job {job['id']} is not the job of this callback token")
-        if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
-            logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
-            raise UnknownCallback()
-        return JSONAnswer({"status": delivery.value})
+        _refuse(delivery, job)
+        return _response(RECEIPTS[delivery])
     except ProxyError as exc:
         if not isinstance(exc, UnknownCallback):
             outcome = exc.error
         raise
     finally:
-        services.metrics.callbacks.labels(outcome).inc()
+        services.metrics.callback(outcome)
 
 
-async def _deliver(services: Services, token: str, job: Job) -> Delivery:
+async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Delivery:
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
-    delivery = await services.waiters.deliver(token, job)
+    delivery = await services.waiters.deliver(token, job, body)
     if delivery is Delivery.MISMATCH:
         return delivery
     if services.results.tracks(token):
@@ -360,8 +550,15 @@ async def _deliver(services: Services, token: str, job: Job) -> Delivery:
     return delivery
 
 
+# -- the rest of the API -------------------------------------------------------------
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(encode(value), status, media_type="application/json")
+
+
 async def healthz(request: Request) -> Response:
-    return JSONAnswer({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -375,7 +572,7 @@ async def readyz(request: Request) -> Response:
     ready: dict[str, Any] = {"status": "ready", "pending": len(services.waiters)}
     if services.bus is not None:
         ready["replicas"] = services.bus.live_replicas()
-    return JSONAnswer(ready)
+    return _json(ready)
 
 
 async def metrics(request: Request) -> Response:
@@ -384,24 +581,24 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONAnswer(OPENAPI)
+    return _json(OPENAPI)
 
 
 async def proxy_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return JSONAnswer(exc.body(), exc.status_code, headers=exc.headers)
+    return _response(exc.answer())
 
 
 async def http_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body: dict[str, Any] = {"error": _http_error_word(exc.status_code), "detail": exc.detail}
-    return JSONAnswer(body, exc.status_code, headers=exc.headers)
+    return Response(encode(body), exc.status_code, exc.headers, "application/json")
 
 
 async def unexpected_error_response(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     body = {"error": "internal_error", "detail": "the proxy failed unexpectedly; see its log"}
-    return JSONAnswer(body, 500)
+    return _json(body, 500)
 
 
 def _http_error_word(status_code: int) -> str:

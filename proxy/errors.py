@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.answers import Answer, encode, json_answer
+
 
 class ProxyError(Exception):
     """Base of every error the proxy answers with; ``detail`` is a human sentence."""
@@ -46,6 +48,11 @@ class ProxyError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "detail": self.detail}
+
+    def answer(self) -> Answer:
+        """The whole HTTP answer: status, headers and the JSON body."""
+        headers = [(name.lower().encode(), value.encode()) for name, value in self.headers.items()]
+        return json_answer(encode(self.body()), self.status_code, headers)
 
 
 class BadRequest(ProxyError):

@@ -4,21 +4,53 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+Family = TypeVar("Family", Counter, Histogram)
+
+
+class Labelled(Generic[Family]):
+    """A metric family with one label whose children are looked up once per value:
+    ``labels()`` takes a lock and builds a key on every call, on the hot path."""
+
+    __slots__ = ("_children", "family")
+
+    def __init__(self, family: Family) -> None:
+        self.family: Family = family
+        self._children: dict[str, Any] = {}
+
+    def __call__(self, value: str) -> Any:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self.family.labels(value)
+        return child
+
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
     registry: CollectorRegistry
-    requests: Counter
+    requests: Labelled[Counter]
     pending: Gauge
-    callbacks: Counter
-    upstream_errors: Counter
-    poll_fallbacks: Counter
-    job_duration: Histogram
+    callbacks: Labelled[Counter]
+    upstream_errors: Labelled[Counter]
+    poll_fallbacks: Labelled[Counter]
+    job_duration: Labelled[Histogram]
+
+    def request(self, outcome: str) -> None:
+        self.requests(outcome).inc()
+
+    def callback(self, outcome: str) -> None:
+        self.callbacks(outcome).inc()
+
+    def upstream_error(self, kind: str) -> None:
+        self.upstream_errors(kind).inc()
+
+    def poll_fallback(self, answered_by: str) -> None:
+        self.poll_fallbacks(answered_by).inc()
 
     @classmethod
     def create(cls, pending: Callable[[], float]) -> Metrics:
@@ -29,36 +61,46 @@ class Metrics:
         gauge.set_function(pending)
         return cls(
             registry=registry,
-            requests=Counter(
-                "jobproxy_requests",
-                "Client job requests by outcome (job state or error word).",
-                ["outcome"],
-                registry=registry,
+            requests=Labelled(
+                Counter(
+                    "jobproxy_requests",
+                    "Client job requests by outcome (job state or error word).",
+                    ["outcome"],
+                    registry=registry,
+                )
             ),
             pending=gauge,
-            callbacks=Counter(
-                "jobproxy_callbacks",
-                "Callbacks received, by outcome.",
-                ["outcome"],
-                registry=registry,
+            callbacks=Labelled(
+                Counter(
+                    "jobproxy_callbacks",
+                    "Callbacks received, by outcome.",
+                    ["outcome"],
+                    registry=registry,
+                )
             ),
-            upstream_errors=Counter(
-                "jobproxy_upstream_errors",
-                "Failed calls to the job server, by kind.",
-                ["kind"],
-                registry=registry,
+            upstream_errors=Labelled(
+                Counter(
+                    "jobproxy_upstream_errors",
+                    "Failed calls to the job server, by kind.",
+                    ["kind"],
+                    registry=registry,
+                )
             ),
-            poll_fallbacks=Counter(
-                "jobproxy_status_poll_fallbacks",
-                "Jobs whose callback was late, by who answered first (callback or poll).",
-                ["answered_by"],
-                registry=registry,
+            poll_fallbacks=Labelled(
+                Counter(
+                    "jobproxy_status_poll_fallbacks",
+                    "Jobs whose callback was late, by who answered first (callback or poll).",
+                    ["answered_by"],
+                    registry=registry,
+                )
             ),
-            job_duration=Histogram(
-                "jobproxy_job_duration_seconds",
-                "Time from the job server accepting a job to its result reaching the proxy.",
-                ["via"],
-                buckets=DURATION_BUCKETS,
-                registry=registry,
+            job_duration=Labelled(
+                Histogram(
+                    "jobproxy_job_duration_seconds",
+                    "Time from the job server accepting a job to its result reaching the proxy.",
+                    ["via"],
+                    buckets=DURATION_BUCKETS,
+                    registry=registry,
+                )
             ),
         )

@@ -44,6 +44,7 @@ from collections.abc import Awaitable
 
 import httpx
 
+from proxy.answers import encode, json_answer
 from proxy.config import Settings
 from proxy.errors import JobLost, JobTimeout
 from proxy.polling import DurationStats, LostJob, PollSchedule, wait_for_job
@@ -106,7 +107,7 @@ class OverdueWatch:
         slack: float | None = None  # fixed by the oldest due job, so the scan stays monotonic
         while self._queue:
             waiter, deadline = self._queue[0]
-            if waiter.future.done():
+            if waiter.settled:
                 self._queue.popleft()
                 continue
             due = waiter.started_at + expected
@@ -162,8 +163,10 @@ class OverdueWatch:
         except JobTimeout:
             return  # the held request answers 504 at the same deadline
         except JobLost as lost:
-            if waiter.fail(lost):
+            if waiter.fail(lost, "poll"):
                 logger.warning("%s", lost.detail)
+                await waiter.respond()
             return
-        if waiter.settle(job, "poll"):
+        if waiter.settle(json_answer(encode(job)), "poll", str(job["state"])):
             logger.debug("job %s answered by a status poll: its callback is lost", waiter.job_id)
+            await waiter.respond()

@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from proxy.answers import encode
 from proxy.bodies import decode_json
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim, ExpiringMap
@@ -256,13 +257,22 @@ class RedisBus:
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed message on %s", channel_of(self.replica_id))
             return
-        delivery = self._waiters.resolve(token, job)
-        if delivery not in (Delivery.OK, Delivery.HELD):
+        self._resolve(token, job)
+
+    def _resolve(self, token: str, job: Job) -> bool:
+        """Hand a result from Redis to its waiter, answering it soon; True if it counted."""
+        delivery = self._waiters.resolve(token, job, encode(job))
+        if delivery is Delivery.OK:
+            waiter = self._waiters.get(token)
+            if waiter is not None:
+                self._waiters.respond_soon(waiter)
+        elif delivery is not Delivery.HELD:
             logger.debug("dropped the result of job %s: %s", job.get("id"), delivery.value)
+        return delivery is Delivery.OK
 
     async def _reread(self) -> int:
         """Resolve held waiters whose results were stored while we were not listening."""
-        tokens = [w.token for w in self._waiters if not w.future.done()]
+        tokens = [waiter.token for waiter in self._waiters if not waiter.settled]
         recovered = 0
         for start in range(0, len(tokens), REREAD_BATCH):
             batch = tokens[start : start + REREAD_BATCH]
@@ -274,7 +284,7 @@ class RedisBus:
                     logger.warning("ignored a malformed stored result for token %s", token)
                     continue
                 if isinstance(job, dict):
-                    recovered += self._waiters.resolve(token, job) is Delivery.OK
+                    recovered += self._resolve(token, job)
         return recovered
 
     async def ping(self) -> bool:

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,8 +141,11 @@ class AccountLanes:
         lane = self._lanes.get(account)
         return self._per_account if lane is None else lane.limit
 
-    async def enter(self, account: str, *, first: bool = False) -> _Lane:
-        """Wait for a place in the account's lane; ``first`` puts a retry ahead of the queue."""
+    async def enter(
+        self, account: str, *, first: bool = False, on_wait: Callable[[], None] | None = None
+    ) -> _Lane:
+        """Wait for a place in the account's lane; ``first`` puts a retry ahead of the
+        queue; ``on_wait`` is called when the call has to wait (not when it goes at once)."""
         lane = self._lanes.get(account)
         if lane is None:
             lane = self._lanes[account] = _Lane(account, self._per_account)
@@ -162,6 +166,8 @@ class AccountLanes:
             lane.waiting.append(place)
         self._schedule(lane)
         self._pump()
+        if on_wait is not None and not place.done():
+            on_wait()
         try:
             await place
         except asyncio.CancelledError:
@@ -238,13 +244,15 @@ class AccountLanes:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
-    """A job server answer that is passed on to the client as it is."""
+    """A job server answer that is passed on to the client as it is: ``raw`` its bytes,
+    ``body`` what they decode to."""
 
     status_code: int
     body: Any
     # When the request that the job server accepted was sent: a better mark of the
     # job's start than when a busy event loop got round to reading the answer.
     sent_at: float = 0.0
+    raw: bytes = b""
 
 
 class Upstream:
@@ -262,11 +270,14 @@ class Upstream:
         )
         self.retries = 0
 
-    async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
+    async def start(
+        self, body: Job, *, deadline: float, on_wait: Callable[[], None] | None = None
+    ) -> UpstreamAnswer:
         """POST ``/start`` in the account's lane, retrying while it is safe.
 
         Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
-        call never goes past, the wait for a place in the lane included.
+        call never goes past, the wait for a place in the lane included. ``on_wait`` is
+        called whenever the call has to wait in the proxy before being sent.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -274,13 +285,15 @@ class Upstream:
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self._start(body, deadline)
+                return await self._start(body, deadline, on_wait)
         except TimeoutError:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
-    async def _start(self, body: Job, deadline: float) -> UpstreamAnswer:
+    async def _start(
+        self, body: Job, deadline: float, on_wait: Callable[[], None] | None
+    ) -> UpstreamAnswer:
         content = json.dumps(body, separators=(",", ":")).encode()
         attempt = 0
         # Only time spent failing counts against the retry budget: the failed attempts
@@ -288,7 +301,7 @@ class Upstream:
         # failure is retried whenever its pause fits what is left of the budget.
         spent = 0.0
         while True:
-            lane = await self.lanes.enter(body["account"], first=attempt > 0)
+            lane = await self.lanes.enter(body["account"], first=attempt > 0, on_wait=on_wait)
             accepted = False
             try:
                 sent_at = time.monotonic()
@@ -360,7 +373,7 @@ def _answer(response: httpx.Response, sent_at: float) -> UpstreamAnswer:
         raise UpstreamRejected(response.status_code, body)
     if not 200 <= response.status_code < 300:
         raise UpstreamBadResponse(f"the job server answered {response.status_code}: {body!r:.200}")
-    return UpstreamAnswer(response.status_code, body, sent_at)
+    return UpstreamAnswer(response.status_code, body, sent_at, response.content)
 
 
 def _translate(exc: httpx.TransportError) -> UpstreamError:

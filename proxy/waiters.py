@@ -17,13 +17,15 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from starlette.types import Send
+
+from proxy.answers import Answer, json_answer, send_answer
 from proxy.errors import AtCapacity, ProxyError, ShuttingDown
 
 logger = logging.getLogger(__name__)
@@ -72,64 +74,94 @@ def token_is_genuine(token: str, key: bytes) -> bool:
 
 @dataclass(slots=True, eq=False)
 class Waiter:
-    """One held request: its token, the future its result lands in, and its job id.
+    """One held request: its token, its job id once known, and its answer once decided.
 
     Only the job that ``/start`` named may settle it. A result that arrives before that
-    answer is held in ``early`` with a verdict future, and judged in :meth:`bind`.
+    answer is held in ``early`` (with a verdict future for a callback that waits to
+    hear its fate) and judged in :meth:`bind`. Whoever settles the waiter (callback,
+    status poll, deadline, drain) sends the answer with :meth:`respond`: on the held
+    request's ASGI ``send``, or into ``future`` for a holder that awaits it instead.
     """
 
     token: str
-    future: asyncio.Future[Job]
     job_id: str | None = None
     # The job started between sending its /start (started_at) and reading the answer
     # (accepted_at); nothing more precise is known before its result.
-    started_at: float = field(default_factory=time.monotonic)
-    accepted_at: float = field(default_factory=time.monotonic)
-    answered_by: str = ""
+    started_at: float = 0.0
+    accepted_at: float = 0.0
+    answer: Answer | None = None
+    answered_by: str = ""  # callback, poll, start, deadline, drain
+    outcome: str = ""  # the job's state, or the error word
+    send: Send | None = None
+    future: asyncio.Future[Answer] | None = None
+    timer: asyncio.TimerHandle | None = None
     poll: asyncio.Task[None] | None = None
-    early: list[tuple[Job, asyncio.Future[Delivery] | None]] | None = None
-    client_left: bool = False
+    early: list[tuple[Job, bytes, asyncio.Future[Delivery] | None]] | None = None
 
-    def settle(self, job: Job, via: str) -> bool:
-        """Give the waiter its result unless it has one; True if this one counted."""
-        if self.future.done():
+    @property
+    def settled(self) -> bool:
+        return self.answer is not None
+
+    def settle(self, answer: Answer, via: str, outcome: str) -> bool:
+        """Decide the answer unless it is decided; True if this one counted (its caller
+        then sends it with :meth:`respond`)."""
+        if self.answer is not None:
             return False
-        self.answered_by = via
-        self.future.set_result(job)
+        self.answer, self.answered_by, self.outcome = answer, via, outcome
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.future is not None and not self.future.done():
+            self.future.set_result(answer)
         return True
 
-    def fail(self, error: ProxyError) -> bool:
-        """Answer the waiter with ``error`` unless it has an answer; True if this counted."""
-        if self.future.done():
-            return False
-        self.future.set_exception(error)
-        return True
+    def fail(self, error: ProxyError, via: str) -> bool:
+        """Settle with ``error``'s answer."""
+        return self.settle(error.answer(), via, error.error)
 
-    def offer(self, job: Job, verdict: asyncio.Future[Delivery] | None = None) -> Delivery:
-        """A result from a callback: taken only if it is this waiter's job. Before the
-        job is known it is held, and ``verdict`` (if any) learns its fate later."""
+    async def respond(self) -> None:
+        """Send the decided answer on the held request, once."""
+        send, self.send = self.send, None
+        if send is not None and self.answer is not None:
+            await send_answer(send, self.answer)
+
+    def offer(
+        self, job: Job, body: bytes, verdict: asyncio.Future[Delivery] | None = None
+    ) -> Delivery:
+        """A finished job from a callback (``body`` its bytes): taken only if it is this
+        waiter's job. Before the job is known it is held, and ``verdict`` (if any) learns
+        its fate later."""
         if self.job_id is None:
-            self.early = [*(self.early or ()), (job, verdict)]
+            self.early = [*(self.early or ()), (job, body, verdict)]
             return Delivery.HELD
         if job.get("id") != self.job_id:
             return Delivery.MISMATCH
-        return Delivery.OK if self.settle(job, "callback") else Delivery.DUPLICATE
+        if self.settle(json_answer(body), "callback", str(job.get("state"))):
+            return Delivery.OK
+        return Delivery.DUPLICATE
 
     def bind(self, job_id: str) -> None:
         """The job server named the job: judge the results that came before."""
         self.job_id = job_id
         early, self.early = self.early, None
-        for job, verdict in early or ():
-            delivery = self.offer(job)
+        for job, body, verdict in early or ():
+            delivery = self.offer(job, body)
             if verdict is not None and not verdict.done():
                 verdict.set_result(delivery)
 
-    def release_early(self) -> None:
-        """The waiter is gone: results held for it were for nobody."""
-        for _, verdict in self.early or ():
+    def release(self) -> None:
+        """The waiter is gone: stop its timer and poll; results held for it were for nobody."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.poll is not None:
+            self.poll.cancel()
+        for _, _, verdict in self.early or ():
             if verdict is not None and not verdict.done():
                 verdict.set_result(Delivery.UNKNOWN)
         self.early = None
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
 
 
 class WaiterRegistry:
@@ -145,6 +177,7 @@ class WaiterRegistry:
         self._spent: OrderedDict[str, None] = OrderedDict()
         self._emptied = asyncio.Event()
         self._emptied.set()
+        self._responders: set[asyncio.Task[None]] = set()
         self.closing = False
 
     def __len__(self) -> int:
@@ -165,7 +198,7 @@ class WaiterRegistry:
             raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
         stem = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
         token = f"{stem}.{token_mac(self.token_key, stem)}"
-        waiter = Waiter(token, asyncio.get_running_loop().create_future())
+        waiter = Waiter(token)
         self._waiters[token] = waiter
         self._emptied.clear()
         try:
@@ -173,35 +206,43 @@ class WaiterRegistry:
         finally:
             del self._waiters[token]
             self._remember_spent(token)
-            waiter.release_early()
-            if waiter.poll is not None:
-                waiter.poll.cancel()
-            if not waiter.future.done():
-                waiter.future.cancel()
-            elif not waiter.future.cancelled():
-                waiter.future.exception()  # mark retrieved: an unread failure is not an error
+            waiter.release()
             if not self._waiters:
                 self._emptied.set()
 
-    def resolve(self, token: str, job: Job) -> Delivery:
-        """Hand a finished job to the waiter holding ``token`` (``HELD``: judged later)."""
+    def resolve(self, token: str, job: Job, body: bytes) -> Delivery:
+        """Hand a finished job (and its bytes) to the waiter holding ``token``
+        (``HELD``: judged later). An ``OK`` obliges the caller to :meth:`Waiter.respond`."""
         waiter = self._waiters.get(token)
         if waiter is None:
             return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
-        return waiter.offer(job)
+        return waiter.offer(job, body)
 
-    async def deliver(self, token: str, job: Job) -> Delivery:
-        """:meth:`resolve`, waiting for the verdict on a result that came early."""
+    async def deliver(self, token: str, job: Job, body: bytes) -> Delivery:
+        """:meth:`resolve` and answer the held request; a result that came before its job
+        was named waits for the verdict (the holder then answers)."""
         waiter = self._waiters.get(token)
         if waiter is None or waiter.job_id is not None:
-            return self.resolve(token, job)
+            delivery = self.resolve(token, job, body)
+            if delivery is Delivery.OK and waiter is not None:
+                await waiter.respond()
+            return delivery
         verdict: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        waiter.offer(job, verdict)
+        waiter.offer(job, body, verdict)
         return await verdict
 
-    def fail_all(self, error: ProxyError) -> int:
-        """Answer every waiter still pending with ``error``; returns how many."""
-        return sum(waiter.fail(error) for waiter in self._waiters.values())
+    def respond_soon(self, waiter: Waiter) -> None:
+        """Send a waiter's answer from a task of the registry's (for settling done in a
+        plain callback, such as a deadline timer)."""
+        task = asyncio.get_running_loop().create_task(waiter.respond())
+        self._responders.add(task)
+        task.add_done_callback(self._responders.discard)
+
+    async def fail_all(self, error: ProxyError) -> int:
+        """Answer every waiter still unanswered with ``error``; returns how many."""
+        failed = [waiter for waiter in self._waiters.values() if waiter.fail(error, "drain")]
+        await asyncio.gather(*(waiter.respond() for waiter in failed))
+        return len(failed)
 
     async def drain(self, timeout: float) -> tuple[int, int]:
         """Refuse new waiters, wait up to ``timeout`` for held ones, fail the rest.
@@ -213,7 +254,7 @@ class WaiterRegistry:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.wait_until_empty()
-        failed = self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
+        failed = await self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
         return held - failed, failed
 
     async def wait_until_empty(self) -> None:

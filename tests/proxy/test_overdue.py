@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 
+from proxy.answers import json_answer
 from proxy.config import Settings
-from proxy.errors import JobLost
 from proxy.overdue import MIN_SLACK, RECHECK_INTERVAL, SILENCE_PROBES, OverdueWatch
 from proxy.waiters import Waiter
 
@@ -25,8 +26,17 @@ async def watch() -> AsyncIterator[OverdueWatch]:
 
 
 def waiter(started_at: float, job_id: str = "abc", accepted_after: float = 0.001) -> Waiter:
-    future = asyncio.get_running_loop().create_future()
-    return Waiter("r.t", future, job_id, started_at, started_at + accepted_after)
+    held = Waiter("r.t", job_id, started_at, started_at + accepted_after)
+    held.future = asyncio.get_running_loop().create_future()  # where its answer lands
+    return held
+
+
+async def answer_of(held: Waiter) -> tuple[int, dict[str, object]]:
+    """The status and JSON body the waiter was answered with."""
+    assert held.future is not None
+    async with asyncio.timeout(5):
+        status, _, body = await held.future
+    return status, orjson.loads(body)
 
 
 def cleanup(*waiters: Waiter) -> None:
@@ -100,7 +110,7 @@ async def test_a_job_sent_before_ours_was_accepted_does_not_overtake(
 async def test_only_the_oldest_due_jobs_are_examined(watch: OverdueWatch) -> None:
     """Answered waiters leave the queue; the first job not lost stops the scan."""
     done, lost, waiting = waiter(99.0), waiter(100.0), waiter(101.0)
-    done.settle({"id": "x", "state": "completed"}, "callback")
+    done.settle(json_answer(b'{"id":"x","state":"completed"}'), "callback", "completed")
     for each in (done, lost, waiting):
         watch.track(each, deadline=200.0)
     now = 101.0 + INITIAL - 0.1
@@ -119,8 +129,7 @@ async def test_poll_answer_settles_the_waiter(watch: OverdueWatch) -> None:
         job = waiter(started_at=0.0)
         polling.track(job, deadline=time.monotonic() + 5)
         polling.check(now=10.0)
-        async with asyncio.timeout(5):
-            assert await job.future == finished
+        assert await answer_of(job) == (200, finished)
     assert job.answered_by == "poll"
 
 
@@ -144,9 +153,8 @@ async def test_a_job_the_job_server_forgot_is_answered_job_lost() -> None:
         job = waiter(started_at=now - 5.0)
         polling.track(job, deadline=now + 5)
         polling.check(now=now)
-        async with asyncio.timeout(5):
-            with pytest.raises(JobLost, match="abc"):
-                await job.future
+        status, body = await answer_of(job)
+    assert (status, body["error"], body["job_id"]) == (502, "job_lost", "abc")
 
 
 async def test_every_silent_job_is_probed_in_turn_when_the_job_server_forgot_them() -> None:
@@ -162,9 +170,7 @@ async def test_every_silent_job_is_probed_in_turn_when_the_job_server_forgot_the
         watching = asyncio.create_task(polling.run())
         try:
             async with asyncio.timeout(10):
-                outcomes = await asyncio.gather(
-                    *(each.future for each in jobs), return_exceptions=True
-                )
+                outcomes = await asyncio.gather(*(answer_of(each) for each in jobs))
         finally:
             watching.cancel()
-    assert all(isinstance(outcome, JobLost) for outcome in outcomes)
+    assert all((status, body["error"]) == (502, "job_lost") for status, body in outcomes)

@@ -7,9 +7,10 @@ import base64
 import gc
 import re
 
+import orjson
 import pytest
 
-from proxy.errors import AtCapacity, ProxyError, ShuttingDown
+from proxy.errors import AtCapacity, ShuttingDown
 from proxy.waiters import (
     TOKEN_BYTES,
     Delivery,
@@ -22,7 +23,16 @@ from proxy.waiters import (
 )
 
 JOB = {"id": "abc", "state": "completed"}
+BODY = orjson.dumps(JOB)
 TIMEOUT = 5.0
+
+
+class AnsweredWithError(Exception):
+    """A held request answered with an error: its status and error word."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(status, error)
+        self.status, self.error = status, error
 
 
 def _random_part(token: str) -> bytes:
@@ -31,7 +41,8 @@ def _random_part(token: str) -> bytes:
 
 
 class HeldRequest:
-    """A task holding a waiter until its future is answered, as a held client request does."""
+    """A task holding a waiter until it is answered, as a held client request does; its
+    outcome is the answer's job, or the answer's error raised as AnsweredWithError."""
 
     def __init__(self, registry: WaiterRegistry) -> None:
         self.registry = registry
@@ -41,10 +52,15 @@ class HeldRequest:
 
     async def _run(self) -> dict[str, object]:
         with self.registry.hold() as waiter:
+            waiter.future = asyncio.get_running_loop().create_future()
             waiter.bind(str(JOB["id"]))  # as /start names the job
             self.waiter = waiter
             self.entered.set()
-            return await waiter.future
+            status, _, body = await waiter.future
+            content: dict[str, object] = orjson.loads(body)
+            if status != 200:
+                raise AnsweredWithError(status, str(content["error"]))
+            return content
 
     async def started(self) -> Waiter:
         async with asyncio.timeout(TIMEOUT):
@@ -111,7 +127,7 @@ async def test_hold_removes_the_waiter_on_normal_exit() -> None:
         assert len(registry) == 1
     assert registry.get(waiter.token) is None
     assert len(registry) == 0
-    assert waiter.future.cancelled()
+    assert not waiter.settled
 
 
 async def test_hold_removes_the_waiter_on_exception() -> None:
@@ -143,7 +159,9 @@ async def test_unread_failure_is_not_reported_as_never_retrieved() -> None:
     try:
         registry = WaiterRegistry("r", max_pending=10)
         with registry.hold() as waiter:
-            registry.fail_all(ShuttingDown())
+            waiter.future = loop.create_future()
+            await registry.fail_all(ShuttingDown())
+        assert waiter.settled
         assert waiter.future.done()
         del waiter
         gc.collect()
@@ -169,8 +187,11 @@ async def test_resolve_delivers_once() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     held = HeldRequest(registry)
     waiter = await held.started()
-    assert registry.resolve(waiter.token, JOB) is Delivery.OK
-    assert registry.resolve(waiter.token, {"id": "abc", "state": "failed"}) is Delivery.DUPLICATE
+    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.OK
+    assert (
+        registry.resolve(waiter.token, {"id": "abc", "state": "failed"}, b"{}")
+        is Delivery.DUPLICATE
+    )
     assert await held.outcome() == JOB
     assert len(registry) == 0
 
@@ -180,30 +201,30 @@ async def test_resolve_after_the_holder_left_is_a_duplicate() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         pass
-    assert registry.resolve(waiter.token, JOB) is Delivery.DUPLICATE
+    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.DUPLICATE
 
 
 async def test_resolve_of_a_never_issued_token_is_unknown() -> None:
     """A result for a token the registry never issued is unknown."""
     registry = WaiterRegistry("r", max_pending=10)
-    assert registry.resolve("r.never-issued", JOB) is Delivery.UNKNOWN
-    assert registry.resolve("", JOB) is Delivery.UNKNOWN
+    assert registry.resolve("r.never-issued", JOB, BODY) is Delivery.UNKNOWN
+    assert registry.resolve("", JOB, BODY) is Delivery.UNKNOWN
 
 
 async def test_fail_all_fails_only_pending_waiters() -> None:
     """fail_all answers every unanswered waiter with the error and counts them."""
     registry = WaiterRegistry("r", max_pending=10)
     answered, pending = HeldRequest(registry), HeldRequest(registry)
-    registry.resolve((await answered.started()).token, JOB)
+    registry.resolve((await answered.started()).token, JOB, BODY)
     await pending.started()
-    error = ProxyError("stop")
-    assert registry.fail_all(error) == 1
+    error = ShuttingDown("stop")
+    assert await registry.fail_all(error) == 1
     assert await answered.outcome() == JOB
-    with pytest.raises(ProxyError) as raised:
+    with pytest.raises(AnsweredWithError) as raised:
         await pending.outcome()
-    assert raised.value is error
+    assert (raised.value.status, raised.value.error) == (503, "shutting_down")
     assert len(registry) == 0
-    assert registry.fail_all(error) == 0
+    assert await registry.fail_all(error) == 0
 
 
 async def test_drain_waits_for_held_waiters_to_finish() -> None:
@@ -214,7 +235,7 @@ async def test_drain_waits_for_held_waiters_to_finish() -> None:
     drain = asyncio.ensure_future(registry.drain(timeout=TIMEOUT))
     await asyncio.sleep(0)  # let drain start waiting
     assert not drain.done()
-    registry.resolve(waiter.token, JOB)
+    registry.resolve(waiter.token, JOB, BODY)
     async with asyncio.timeout(TIMEOUT):
         assert await drain == (1, 0)
     assert await held.outcome() == JOB
@@ -228,8 +249,9 @@ async def test_drain_fails_the_rest_after_the_timeout() -> None:
     await held.started()
     async with asyncio.timeout(TIMEOUT):
         assert await registry.drain(timeout=0.05) == (0, 1)
-    with pytest.raises(ShuttingDown):
+    with pytest.raises(AnsweredWithError) as raised:
         await held.outcome()
+    assert raised.value.error == "shutting_down"
     assert len(registry) == 0
 
 
@@ -252,7 +274,7 @@ async def test_drain_refuses_new_waiters_while_waiting() -> None:
     await asyncio.sleep(0)
     with pytest.raises(ShuttingDown), registry.hold():
         pass  # pragma: no cover
-    registry.resolve(waiter.token, JOB)
+    registry.resolve(waiter.token, JOB, BODY)
     async with asyncio.timeout(TIMEOUT):
         assert await drain == (1, 0)
     assert await held.outcome() == JOB
@@ -268,14 +290,17 @@ async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
         await held.started()
     assert len(registry) == 15
     for held in answered:
-        registry.resolve((await held.started()).token, JOB)
+        registry.resolve((await held.started()).token, JOB, BODY)
     for held in cancelled:
         held.task.cancel()
     await asyncio.gather(*(held.task for held in answered + cancelled), return_exceptions=True)
     assert len(registry) == 5
-    assert registry.fail_all(ShuttingDown()) == 5
+    assert await registry.fail_all(ShuttingDown()) == 5
     outcomes = await asyncio.gather(*(held.task for held in failed), return_exceptions=True)
-    assert all(isinstance(outcome, ShuttingDown) for outcome in outcomes)
+    assert all(
+        isinstance(outcome, AnsweredWithError) and outcome.error == "shutting_down"
+        for outcome in outcomes
+    )
     assert len(registry) == 0
     assert list(registry) == []
 
@@ -286,22 +311,23 @@ async def test_a_result_before_the_job_is_named_is_held_then_judged() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         other = {"id": "other", "state": "completed"}
-        mine = asyncio.ensure_future(registry.deliver(waiter.token, JOB))
-        theirs = asyncio.ensure_future(registry.deliver(waiter.token, other))
+        mine = asyncio.ensure_future(registry.deliver(waiter.token, JOB, BODY))
+        theirs = asyncio.ensure_future(registry.deliver(waiter.token, other, b"{}"))
         await asyncio.sleep(0)
         assert not (mine.done() or theirs.done())
-        assert not waiter.future.done()
+        assert not waiter.settled
         waiter.bind("abc")
         assert await mine is Delivery.OK
         assert await theirs is Delivery.MISMATCH
-        assert waiter.future.result() == JOB
+        assert waiter.answer is not None
+        assert waiter.answer[2] == BODY
 
 
 async def test_a_result_held_for_a_waiter_that_leaves_is_for_nobody() -> None:
     """A held early result whose waiter goes away before its job is named is unknown."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
-        early = asyncio.ensure_future(registry.deliver(waiter.token, JOB))
+        early = asyncio.ensure_future(registry.deliver(waiter.token, JOB, BODY))
         await asyncio.sleep(0)
     assert await early is Delivery.UNKNOWN
 
@@ -311,7 +337,7 @@ async def test_a_result_of_another_job_is_a_mismatch() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         waiter.bind("abc")
-        assert registry.resolve(waiter.token, {"id": "xyz", "state": "completed"}) is (
+        assert registry.resolve(waiter.token, {"id": "xyz", "state": "completed"}, b"{}") is (
             Delivery.MISMATCH
         )
-        assert not waiter.future.done()
+        assert not waiter.settled

@@ -1,0 +1,34 @@
+"""What a held request is answered with, ready to send: status, headers and body bytes.
+
+A held request's answer is decided by whichever comes first (its callback, a status
+poll, its deadline, the drain) and sent by that same party on the held request's ASGI
+``send``. The body of a job's answer is the job server's own bytes, passed on as they
+came.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.types import Send
+
+Headers = list[tuple[bytes, bytes]]
+Answer = tuple[int, Headers, bytes]
+
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+def json_answer(body: bytes, status: int = 200, headers: Headers | None = None) -> Answer:
+    """An answer whose body is JSON already encoded."""
+    return status, [JSON_TYPE, (b"content-length", b"%d" % len(body)), *(headers or ())], body
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    status, headers, body = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
