@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -195,7 +194,7 @@ class RedisBus:
             return Delivery.UNKNOWN
         if not await self.put_result(token, job):
             return Delivery.DUPLICATE
-        message = json.dumps({"token": token, "job": job}, separators=(",", ":"))
+        message = encode({"token": token, "job": job})
         with _bus_errors("publish"):
             receivers = await self._redis.publish(channel_of(replica_of(token)), message)
         return Delivery.OK if receivers else Delivery.STORED
@@ -326,7 +325,7 @@ class RedisBus:
         return str(job_id) if job_id else None
 
     async def put_result(self, token: str, job: Job) -> bool:
-        data = json.dumps(job, separators=(",", ":"))
+        data = encode(job)
         with _bus_errors("store result"):
             return bool(await self._redis.set(_result_key(token), data, nx=True, ex=self._ttl))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import random
@@ -33,6 +32,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy.answers import encode
 from proxy.bodies import decode_json
 from proxy.config import Settings
 from proxy.errors import (
@@ -294,7 +294,7 @@ class Upstream:
     async def _start(
         self, body: Job, deadline: float, on_wait: Callable[[], None] | None
     ) -> UpstreamAnswer:
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = encode(body)
         attempt = 0
         # Only time spent failing counts against the retry budget: the failed attempts
         # and the pauses after them, never the wait for a place in the lane; a safe
