@@ -1,12 +1,12 @@
 """The proxy's Starlette app: routes, lifespan and the one error-to-response table.
 
-A held request's path (:class:`HeldRequests`): read and check the body, register a
-waiter (``proxy.waiters``), start the job upstream with its callback URL
+A held request's path (:class:`HotPaths`, :func:`_hold`): read and check the body,
+register a waiter (``proxy.waiters``), start the job upstream with its callback URL
 (``proxy.upstream``), then wait for the client's disconnect while the answer is decided
-and sent by whoever comes first: the job's callback (:class:`Callbacks`), a status poll
+and sent by whoever comes first: the job's callback (:func:`_callback`), a status poll
 once the job is overdue (``proxy.overdue``), the deadline, or the drain on shutdown.
-Those two hot endpoints are plain ASGI handlers inside the Starlette app; the rare paths
-(an ``Idempotency-Key``, signed callbacks, another replica's callback) fall back to
+Those two hot endpoints are plain ASGI code ahead of Starlette's own layers; the rare
+paths (an ``Idempotency-Key``, signed callbacks, another replica's callback) are
 ordinary Starlette handlers (``proxy.idempotency``, ``proxy.shared``).
 """
 
