@@ -332,6 +332,16 @@ async def test_interim_answer_is_skipped() -> None:
         assert server.connections == 1
 
 
+async def test_unasked_bytes_end_the_connections_use() -> None:
+    """A connection on which the server sends more than the answer is not reused."""
+    extra = OK + b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answering(extra, OK)) as server, pool_to(server.url) as transport:
+        assert (await get(transport)).body == b"ok"
+        server.handle = answering(OK)
+        assert (await get(transport)).body == b"ok"
+        assert server.connections == 2
+
+
 # Connections the server closed
 
 
