@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--transport",
         type=lambda text: parse_choices(text, TRANSPORTS, "transport"),
-        help="the proxy's upstream transport: aiohttp, httpx or both (default aiohttp)",
+        help="the proxy's upstream transport: native, httpx or both (default native)",
     )
     add(
         "--fifty-jobs",

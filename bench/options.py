@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Transport = Literal["aiohttp", "httpx"]
+Transport = Literal["native", "httpx"]
 Scenario = Literal["fifty", "scale", "floor", "network", "fifty-direct"]
-TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
+TRANSPORTS: tuple[Transport, ...] = ("native", "httpx")
 SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "fifty-direct")
 
 
@@ -26,7 +26,7 @@ class BenchOptions:
     network_jobs: int = 1_000
     network_accounts: int = 20
     scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network")
-    transports: tuple[Transport, ...] = ("aiohttp",)
+    transports: tuple[Transport, ...] = ("native",)
     # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
     proxy_settings: tuple[tuple[str, str], ...] = ()
     warmup: int = 100

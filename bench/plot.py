@@ -17,7 +17,7 @@ from bench.outcomes import OK
 from bench.scenarios import BenchResults, NetworkResult
 
 SMALLEST_SHOWN_LATENCY = 1e-4  # s; the x axis is logarithmic
-LINE_STYLES = {"direct": "-", "aiohttp": "--", "httpx": ":"}
+LINE_STYLES = {"direct": "-", "native": "--", "httpx": ":"}
 
 
 class PlotUnavailable(RuntimeError):

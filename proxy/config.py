@@ -27,7 +27,7 @@ REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[^\s]+:\d+")
 SECRET_PREFIX = "whsec_"
 LogLevel = Literal["debug", "info", "warning", "error"]
-UpstreamTransport = Literal["aiohttp", "httpx"]
+TransportChoice = Literal["native", "httpx"]
 
 
 class ConfigError(ValueError):
@@ -59,7 +59,7 @@ class Settings:
     poll_timeout: float = 2.0
     result_ttl: float = 300.0
     drain_timeout: float = 25.0
-    upstream_transport: UpstreamTransport = "aiohttp"
+    upstream_transport: TransportChoice = "native"
     upstream_max_connections: int = 1_000
     upstream_max_per_account: int = 100
     backlog: int = 4_096
@@ -73,7 +73,7 @@ class Settings:
         self._check_replica_id()
         for name, allowed in (
             ("log_level", get_args(LogLevel)),
-            ("upstream_transport", get_args(UpstreamTransport)),
+            ("upstream_transport", get_args(TransportChoice)),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")

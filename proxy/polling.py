@@ -277,12 +277,17 @@ def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failu
 
 
 def retry_after_seconds(response: httpx.Response) -> float:
-    """Seconds a ``Retry-After`` header asks for; 0.0 when absent or unusable.
+    """Seconds a response's ``Retry-After`` header asks for; 0.0 when absent or unusable."""
+    return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | bytes | None) -> float:
+    """Seconds a ``Retry-After`` value asks for; 0.0 when absent or unusable.
 
     Only the delta-seconds form: an HTTP date would need a wall clock we do not inject.
     """
     try:
-        seconds = float(response.headers.get("Retry-After", ""))
+        seconds = float(value) if value is not None else 0.0
     except ValueError:
         return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

@@ -28,9 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from proxy.answers import encode
 from proxy.bodies import decode_json
@@ -42,7 +40,8 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.polling import FINAL_STATES, retry_after_seconds
+from proxy.polling import FINAL_STATES, parse_retry_after
+from proxy.transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ RETRY_CAP = 1.0
 RETRYABLE_STATUS = frozenset({429, 503})
 MAX_JOB_ID_LENGTH = 256
 JSON_HEADERS = {"content-type": "application/json"}
+KEEPALIVE_EXPIRY = 4.0
 
 Job = dict[str, Any]
 
@@ -58,13 +58,22 @@ Job = dict[str, Any]
 def build_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """The one outbound client of the proxy; ``transport`` lets tests plug in a fake."""
+    """The one outbound client of the proxy; ``transport`` lets tests plug in a fake.
+
+    By default its transport is the project's own (``proxy.transport``): a keep-alive
+    pool to the job server's origin, with idle connections given up before uvicorn's
+    own keep-alive timeout (5 s) would close them under a request.
+    """
     limits = httpx.Limits(
         max_connections=settings.upstream_max_connections,
         max_keepalive_connections=settings.upstream_max_connections,
     )
-    if transport is None and settings.upstream_transport == "aiohttp":
-        transport = AiohttpTransport(limits=limits)
+    if transport is None and settings.upstream_transport == "native":
+        transport = UpstreamTransport(
+            settings.upstream_url,
+            max_connections=settings.upstream_max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
     # The pool wait is bounded by each call's own timeout, never by a fixed pool timeout.
     timeout = httpx.Timeout(settings.start_timeout, pool=None)
     return httpx.AsyncClient(transport=transport, limits=limits, timeout=timeout)
@@ -72,11 +81,6 @@ def build_client(
 
 def nothing_was_sent(exc: httpx.TransportError) -> bool:
     """True when the request cannot have reached the job server (so a retry is safe)."""
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientError):
-        # httpx-aiohttp maps every aiohttp connection error, including a server that hung
-        # up after reading the request, to ConnectTimeout: look at the original instead.
-        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
@@ -261,6 +265,8 @@ class Upstream:
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
         self._start_url = httpx.URL(settings.upstream_url.rstrip("/") + "/start")
+        transport = client._transport  # the client's own: the one it was built with
+        self._native = transport if isinstance(transport, UpstreamTransport) else None
         self.base_url = settings.upstream_url.rstrip("/")
         self._timeout = settings.start_timeout
         self._budget = settings.start_retry_budget
@@ -307,7 +313,7 @@ class Upstream:
                 sent_at = time.monotonic()
                 pause = 0.0
                 try:
-                    response = await self._client.send(self._request(content, deadline - sent_at))
+                    status, raw, retry_after = await self._post(content, deadline - sent_at)
                 except httpx.TransportError as exc:
                     if not nothing_was_sent(exc):
                         raise _translate(exc) from exc
@@ -315,13 +321,13 @@ class Upstream:
                         f"cannot reach the job server at {self._start_url}: {exc!r}"
                     )
                 else:
-                    if response.status_code not in RETRYABLE_STATUS:
-                        accepted = response.is_success
-                        return _answer(response, sent_at)
+                    if status not in RETRYABLE_STATUS:
+                        accepted = 200 <= status < 300
+                        return _answer(status, raw, sent_at)
                     failure = UpstreamUnavailable(
-                        f"the job server answered {response.status_code} to every attempt"
+                        f"the job server answered {status} to every attempt"
                     )
-                    pause = retry_after_seconds(response)
+                    pause = parse_retry_after(retry_after)
                 # Retry-After is a floor: a "0" must not turn the retries into a hot loop.
                 delay = max(pause, backoff_delay(attempt, self._rng))
                 failed_at = time.monotonic()
@@ -335,21 +341,35 @@ class Upstream:
             self.retries += 1
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
 
-    def _request(self, content: bytes, remaining: float) -> httpx.Request:
-        # A request built here and sent as it is skips the client's per-call merging of
-        # URLs, headers and cookies: a quarter of the call's CPU. Connecting is bounded
-        # by start_timeout (a dead job server is retried); once sent, a job server that
-        # queues the request behind the account's others may take as long as the job's
-        # deadline allows.
+    async def _post(self, content: bytes, remaining: float) -> tuple[int, bytes, bytes | None]:
+        """One ``POST /start``: its status, body and Retry-After.
+
+        Connecting is bounded by start_timeout (a dead job server is retried); once sent,
+        a job server that queues the request behind the account's others may take as
+        long as the job's deadline allows.
+        """
         connect = min(self._timeout, remaining)
+        native = self._native
+        # The prebuilt bytes go straight to the project's transport, past the client's
+        # per-call work, only when the client would use that transport for this URL
+        # (respx, in tests, puts its own in between: then the ordinary call is made).
+        if native is not None and self._client._transport_for_url(self._start_url) is native:
+            wire = native.prebuilt("POST", "/start", content)
+            raw = await native.exchange(wire, connect=connect, read=remaining, pool=remaining)
+            return raw.status, raw.body, raw.header(b"retry-after")
         timeout = httpx.Timeout(remaining, connect=connect, pool=remaining)
-        return httpx.Request(
+        # A request built here and sent as it is skips the client's merging of URLs,
+        # headers and cookies.
+        request = httpx.Request(
             "POST",
             self._start_url,
             content=content,
             headers=JSON_HEADERS,
             extensions={"timeout": timeout.as_dict()},
         )
+        response = await self._client.send(request)
+        retry_after = response.headers.get("retry-after")
+        return response.status_code, response.content, retry_after and retry_after.encode()
 
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""
@@ -362,18 +382,18 @@ class Upstream:
         return response.status_code < 500
 
 
-def _answer(response: httpx.Response, sent_at: float) -> UpstreamAnswer:
+def _answer(status: int, raw: bytes, sent_at: float) -> UpstreamAnswer:
     try:
-        body = decode_json(response.content)
+        body = decode_json(raw)
     except ValueError:
         raise UpstreamBadResponse(
-            f"the job server answered {response.status_code} with a body that is not JSON"
+            f"the job server answered {status} with a body that is not JSON"
         ) from None
-    if 400 <= response.status_code < 500:
-        raise UpstreamRejected(response.status_code, body)
-    if not 200 <= response.status_code < 300:
-        raise UpstreamBadResponse(f"the job server answered {response.status_code}: {body!r:.200}")
-    return UpstreamAnswer(response.status_code, body, sent_at, response.content)
+    if 400 <= status < 500:
+        raise UpstreamRejected(status, body)
+    if not 200 <= status < 300:
+        raise UpstreamBadResponse(f"the job server answered {status}: {body!r:.200}")
+    return UpstreamAnswer(status, body, sent_at, raw)
 
 
 def _translate(exc: httpx.TransportError) -> UpstreamError:

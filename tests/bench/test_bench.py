@@ -98,7 +98,7 @@ def network_result(
     load = load_result(outcomes, [wall_s] * jobs)
     return NetworkResult(
         rtt_ms=rtt_ms,
-        transport="aiohttp",
+        transport="native",
         accounts=accounts,
         job_duration=job_duration,
         per_start_s=per_start_s,
@@ -193,8 +193,8 @@ def test_scale_ratio_needs_every_job_completed() -> None:
         return MeasuredRun(summarize(load, job_duration=0.5), load)
 
     direct = run([OK, OK], [0.6, 1.0])
-    scale = ScaleResult(size=2, accounts=1, direct=direct, proxied={"aiohttp": run([OK], [1.5])})
-    assert scale.ratio("aiohttp") == pytest.approx(1.5)
+    scale = ScaleResult(size=2, accounts=1, direct=direct, proxied={"native": run([OK], [1.5])})
+    assert scale.ratio("native") == pytest.approx(1.5)
     scale.proxied["httpx"] = run([OK, "timeout"], [0.6, 0.7])
     assert math.isnan(scale.ratio("httpx"))
 
@@ -335,7 +335,7 @@ def test_counters_are_read_from_the_exposition() -> None:
 def test_command_line_lists() -> None:
     """Sizes accept k suffixes; choices accept all/both and reject unknown words."""
     assert parse_sizes("1000, 5k,10_000") == (1_000, 5_000, 10_000)
-    assert parse_choices("both", TRANSPORTS, "transport") == ("aiohttp", "httpx")
+    assert parse_choices("both", TRANSPORTS, "transport") == ("native", "httpx")
     assert parse_choices("httpx,httpx", TRANSPORTS, "transport") == ("httpx",)
     for bad in ("0", "1.5", "many", ""):
         with pytest.raises(argparse.ArgumentTypeError):
@@ -375,7 +375,7 @@ def test_proxy_settings_parse_and_reach_the_environment() -> None:
     env = proxy_environment(options, "httpx")
     assert env["JOBPROXY_MAX_PENDING"] == "6"
     assert env["JOBPROXY_UPSTREAM_TRANSPORT"] == "httpx"
-    assert proxy_environment(BenchOptions(), "aiohttp")["JOBPROXY_MAX_PENDING"] == "20000"
+    assert proxy_environment(BenchOptions(), "native")["JOBPROXY_MAX_PENDING"] == "20000"
 
 
 @pytest.mark.parametrize("setting", ["foo", "max_pending=lots", "port=1"])
@@ -402,9 +402,9 @@ def test_network_targets_judge_the_listed_round_trips_only() -> None:
     targets = evaluate_targets(BenchResults(BenchOptions(), network=runs))
     totals = [(t.where, t.value, t.limit, t.passed) for t in targets if t.name == "network_total"]
     assert totals[:3] == [
-        ("network 100 ms, 50 on 1 account, aiohttp", 0.75, 0.80, True),
-        ("network 200 ms, 50 on 1 account, aiohttp", 1.2, 1.10, False),
-        ("network 100 ms, 1,000 on 20 accounts, aiohttp", 1.9, 2.0, True),
+        ("network 100 ms, 50 on 1 account, native", 0.75, 0.80, True),
+        ("network 200 ms, 50 on 1 account, native", 1.2, 1.10, False),
+        ("network 100 ms, 1,000 on 20 accounts, native", 1.9, 2.0, True),
     ]
     # The run with a failure has no total to judge; the one with short jobs has no target.
     assert len(totals) == 4
@@ -464,7 +464,7 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     (scale,) = document["scale"]
     assert scale["size"] == 20
     assert scale["direct"]["completed"] == 20
-    proxied = scale["proxied"]["aiohttp"]
+    proxied = scale["proxied"]["native"]
     assert proxied["completed"] == 20
     assert proxied["errors"] == {}
     assert proxied["proxy"]["rss_baseline_kib"] > 0
@@ -515,7 +515,7 @@ def test_network_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert run["start_queue_peak"] >= 1
         assert run["run"]["proxy"]["cpu_s"] >= 0
     failures = {t["where"] for t in document["targets"] if t["name"] == "requests_failed"}
-    assert "network 40 ms, 40 on 4 accounts, aiohttp" in failures
+    assert "network 40 ms, 40 on 4 accounts, native" in failures
     assert document["passed"]
     if with_plot:
         assert not picture.exists()  # no loopback runs to draw

@@ -10,12 +10,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 import respx
 import uvicorn
-from aiohttp.client_reqrep import ConnectionKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -68,18 +66,6 @@ async def mock() -> AsyncIterator[respx.MockRouter]:
 
 def _soon(seconds: float = 30.0) -> float:
     return time.monotonic() + seconds
-
-
-def _connector_error() -> aiohttp.ClientConnectorError:
-    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
-    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
-
-
-def _caused_by(cause: BaseException) -> httpx.ConnectTimeout:
-    # What httpx-aiohttp raises: every aiohttp connection error becomes ConnectTimeout.
-    exc = httpx.ConnectTimeout("x")
-    exc.__cause__ = cause
-    return exc
 
 
 def _closed_port() -> int:
@@ -309,13 +295,8 @@ async def test_2xx_json_is_passed_on(mock: respx.MockRouter) -> None:
         (httpx.ReadError("reset"), False),
         (httpx.WriteError("broken pipe"), False),
         (httpx.RemoteProtocolError("hung up"), False),
-        # Raised while waiting for a pooled connection, before anything is written; the
-        # aiohttp transport's pool wait ends in ConnectionTimeoutError, also safe.
+        # Raised while waiting for a pooled connection, before anything is written.
         (httpx.PoolTimeout("no connection free"), True),
-        (_caused_by(_connector_error()), True),
-        (_caused_by(aiohttp.ServerDisconnectedError()), False),
-        (_caused_by(aiohttp.ClientOSError(104, "Connection reset by peer")), False),
-        (_caused_by(aiohttp.SocketTimeoutError()), False),
     ],
     ids=[
         "connect-error",
@@ -326,20 +307,11 @@ async def test_2xx_json_is_passed_on(mock: respx.MockRouter) -> None:
         "write-error",
         "protocol-error",
         "pool-timeout",
-        "aiohttp-connector-error",
-        "aiohttp-server-disconnected",
-        "aiohttp-connection-reset",
-        "aiohttp-read-timeout",
     ],
 )
 def test_nothing_was_sent(error: httpx.TransportError, safe: bool) -> None:
     """Only errors that happen before the request could leave are safe to retry."""
     assert nothing_was_sent(error) is safe
-
-
-def test_aiohttp_connect_timeout_counts_as_nothing_sent() -> None:
-    """An aiohttp connect timeout, like httpx's ConnectTimeout, means nothing was sent."""
-    assert nothing_was_sent(_caused_by(aiohttp.ConnectionTimeoutError()))
 
 
 def test_backoff_is_full_jitter_capped() -> None:
@@ -392,26 +364,26 @@ async def test_unreachable_when_the_connection_fails(mock: respx.MockRouter) -> 
         assert await upstream.reachable(1.0) is False
 
 
-# The real aiohttp transport.
+# The project's own transport.
 
 
-async def test_aiohttp_transport_refused_is_safe_to_retry() -> None:
-    """Through aiohttp, a refused connection is classified as nothing sent."""
+async def test_native_transport_refused_is_safe_to_retry() -> None:
+    """Through the project's transport, a refused connection is classified as nothing sent."""
     port = _closed_port()
-    settings = _settings(upstream_url=f"http://127.0.0.1:{port}", upstream_transport="aiohttp")
+    settings = _settings(upstream_url=f"http://127.0.0.1:{port}", upstream_transport="native")
     async with build_client(settings) as client:
         with pytest.raises(httpx.TransportError) as raised:
             await client.post(f"http://127.0.0.1:{port}/start", json=BODY)
-    assert isinstance(raised.value.__cause__, aiohttp.ClientError)
     assert nothing_was_sent(raised.value)
 
 
-async def test_aiohttp_transport_closed_port_ends_unavailable_within_budget() -> None:
-    """Through aiohttp, a closed port is retried and ends UpstreamUnavailable within budget."""
+async def test_native_transport_closed_port_ends_unavailable_within_budget() -> None:
+    """Through the project's transport, a closed port is retried and ends
+    UpstreamUnavailable within the budget."""
     port = _closed_port()
     async with _upstream(
         upstream_url=f"http://127.0.0.1:{port}",
-        upstream_transport="aiohttp",
+        upstream_transport="native",
         start_retry_budget=0.3,
     ) as upstream:
         began = time.monotonic()
@@ -421,7 +393,18 @@ async def test_aiohttp_transport_closed_port_ends_unavailable_within_budget() ->
     assert upstream.retries >= 1
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_respx_still_mocks_the_job_server_with_the_native_transport() -> None:
+    """With the project's transport, respx (using="httpx") intercepts /start: the fast
+    path steps aside whenever the client would not use that transport."""
+    async with respx.mock(base_url=UPSTREAM_URL, using="httpx") as router:
+        route = router.post("/start").respond(200, json=RUNNING)
+        async with _upstream(upstream_transport="native") as upstream:
+            answer = await upstream.start(BODY, deadline=_soon())
+    assert answer.body == RUNNING
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("transport", ["native", "httpx"])
 async def test_slow_answer_is_waited_for_beyond_start_timeout(transport: str) -> None:
     """start_timeout bounds connecting; a job server slow to answer /start is waited for."""
 
