@@ -187,29 +187,22 @@ class HotPaths:
         if scope["type"] == "http" and scope["method"] == "POST":
             services: Services = scope["state"]["services"]
             path: str = scope["path"]
-            if path in HELD_PATHS and not _has_header(scope, b"idempotency-key"):
-                await _answering_errors(send, _held(services, scope, receive, send))
-                return
-            if path.startswith(CALLBACK_PREFIX):
-                token = path[len(CALLBACK_PREFIX) :]
-                if _plain_callback(services, token):
-                    serving = _callback(services, token, scope, receive, send)
-                    await _answering_errors(send, serving)
+            try:
+                if path in HELD_PATHS and not _has_header(scope, b"idempotency-key"):
+                    await _held(services, scope, receive, send)
                     return
+                token = path[len(CALLBACK_PREFIX) :]
+                if path.startswith(CALLBACK_PREFIX) and _plain_callback(services, token):
+                    await _callback(services, token, scope, receive, send)
+                    return
+            except ProxyError as exc:  # always raised before anything was sent
+                await send_answer(send, exc.answer())
+                return
         await self.app(scope, receive, send)
 
 
 HELD_PATHS = frozenset({"/proxy", "/start", "/"})
 CALLBACK_PREFIX = "/callback/"
-
-
-async def _answering_errors(send: Send, serving: Coroutine[Any, Any, None]) -> None:
-    """Run a hot endpoint; a ProxyError it raises (always before it sent anything) is
-    answered as the exception handlers would."""
-    try:
-        await serving
-    except ProxyError as exc:
-        await send_answer(send, exc.answer())
 
 
 def _plain_callback(services: Services, token: str) -> bool:
@@ -224,16 +217,48 @@ def _plain_callback(services: Services, token: str) -> bool:
 
 
 async def _held(services: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """Hold a ``POST /proxy`` until its job's answer is sent."""
+    """Start a ``POST /proxy``'s job and hold the request until its answer was sent.
+
+    One coroutine for the whole life of a held request: every frame it keeps is kept
+    for each of thousands of held requests.
+    """
     outcome = "internal_error"
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
         job_request = JobRequest.parse(body)
         deadline = time.monotonic() + services.settings.job_deadline
         with services.waiters.hold() as waiter:
-            outcome = await _hold(
-                services, waiter, job_request, deadline, receive=receive, send=send
+            callback = job_request.callback
+            if job_request.wait:
+                callback = f"{services.settings.public_url}/callback/{waiter.token}"
+            answer = await _start_unless_client_leaves(
+                services, job_request, callback, deadline, receive
             )
+            job = _job_of(answer)
+            if not job_request.wait:
+                await send_answer(send, json_answer(answer.raw, answer.status_code))
+                outcome = "forwarded"
+                return
+            waiter.bind(job_id_of(job))
+            if is_terminal(job):  # a job server may finish the job before answering
+                waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
+            waiter.send = send
+            if waiter.settled:  # by the start's answer, or by a callback that came first
+                await waiter.respond()
+            else:
+                waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
+                waiter.timer = asyncio.get_running_loop().call_later(
+                    deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
+                )
+                services.watch.track(waiter, deadline)
+                del body, job_request, answer, job  # nothing of the start is kept while held
+                # The answer is sent by whoever decides it; receive() returns once it was
+                # sent (the response is complete) or the client has gone.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if waiter.settled:
+                    _observe(services, waiter)
+            outcome = waiter.outcome if waiter.settled else ClientGone.error
     except ProxyError as exc:
         outcome = exc.error
         if isinstance(exc, UpstreamError):
@@ -241,46 +266,6 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
         raise
     finally:
         services.metrics.request(outcome)
-
-
-async def _hold(
-    services: Services,
-    waiter: Waiter,
-    job_request: JobRequest,
-    deadline: float,
-    *,
-    receive: Receive,
-    send: Send,
-) -> str:
-    """Start the job and hold the request until its answer was sent; returns the outcome."""
-    own_callback = f"{services.settings.public_url}/callback/{waiter.token}"
-    callback = own_callback if job_request.wait else job_request.callback
-    answer = await _start_unless_client_leaves(services, job_request, callback, deadline, receive)
-    job = _job_of(answer)
-    if not job_request.wait:
-        await send_answer(send, json_answer(answer.raw, answer.status_code))
-        return "forwarded"
-    waiter.bind(job_id_of(job))
-    if is_terminal(job):  # a job server may finish the job before answering
-        waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
-    waiter.send = send
-    if waiter.settled:  # by the start's answer, or by a callback that came before it
-        await waiter.respond()
-        return waiter.outcome
-    waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-    loop = asyncio.get_running_loop()
-    waiter.timer = loop.call_later(
-        deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
-    )
-    services.watch.track(waiter, deadline)
-    # The answer is sent by whoever decides it; receive() returns once it was sent (the
-    # response is complete) or the client has gone.
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    if not waiter.settled:
-        return ClientGone.error
-    _observe(services, waiter)
-    return waiter.outcome
 
 
 async def _start_unless_client_leaves(
