@@ -40,8 +40,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from jobserver.callbacks import CallbackSender, build_callback_client
+from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
+from jobserver.connections import ConnectionPool
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import AccountGate, Job, JobRunner, JobStore, QueueFull
 from jobserver.network import NetworkLatency
@@ -407,8 +408,8 @@ def create_app(settings: Settings) -> Starlette:
         streams = RandomStreams(settings.seed)
         faults = FaultInjector(settings, streams)
         store = JobStore(settings.status_ttl)
-        async with build_callback_client(settings) as client:
-            callbacks = CallbackSender(client, settings, faults, streams)
+        async with ConnectionPool(settings.callback_connections) as pool:
+            callbacks = CallbackSender(pool, settings, faults, streams)
             runner = JobRunner(settings, store, faults, streams, callbacks.job_finished)
             # What is alive now (modules, the app, these resources: ~50,000 objects) lives
             # as long as the server. Left to the collector, every full collection would walk
@@ -429,7 +430,7 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 gc.unfreeze()
                 # Jobs first, since a finishing job schedules a callback; then deliveries;
-                # the client closes when the block ends.
+                # the pool closes its connections when the block ends.
                 jobs_cancelled = await runner.close(settings.shutdown_timeout)
                 deliveries_cancelled = await callbacks.close(settings.shutdown_timeout)
                 logger.info(

@@ -29,7 +29,6 @@ SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://\S+:\d+")
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-CallbackTransport = Literal["aiohttp", "httpx"]
 
 
 class ConfigError(ValueError):
@@ -111,9 +110,6 @@ class Settings:
     callback_connections: int = field(
         default=1000,
         metadata=_doc("callback requests in flight at once (pooled connections)", minimum=1),
-    )
-    callback_transport: CallbackTransport = field(
-        default="aiohttp", metadata=_doc("httpx transport of the callback client")
     )
     # Faults
     failure_rate: float = field(

@@ -1,8 +1,11 @@
-"""Callback delivery: signing, retries, final answers, and real deliveries over sockets."""
+"""Callback delivery: signing, retries, final answers, and real deliveries over sockets.
+
+What travels on the wire (keep-alive, malformed answers, the pool's bounds) is tested
+in test_connections.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -14,15 +17,17 @@ from typing import Any
 import httpx
 import pytest
 
-from jobserver.callbacks import (
-    CallbackSender,
-    CookielessClient,
-    build_callback_client,
-    webhook_signature,
-)
+from jobserver.callbacks import CallbackSender, webhook_signature
 from jobserver.config import Settings
+from jobserver.connections import ConnectionPool, ExchangeFailed, Origin
 from jobserver.faults import FaultInjector, RandomStreams
-from tests.jobserver.servers import callback_receiver, expected_signature, jobserver_client
+from tests.jobserver.servers import (
+    callback_receiver,
+    expected_signature,
+    jobserver_client,
+    raw_receiver,
+    sender_over,
+)
 
 WAIT = 5.0
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -31,25 +36,48 @@ PAYLOAD = {"id": "0123456789abcdef", "state": "completed"}
 Answer = Callable[[httpx.Request], httpx.Response]
 
 
+class ScriptedPool(ConnectionPool):
+    """A pool that hands each request's bytes to ``answer`` instead of a receiver."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(max_connections=1)
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    async def post(self, origin: Origin, request: Callable[[], bytes], timeout: float) -> int:
+        sent = as_request(origin, request())
+        self.requests.append(sent)
+        return self.answer(sent).status_code
+
+
+def as_request(origin: Origin, data: bytes) -> httpx.Request:
+    """The request that ``data`` spells, checked to be one whole HTTP/1.1 POST."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    request_line, *lines = head.decode("ascii").split("\r\n")
+    method, target, version = request_line.split(" ")
+    assert (method, version) == ("POST", "HTTP/1.1")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
+    assert all(len(header) == 2 for header in headers)
+    url = f"{origin.scheme}://{origin.host}:{origin.port}{target}"
+    # httpx keeps the content-length given (it only fills in missing headers).
+    request = httpx.Request(method, url, headers=headers, content=body)
+    assert int(request.headers["content-length"]) == len(body)
+    return request
+
+
 @asynccontextmanager
 async def sender_with(
     answer: Answer, **overrides: Any
 ) -> AsyncIterator[tuple[CallbackSender, list[httpx.Request]]]:
-    """A CallbackSender whose client is answered by ``answer``; yields it and the requests."""
+    """A CallbackSender whose pool is answered by ``answer``; yields it and the requests."""
     settings = Settings(**{"callback_backoff": 0.001, "seed": 1, **overrides})
     streams = RandomStreams(settings.seed)
-    requests: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return answer(request)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
-        try:
-            yield sender, requests
-        finally:
-            await sender.close(WAIT)
+    pool = ScriptedPool(answer)
+    sender = CallbackSender(pool, settings, FaultInjector(settings, streams), streams)
+    try:
+        yield sender, pool.requests
+    finally:
+        await sender.close(WAIT)
 
 
 def answers(*statuses: int | Exception) -> Answer:
@@ -99,7 +127,7 @@ async def test_plain_secret_signs_with_its_utf8_bytes() -> None:
 
 async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() -> None:
     """503, a connect error and a timeout are retried; every attempt is signed, same webhook-id."""
-    failing = answers(503, httpx.ConnectError("refused"), httpx.ReadTimeout("slow"))
+    failing = answers(503, ExchangeFailed("cannot connect"), ExchangeFailed("no answer"))
     async with sender_with(failing, callback_secret=WHSEC) as (sender, requests):
         sender.schedule("http://receiver/cb", PAYLOAD, "job")
         await sender.drain(WAIT)
@@ -112,23 +140,16 @@ async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() 
     assert sender.delivered == 1
 
 
-async def test_the_callback_client_keeps_no_cookies() -> None:
+async def test_a_receivers_cookies_are_not_sent_back() -> None:
     """A receiver's Set-Cookie is not kept, so it never reaches the next receiver."""
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"set-cookie": "session=1; Path=/"})
-
-    async with CookielessClient(transport=httpx.MockTransport(answer)) as client:
-        settings = Settings(seed=1)
-        streams = RandomStreams(settings.seed)
-        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
-        sender.schedule("http://receiver/a", PAYLOAD, "a")
-        sender.schedule("http://receiver/b", PAYLOAD, "b")
+    set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: session=1; Path=/\r\ncontent-length: 0\r\n\r\n"
+    async with raw_receiver([set_cookie]) as receiver, sender_over() as sender:
+        sender.schedule(f"{receiver.url}/a", PAYLOAD, "a")
+        sender.schedule(f"{receiver.url}/b", PAYLOAD, "b")
         assert await sender.drain(WAIT) == 0
-        assert sender.delivered == 2
-        assert not client.cookies
-        with pytest.raises(TypeError):
-            client.cookies = {"session": "1"}
+        requests = [await receiver.next() for _ in range(2)]
+    assert sender.delivered == 2
+    assert not any("cookie" in request.headers for request in requests)
 
 
 async def test_4xx_is_final() -> None:
@@ -156,22 +177,10 @@ async def test_attempts_are_bounded_and_each_is_logged(caplog: pytest.LogCapture
 
 async def test_a_hanging_receiver_hits_the_attempt_timeout() -> None:
     """An attempt that gets no answer is cut at callback_timeout and retried."""
-    calls = 0
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(60)
-        return httpx.Response(200)
-
-    settings = Settings(callback_timeout=0.1, callback_backoff=0.001)
-    streams = RandomStreams(None)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+    async with raw_receiver([None]) as receiver, sender_over(callback_timeout=0.1) as sender:
+        sender.schedule(receiver.url, PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
-    assert calls == 2
+    assert receiver.requests.qsize() == 2
     assert sender.delivered == 1
 
 
@@ -231,13 +240,9 @@ async def test_receiver_5xx_is_retried_over_http() -> None:
     assert len({d.body for d in deliveries}) == 1
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_both_transports_deliver_many_callbacks(transport: str) -> None:
-    """Either client transport delivers 100 concurrent callbacks."""
-    settings = Settings(callback_transport=transport)  # type: ignore[arg-type]
-    streams = RandomStreams(None)
-    async with callback_receiver() as receiver, build_callback_client(settings) as client:
-        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+async def test_many_concurrent_callbacks_are_delivered() -> None:
+    """100 callbacks at once all reach a real receiver."""
+    async with callback_receiver() as receiver, sender_over() as sender:
         for index in range(100):
             sender.schedule(f"{receiver.url}/{index}", PAYLOAD, str(index))
         paths = {(await receiver.next()).path for _ in range(100)}
