@@ -96,7 +96,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
-        waiters = WaiterRegistry(settings.replica_id or new_replica_id(), settings.max_pending)
+        waiters = WaiterRegistry(
+            settings.replica_id or new_replica_id(), settings.max_pending, settings.job_deadline
+        )
         async with contextlib.AsyncExitStack() as resources:
             client = await resources.enter_async_context(build_client(settings, transport))
             bus: RedisBus | None = None
@@ -226,13 +228,12 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
         job_request = JobRequest.parse(body)
-        deadline = time.monotonic() + services.settings.job_deadline
         with services.waiters.hold() as waiter:
             callback = job_request.callback
             if job_request.wait:
                 callback = f"{services.settings.public_url}/callback/{waiter.token}"
             answer = await _start_unless_client_leaves(
-                services, job_request, callback, deadline, receive
+                services, job_request, callback, waiter.deadline, receive
             )
             job = _job_of(answer)
             if not job_request.wait:
@@ -247,11 +248,9 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
                 await waiter.respond()
             else:
                 waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-                waiter.timer = asyncio.get_running_loop().call_later(
-                    deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
-                )
-                services.watch.track(waiter, deadline)
-                del body, job_request, answer, job  # nothing of the start is kept while held
+                services.watch.track(waiter, waiter.deadline)
+                # Nothing of the start is kept while held.
+                del body, job_request, callback, answer, job
                 # The answer is sent by whoever decides it; receive() returns once it was
                 # sent (the response is complete) or the client has gone.
                 while (await receive())["type"] != "http.disconnect":
@@ -317,13 +316,6 @@ def _job_of(answer: UpstreamAnswer) -> Job:
     return job
 
 
-def _deadline_passed(waiters: WaiterRegistry, waiter: Waiter) -> None:
-    waiter.timer = None
-    late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
-    if waiter.fail(late, "deadline"):
-        waiters.respond_soon(waiter)
-
-
 def _observe(services: Services, waiter: Waiter) -> None:
     """Learn from an answered job: its duration, and how its answer came."""
     if waiter.answered_by not in ("callback", "poll"):
@@ -348,11 +340,10 @@ async def start_with_key(request: Request) -> Response:
     try:
         job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
         key = check_key(request.headers["idempotency-key"])
-        deadline = time.monotonic() + settings.job_deadline
         with services.waiters.hold() as waiter:
             waiter.future = asyncio.get_running_loop().create_future()
             answer = await _until_client_leaves(
-                request, waiter, _serve_keyed(services, waiter, job_request, key, deadline)
+                request, waiter, _serve_keyed(services, waiter, job_request, key)
             )
         outcome = waiter.outcome or "forwarded"
         return _response(answer)
@@ -400,7 +391,7 @@ async def _until_client_leaves(
 
 
 async def _serve_keyed(
-    services: Services, waiter: Waiter, job_request: JobRequest, key: str, deadline: float
+    services: Services, waiter: Waiter, job_request: JobRequest, key: str
 ) -> Answer:
     """Run the client's job, or follow the one its Idempotency-Key names."""
     results = services.results
@@ -412,7 +403,7 @@ async def _serve_keyed(
     callback = own_callback if job_request.wait else job_request.callback
     try:
         answer = await services.upstream.start(
-            job_request.upstream_body(callback), deadline=deadline
+            job_request.upstream_body(callback), deadline=waiter.deadline
         )
     except (UpstreamUnavailable, UpstreamRejected):
         # Surely no job was started for this key: let a retry start one.
@@ -428,10 +419,7 @@ async def _serve_keyed(
     if not waiter.settled:
         waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
         await _quietly(results.bind_job(key, str(waiter.job_id)))
-        waiter.timer = asyncio.get_running_loop().call_later(
-            deadline - waiter.accepted_at, _deadline_passed, services.waiters, waiter
-        )
-        services.watch.track(waiter, deadline)
+        services.watch.track(waiter, waiter.deadline)
     assert waiter.future is not None
     result = await waiter.future
     _observe(services, waiter)

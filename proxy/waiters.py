@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from typing import Any
 from starlette.types import Send
 
 from proxy.answers import Answer, json_answer, send_answer
-from proxy.errors import AtCapacity, ProxyError, ShuttingDown
+from proxy.errors import AtCapacity, JobTimeout, ProxyError, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,8 @@ class Waiter:
     outcome: str = ""  # the job's state, or the error word
     send: Send | None = None
     future: asyncio.Future[Answer] | None = None
-    timer: asyncio.TimerHandle | None = None
+    deadline: float = math.inf  # time.monotonic() by which it is answered, 504 if need be
+    released: bool = False
     poll: asyncio.Task[None] | None = None
     early: list[tuple[Job, bytes, asyncio.Future[Delivery] | None]] | None = None
 
@@ -108,9 +112,6 @@ class Waiter:
         if self.answer is not None:
             return False
         self.answer, self.answered_by, self.outcome = answer, via, outcome
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.future is not None and not self.future.done():
             self.future.set_result(answer)
         return True
@@ -150,10 +151,8 @@ class Waiter:
                 verdict.set_result(delivery)
 
     def release(self) -> None:
-        """The waiter is gone: stop its timer and poll; results held for it were for nobody."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """The waiter is gone: stop its poll; results held for it were for nobody."""
+        self.released = True
         if self.poll is not None:
             self.poll.cancel()
         for _, _, verdict in self.early or ():
@@ -164,17 +163,40 @@ class Waiter:
             self.future.cancel()
 
 
-class WaiterRegistry:
-    """Every waiter of this process, by callback token."""
+class Holding:
+    """``with registry.hold() as waiter``: the waiter is released when the block ends."""
 
-    def __init__(self, replica_id: str, max_pending: int) -> None:
+    __slots__ = ("_registry", "_waiter")
+
+    def __init__(self, registry: WaiterRegistry, waiter: Waiter) -> None:
+        self._registry, self._waiter = registry, waiter
+
+    def __enter__(self) -> Waiter:
+        return self._waiter
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._registry.release(self._waiter)
+
+
+class WaiterRegistry:
+    """Every waiter of this process, by callback token, and their deadlines.
+
+    Every waiter gets the same ``job_deadline``, so deadlines come due in the order the
+    waiters were registered: one timer for the earliest does for all of them, where a
+    timer per held request would cost half a kilobyte each.
+    """
+
+    def __init__(self, replica_id: str, max_pending: int, job_deadline: float = 30.0) -> None:
         self.replica_id = replica_id
         self.max_pending = max_pending
+        self.job_deadline = job_deadline
         # Signs this replica's tokens; in shared mode the other replicas learn it from
         # Redis, so a callback reaching any of them is checked with one HMAC.
         self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
         self._waiters: dict[str, Waiter] = {}
         self._spent: OrderedDict[str, None] = OrderedDict()
+        self._deadlines: collections.deque[Waiter] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._emptied = asyncio.Event()
         self._emptied.set()
         self._responders: set[asyncio.Task[None]] = set()
@@ -189,26 +211,58 @@ class WaiterRegistry:
     def get(self, token: str) -> Waiter | None:
         return self._waiters.get(token)
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[Waiter]:
-        """Register a waiter under a fresh token for the duration of the block."""
+    def hold(self) -> Holding:
+        """Register a waiter under a fresh token for the duration of a ``with`` block."""
         if self.closing:
             raise ShuttingDown("the proxy is shutting down")
         if len(self._waiters) >= self.max_pending:
             raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
         stem = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
         token = f"{stem}.{token_mac(self.token_key, stem)}"
-        waiter = Waiter(token)
+        waiter = Waiter(token, deadline=time.monotonic() + self.job_deadline)
         self._waiters[token] = waiter
+        self._deadlines.append(waiter)
+        if self._timer is None:
+            self._arm()
         self._emptied.clear()
-        try:
-            yield waiter
-        finally:
-            del self._waiters[token]
-            self._remember_spent(token)
-            waiter.release()
-            if not self._waiters:
-                self._emptied.set()
+        return Holding(self, waiter)
+
+    def release(self, waiter: Waiter) -> None:
+        """Remove a waiter: its holder is done with it, whatever happened."""
+        del self._waiters[waiter.token]
+        self._remember_spent(waiter.token)
+        waiter.release()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].released:
+            deadlines.popleft()
+        if not deadlines and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._waiters:
+            self._emptied.set()
+
+    def _arm(self) -> None:
+        if self._deadlines:
+            due = self._deadlines[0].deadline - time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, due), self._expire)
+
+    def _expire(self) -> None:
+        """Answer 504 for every held job whose deadline has passed."""
+        self._timer = None
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines:
+            waiter = deadlines[0]
+            if not (waiter.released or waiter.settled) and waiter.deadline > now:
+                break
+            deadlines.popleft()
+            # A start still under way ends at the same deadline by itself.
+            if waiter.released or waiter.job_id is None:
+                continue
+            late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
+            if waiter.fail(late, "deadline"):
+                self.respond_soon(waiter)
+        self._arm()
 
     def resolve(self, token: str, job: Job, body: bytes) -> Delivery:
         """Hand a finished job (and its bytes) to the waiter holding ``token``
@@ -233,7 +287,7 @@ class WaiterRegistry:
 
     def respond_soon(self, waiter: Waiter) -> None:
         """Send a waiter's answer from a task of the registry's (for settling done in a
-        plain callback, such as a deadline timer)."""
+        plain callback, such as the deadline timer)."""
         task = asyncio.get_running_loop().create_task(waiter.respond())
         self._responders.add(task)
         task.add_done_callback(self._responders.discard)

@@ -341,3 +341,21 @@ async def test_a_result_of_another_job_is_a_mismatch() -> None:
             Delivery.MISMATCH
         )
         assert not waiter.settled
+
+
+async def test_held_jobs_past_their_deadline_are_answered_504_in_order() -> None:
+    """Every held job still unanswered at its deadline gets a 504 job_timeout answer; one
+    answered before it, or still starting, is left alone."""
+    registry = WaiterRegistry("r", max_pending=10, job_deadline=0.05)
+    answered, late, starting = HeldRequest(registry), HeldRequest(registry), None
+    await answered.started()
+    registry.resolve((await answered.started()).token, JOB, BODY)
+    await late.started()
+    with registry.hold() as starting:  # no job id yet: its start ends at the deadline itself
+        starting.future = asyncio.get_running_loop().create_future()
+        with pytest.raises(AnsweredWithError) as raised:
+            await late.outcome()
+        assert not starting.settled
+    assert await answered.outcome() == JOB
+    assert (raised.value.status, raised.value.error) == (504, "job_timeout")
+    assert len(registry) == 0
