@@ -347,7 +347,7 @@ async def test_held_jobs_past_their_deadline_are_answered_504_in_order() -> None
     """Every held job still unanswered at its deadline gets a 504 job_timeout answer; one
     answered before it, or still starting, is left alone."""
     registry = WaiterRegistry("r", max_pending=10, job_deadline=0.05)
-    answered, late, starting = HeldRequest(registry), HeldRequest(registry), None
+    answered, late = HeldRequest(registry), HeldRequest(registry)
     await answered.started()
     registry.resolve((await answered.started()).token, JOB, BODY)
     await late.started()
