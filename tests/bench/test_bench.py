@@ -54,7 +54,7 @@ from bench.stats import (
     summarize,
 )
 from bench.system import files_needed, raise_open_file_limit
-from bench.targets import Target, evaluate_targets
+from bench.targets import PROXY_CPU_PER_1000_LIMIT, Target, evaluate_targets
 from proxy.config import Settings
 from proxy.server import GC_THRESHOLD
 
@@ -589,3 +589,21 @@ def test_floor_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert result["run"]["floor"]["rss_baseline_kib"] > 0
     assert {"requests_failed"} == {t["name"] for t in document["targets"] if t["where"] == "floor"}
     assert document["scale"] == []
+
+
+def test_proxy_cpu_is_judged_at_the_largest_size_only() -> None:
+    """The proxy CPU target applies to the largest scale run, where the clock can tell."""
+    load = load_result([OK], [1.0])
+    usage = ProcessUsage(cpu_s=1.0, rss_baseline_kib=0, rss_peak_kib=0, jobs=1_000)
+
+    def scale(size: int) -> ScaleResult:
+        run = MeasuredRun(summarize(load, job_duration=0.5), load)
+        proxied = MeasuredRun(summarize(load, job_duration=0.5), load, proxy=usage)
+        return ScaleResult(size=size, accounts=1, direct=run, proxied={"native": proxied})
+
+    results = BenchResults(BenchOptions(), scale=[scale(1_000), scale(10_000)])
+    cpu = [t for t in evaluate_targets(results) if t.name == "proxy_cpu_per_1000_jobs"]
+    assert [(t.where, t.value, t.limit) for t in cpu] == [
+        ("10000 native", 1.0, PROXY_CPU_PER_1000_LIMIT)
+    ]
+    assert not cpu[0].passed
