@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -54,7 +61,11 @@ class Metrics:
 
     @classmethod
     def create(cls, pending: Callable[[], float]) -> Metrics:
+        # A *_created series beside every counter only doubles the scrape: Prometheus
+        # reads a counter's resets from its values.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # CPU, memory and open files of the process
         gauge = Gauge(
             "jobproxy_pending_jobs", "Client requests held open for a job.", registry=registry
         )
