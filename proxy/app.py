@@ -49,13 +49,14 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
+from proxy.jobs import Job, is_terminal, job_id_of
 from proxy.metrics import Metrics
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
 from proxy.polling import PollSchedule
 from proxy.shared import RedisBus, connect
-from proxy.upstream import Upstream, UpstreamAnswer, build_client, is_terminal, job_id_of
-from proxy.waiters import Delivery, Job, Waiter, WaiterRegistry, new_replica_id
+from proxy.upstream import Upstream, UpstreamAnswer, build_client
+from proxy.waiters import Delivery, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
 

@@ -13,17 +13,15 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from proxy.bodies import parse_object
 from proxy.config import signing_key
 from proxy.errors import BadRequest, BadSignature
+from proxy.jobs import Job
 
 __all__ = ["parse_job", "signing_key", "verify_signature"]
 
 SIGNATURE_TOLERANCE = 300.0  # seconds either side of now
-
-Job = dict[str, Any]
 
 
 def verify_signature(

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.errors import BadRequest, IdempotencyConflict
+from proxy.jobs import Job
 
 MAX_KEY_LENGTH = 255
-
-Job = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

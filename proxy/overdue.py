@@ -47,8 +47,9 @@ import httpx
 from proxy.answers import encode, json_answer
 from proxy.config import Settings
 from proxy.errors import JobLost, JobTimeout
+from proxy.jobs import Job
 from proxy.polling import DurationStats, LostJob, PollSchedule, wait_for_job
-from proxy.waiters import Job, Waiter
+from proxy.waiters import Waiter
 
 logger = logging.getLogger(__name__)
 

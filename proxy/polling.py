@@ -33,12 +33,11 @@ import httpx
 
 from proxy.bodies import decode_json
 from proxy.errors import JobLost, JobTimeout
+from proxy.jobs import FINAL_STATES, JOB_STATES, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
 MIN_SAMPLES_FOR_ESTIMATE = 2
-FINAL_STATES = frozenset({"completed", "failed"})
-JOB_STATES = FINAL_STATES | {"running"}
 # A hung connection should not eat the whole budget; later polls get a fresh chance.
 MAX_POLL_TIMEOUT = 10.0
 
@@ -279,15 +278,3 @@ def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failu
 def retry_after_seconds(response: httpx.Response) -> float:
     """Seconds a response's ``Retry-After`` header asks for; 0.0 when absent or unusable."""
     return parse_retry_after(response.headers.get("Retry-After"))
-
-
-def parse_retry_after(value: str | bytes | None) -> float:
-    """Seconds a ``Retry-After`` value asks for; 0.0 when absent or unusable.
-
-    Only the delta-seconds form: an HTTP date would need a wall clock we do not inject.
-    """
-    try:
-        seconds = float(value) if value is not None else 0.0
-    except ValueError:
-        return 0.0
-    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

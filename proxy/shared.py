@@ -37,7 +37,8 @@ from proxy.answers import encode
 from proxy.bodies import decode_json
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim, ExpiringMap
-from proxy.waiters import Delivery, Job, WaiterRegistry, replica_of, token_is_genuine
+from proxy.jobs import Job
+from proxy.waiters import Delivery, WaiterRegistry, replica_of, token_is_genuine
 
 logger = logging.getLogger(__name__)
 

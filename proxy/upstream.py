@@ -40,7 +40,7 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.polling import FINAL_STATES, parse_retry_after
+from proxy.jobs import Job, parse_retry_after
 from proxy.transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,8 @@ logger = logging.getLogger(__name__)
 RETRY_BASE = 0.05
 RETRY_CAP = 1.0
 RETRYABLE_STATUS = frozenset({429, 503})
-MAX_JOB_ID_LENGTH = 256
 JSON_HEADERS = {"content-type": "application/json"}
 KEEPALIVE_EXPIRY = 4.0
-
-Job = dict[str, Any]
 
 
 def build_client(
@@ -87,17 +84,6 @@ def nothing_was_sent(exc: httpx.TransportError) -> bool:
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Full jitter: uniform(0, min(cap, base·2^attempt))."""
     return rng.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))
-
-
-def is_terminal(job: Job) -> bool:
-    return job.get("state") in FINAL_STATES
-
-
-def job_id_of(job: Job) -> str:
-    job_id = job.get("id")
-    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_LENGTH:
-        raise UpstreamBadResponse(f"the job server's answer has no valid job id: {job!r:.200}")
-    return job_id
 
 
 class _Lane:

@@ -24,12 +24,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from starlette.types import Send
 
 from proxy.answers import Answer, json_answer, send_answer
 from proxy.errors import AtCapacity, JobTimeout, ProxyError, ShuttingDown
+from proxy.jobs import Job
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ MAC_BYTES = 16  # a token's MAC, so that any replica can tell a forged one at on
 TOKEN_KEY_BYTES = 32
 REPLICA_ID_BYTES = 4
 SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
-
-Job = dict[str, Any]
 
 
 class Delivery(str, Enum):

@@ -21,15 +21,12 @@ from starlette.routing import Route
 
 from proxy.config import Settings
 from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
-from proxy.polling import retry_after_seconds
 from proxy.upstream import (
     RETRY_CAP,
     AccountLanes,
     Upstream,
     backoff_delay,
     build_client,
-    is_terminal,
-    job_id_of,
     nothing_was_sent,
 )
 
@@ -321,28 +318,6 @@ def test_backoff_is_full_jitter_capped() -> None:
         for _ in range(50):
             delay = backoff_delay(attempt, rng)
             assert 0.0 <= delay <= min(RETRY_CAP, 0.05 * 2**attempt)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("0", 0.0), ("2", 2.0), ("0.5", 0.5), ("-1", 0.0), ("soon", 0.0), ("", 0.0), ("inf", 0.0)],
-)
-def test_retry_after_parsing(value: str, seconds: float) -> None:
-    """Retry-After in seconds is read; negative or unreadable values are ignored (no floor)."""
-    headers = {"Retry-After": value} if value else {}
-    assert retry_after_seconds(httpx.Response(503, headers=headers)) == seconds
-
-
-def test_job_helpers() -> None:
-    """is_terminal knows the final states; job_id_of refuses answers without a usable id."""
-    assert is_terminal({"state": "completed"})
-    assert is_terminal({"state": "failed"})
-    assert not is_terminal({"state": "running"})
-    assert not is_terminal({})
-    assert job_id_of(RUNNING) == RUNNING["id"]
-    for bad in ({}, {"id": ""}, {"id": 7}, {"id": "x" * 257}):
-        with pytest.raises(UpstreamBadResponse):
-            job_id_of(bad)
 
 
 # Readiness probe.
