@@ -1,4 +1,5 @@
-"""Calls to the job server, and the one place where httpx errors become ours.
+"""Calls to the job server, and the one place where httpx errors become ours
+(:func:`job_server_errors`).
 
 The job server is remote: every ``/start`` costs a round trip. It serves one connection
 per account at a time and queues the others itself, next to its handler, where a queued
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,21 @@ def build_client(
 def nothing_was_sent(exc: httpx.TransportError) -> bool:
     """True when the request cannot have reached the job server (so a retry is safe)."""
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+@contextlib.contextmanager
+def job_server_errors(url: httpx.URL) -> Iterator[None]:
+    """The one place where httpx's errors become the proxy's, as httpx itself maps
+    httpcore's: a request that cannot have left is UpstreamUnavailable (safe to retry),
+    any other failure UpstreamBadResponse (a job may have been started)."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        if nothing_was_sent(exc):
+            raise UpstreamUnavailable(f"cannot reach the job server at {url}: {exc!r}") from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise UpstreamBadResponse(f"the job server did not answer in time: {exc!r}") from exc
+        raise UpstreamBadResponse(f"the connection to the job server failed: {exc!r}") from exc
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -299,13 +316,10 @@ class Upstream:
                 sent_at = time.monotonic()
                 pause = 0.0
                 try:
-                    status, raw, retry_after = await self._post(content, deadline - sent_at)
-                except httpx.TransportError as exc:
-                    if not nothing_was_sent(exc):
-                        raise _translate(exc) from exc
-                    failure: UpstreamError = UpstreamUnavailable(
-                        f"cannot reach the job server at {self._start_url}: {exc!r}"
-                    )
+                    with job_server_errors(self._start_url):
+                        status, raw, retry_after = await self._post(content, deadline - sent_at)
+                except UpstreamUnavailable as unreachable:
+                    failure: UpstreamError = unreachable
                 else:
                     if status not in RETRYABLE_STATUS:
                         accepted = 200 <= status < 300
@@ -380,9 +394,3 @@ def _answer(status: int, raw: bytes, sent_at: float) -> UpstreamAnswer:
     if not 200 <= status < 300:
         raise UpstreamBadResponse(f"the job server answered {status}: {body!r:.200}")
     return UpstreamAnswer(status, body, sent_at, raw)
-
-
-def _translate(exc: httpx.TransportError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamBadResponse(f"the job server did not answer in time: {exc!r}")
-    return UpstreamBadResponse(f"the connection to the job server failed: {exc!r}")
