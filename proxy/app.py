@@ -50,13 +50,13 @@ from proxy.errors import (
 )
 from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
 from proxy.jobs import Job, is_terminal, job_id_of
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, Outcome
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
 from proxy.polling import PollSchedule
 from proxy.shared import RedisBus, connect
 from proxy.upstream import Upstream, UpstreamAnswer, build_client
-from proxy.waiters import Delivery, Waiter, WaiterRegistry, new_replica_id
+from proxy.waiters import AnsweredBy, Delivery, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
     One coroutine for the whole life of a held request: every frame it keeps is kept
     for each of thousands of held requests.
     """
-    outcome = "internal_error"
+    outcome: str = Outcome.INTERNAL_ERROR
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
         job_request = JobRequest.parse(body)
@@ -239,11 +239,11 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
             job = _job_of(answer)
             if not job_request.wait:
                 await send_answer(send, json_answer(answer.raw, answer.status_code))
-                outcome = "forwarded"
+                outcome = Outcome.FORWARDED
                 return
             waiter.bind(job_id_of(job))
             if is_terminal(job):  # a job server may finish the job before answering
-                waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
+                waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
             waiter.send = send
             if waiter.settled:  # by the start's answer, or by a callback that came first
                 await waiter.respond()
@@ -319,11 +319,11 @@ def _job_of(answer: UpstreamAnswer) -> Job:
 
 def _observe(services: Services, waiter: Waiter) -> None:
     """Learn from an answered job: its duration, and how its answer came."""
-    if waiter.answered_by not in ("callback", "poll"):
+    if waiter.answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
         return
     now = time.monotonic()
     services.metrics.job_duration(waiter.answered_by).observe(now - waiter.started_at)
-    if waiter.answered_by == "callback":
+    if waiter.answered_by is AnsweredBy.CALLBACK:
         services.watch.answered(waiter, now)
     if waiter.poll is not None:
         services.metrics.poll_fallback(waiter.answered_by)
@@ -337,7 +337,7 @@ async def start_with_key(request: Request) -> Response:
     key already names, keeping the result for later retries."""
     services = services_of(request)
     settings = services.settings
-    outcome = "internal_error"
+    outcome: str = Outcome.INTERNAL_ERROR
     try:
         job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
         key = check_key(request.headers["idempotency-key"])
@@ -346,7 +346,7 @@ async def start_with_key(request: Request) -> Response:
             answer = await _until_client_leaves(
                 request, waiter, _serve_keyed(services, waiter, job_request, key)
             )
-        outcome = waiter.outcome or "forwarded"
+        outcome = waiter.outcome or Outcome.FORWARDED
         return _response(answer)
     except ProxyError as exc:
         outcome = exc.error
@@ -416,7 +416,7 @@ async def _serve_keyed(
         return json_answer(answer.raw, answer.status_code)
     waiter.bind(job_id_of(job))
     if is_terminal(job):
-        waiter.settle(json_answer(answer.raw), "start", str(job["state"]))
+        waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
     if not waiter.settled:
         waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
         await _quietly(results.bind_job(key, str(waiter.job_id)))
@@ -484,12 +484,12 @@ async def _callback(
     services: Services, token: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """``POST /callback/{token}``: a finished job for a held request of this replica."""
-    outcome = "internal_error"
+    outcome: str = Outcome.INTERNAL_ERROR
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
         job = parse_job(body)
         if not is_terminal(job):
-            outcome = "not_final"
+            outcome = Outcome.NOT_FINAL
             await send_answer(send, IGNORED)
             return
         delivery = await services.waiters.deliver(token, job, body)
@@ -517,14 +517,14 @@ async def receive_callback(request: Request) -> Response:
     """The callback endpoint's rare paths: signatures, other replicas, kept results."""
     services = services_of(request)
     token = request.path_params["token"]
-    outcome = "internal_error"
+    outcome: str = Outcome.INTERNAL_ERROR
     try:
         body = await read_body(request, services.settings.max_body_size)
         if services.signing_key is not None:
             verify_signature(services.signing_key, request.headers, body)
         job = parse_job(body)
         if not is_terminal(job):
-            outcome = "not_final"
+            outcome = Outcome.NOT_FINAL
             return _response(IGNORED)
         delivery = await _deliver(services, token, job, body)
         outcome = delivery.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import (
@@ -20,6 +21,17 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 6
 Family = TypeVar("Family", Counter, Histogram)
 
 
+class Outcome(str, Enum):
+    """Outcome words of requests and callbacks besides a job's state or an error's word."""
+
+    #: A wait: false request, answered with the job server's own answer.
+    FORWARDED = "forwarded"
+    #: A callback for a job that is not finished yet: taken, nothing to do.
+    NOT_FINAL = "not_final"
+    #: Anything the proxy did not foresee (its log says what).
+    INTERNAL_ERROR = "internal_error"
+
+
 class Labelled(Generic[Family]):
     """A metric family with one label whose children are looked up once per value:
     ``labels()`` takes a lock and builds a key on every call, on the hot path."""
@@ -33,7 +45,9 @@ class Labelled(Generic[Family]):
     def __call__(self, value: str) -> Any:
         child = self._children.get(value)
         if child is None:
-            child = self._children[value] = self.family.labels(value)
+            # The word itself: str() of a (str, Enum) member would name the member.
+            word = value.value if isinstance(value, Enum) else value
+            child = self._children[value] = self.family.labels(word)
         return child
 
 

@@ -49,7 +49,7 @@ from proxy.config import Settings
 from proxy.errors import JobLost, JobTimeout
 from proxy.jobs import Job
 from proxy.polling import DurationStats, LostJob, PollSchedule, wait_for_job
-from proxy.waiters import Waiter
+from proxy.waiters import AnsweredBy, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,10 @@ class OverdueWatch:
         except JobTimeout:
             return  # the held request answers 504 at the same deadline
         except JobLost as lost:
-            if waiter.fail(lost, "poll"):
+            if waiter.fail(lost, AnsweredBy.POLL):
                 logger.warning("%s", lost.detail)
                 await waiter.respond()
             return
-        if waiter.settle(json_answer(encode(job)), "poll", str(job["state"])):
+        if waiter.settle(json_answer(encode(job)), AnsweredBy.POLL, str(job["state"])):
             logger.debug("job %s answered by a status poll: its callback is lost", waiter.job_id)
             await waiter.respond()

@@ -40,6 +40,21 @@ REPLICA_ID_BYTES = 4
 SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
 
 
+class AnsweredBy(str, Enum):
+    """Who decided a held request's answer."""
+
+    #: The job server's callback brought the job.
+    CALLBACK = "callback"
+    #: A status poll found the job finished (its callback was presumed lost).
+    POLL = "poll"
+    #: The answer to /start already carried the finished job.
+    START = "start"
+    #: The job did not finish within job_deadline: 504.
+    DEADLINE = "deadline"
+    #: The proxy shut down before the job finished: 503.
+    DRAIN = "drain"
+
+
 class Delivery(str, Enum):
     """What became of a result handed to the registry."""
 
@@ -91,7 +106,7 @@ class Waiter:
     started_at: float = 0.0
     accepted_at: float = 0.0
     answer: Answer | None = None
-    answered_by: str = ""  # callback, poll, start, deadline, drain
+    answered_by: AnsweredBy | None = None
     outcome: str = ""  # the job's state, or the error word
     send: Send | None = None
     future: asyncio.Future[Answer] | None = None
@@ -104,7 +119,7 @@ class Waiter:
     def settled(self) -> bool:
         return self.answer is not None
 
-    def settle(self, answer: Answer, via: str, outcome: str) -> bool:
+    def settle(self, answer: Answer, via: AnsweredBy, outcome: str) -> bool:
         """Decide the answer unless it is decided; True if this one counted (its caller
         then sends it with :meth:`respond`)."""
         if self.answer is not None:
@@ -114,7 +129,7 @@ class Waiter:
             self.future.set_result(answer)
         return True
 
-    def fail(self, error: ProxyError, via: str) -> bool:
+    def fail(self, error: ProxyError, via: AnsweredBy) -> bool:
         """Settle with ``error``'s answer."""
         return self.settle(error.answer(), via, error.error)
 
@@ -135,7 +150,7 @@ class Waiter:
             return Delivery.HELD
         if job.get("id") != self.job_id:
             return Delivery.MISMATCH
-        if self.settle(json_answer(body), "callback", str(job.get("state"))):
+        if self.settle(json_answer(body), AnsweredBy.CALLBACK, str(job.get("state"))):
             return Delivery.OK
         return Delivery.DUPLICATE
 
@@ -258,7 +273,7 @@ class WaiterRegistry:
             if waiter.released or waiter.job_id is None:
                 continue
             late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
-            if waiter.fail(late, "deadline"):
+            if waiter.fail(late, AnsweredBy.DEADLINE):
                 self.respond_soon(waiter)
         self._arm()
 
@@ -292,7 +307,7 @@ class WaiterRegistry:
 
     async def fail_all(self, error: ProxyError) -> int:
         """Answer every waiter still unanswered with ``error``; returns how many."""
-        failed = [waiter for waiter in self._waiters.values() if waiter.fail(error, "drain")]
+        failed = [w for w in self._waiters.values() if w.fail(error, AnsweredBy.DRAIN)]
         await asyncio.gather(*(waiter.respond() for waiter in failed))
         return len(failed)
 
