@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -32,28 +31,22 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.answers import Answer, encode, json_answer, send_answer
-from proxy.bodies import JobRequest, decode_json, read_body, receive_body
+from proxy.bodies import JobRequest, read_body, receive_body
 from proxy.callbacks import parse_job, signing_key, verify_signature
 from proxy.config import Settings
 from proxy.errors import (
-    BusUnavailable,
     ClientGone,
     JobMismatch,
-    JobTimeout,
     NotReady,
     ProxyError,
     UnknownCallback,
-    UpstreamBadResponse,
     UpstreamError,
-    UpstreamRejected,
-    UpstreamUnavailable,
 )
-from proxy.idempotency import Claim, LocalResults, ResultStore, check_key, fingerprint
+from proxy.idempotency import KeyedRequests, LocalResults, ResultStore, check_key
 from proxy.jobs import Job, is_terminal, job_id_of
 from proxy.metrics import Metrics, Outcome
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
-from proxy.polling import PollSchedule
 from proxy.shared import RedisBus, connect
 from proxy.upstream import Upstream, UpstreamAnswer, build_client
 from proxy.waiters import AnsweredBy, Delivery, Waiter, WaiterRegistry, new_replica_id
@@ -79,6 +72,7 @@ class Services:
     results: ResultStore
     bus: RedisBus | None
     watch: OverdueWatch
+    keyed: KeyedRequests
     metrics: Metrics
     signing_key: bytes | None
 
@@ -114,14 +108,17 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             watch = OverdueWatch(settings, client)
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
             resources.push_async_callback(_cancel, watching)
+            upstream = Upstream(client, settings)
+            results: ResultStore = bus or LocalResults(settings.result_ttl)
             services = Services(
                 settings=settings,
                 client=client,
-                upstream=Upstream(client, settings),
+                upstream=upstream,
                 waiters=waiters,
-                results=bus or LocalResults(settings.result_ttl),
+                results=results,
                 bus=bus,
                 watch=watch,
+                keyed=KeyedRequests(results, upstream, watch, settings),
                 metrics=Metrics.create(lambda: len(waiters)),
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
@@ -215,7 +212,6 @@ def _plain_callback(services: Services, token: str) -> bool:
         and "/" not in token
         and services.signing_key is None
         and not (bus is not None and bus.is_foreign(token))
-        and not services.results.tracks(token)
     )
 
 
@@ -236,7 +232,7 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
             answer = await _start_unless_client_leaves(
                 services, job_request, callback, waiter.deadline, receive
             )
-            job = _job_of(answer)
+            job = answer.job()
             if not job_request.wait:
                 await send_answer(send, json_answer(answer.raw, answer.status_code))
                 outcome = Outcome.FORWARDED
@@ -309,14 +305,6 @@ async def _start_unless_client_leaves(
             watcher.cancel()
 
 
-def _job_of(answer: UpstreamAnswer) -> Job:
-    if not isinstance(answer.body, dict):
-        raise UpstreamBadResponse(f"the job server answered {answer.body!r:.200}")
-    job: Job = answer.body
-    job_id_of(job)  # whatever the state: a job without an id is no answer
-    return job
-
-
 def _observe(services: Services, waiter: Waiter) -> None:
     """Learn from an answered job: its duration, and how its answer came."""
     if waiter.answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
@@ -342,10 +330,12 @@ async def start_with_key(request: Request) -> Response:
         job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
         key = check_key(request.headers["idempotency-key"])
         with services.waiters.hold() as waiter:
+            waiter.keyed = True
             waiter.future = asyncio.get_running_loop().create_future()
             answer = await _until_client_leaves(
-                request, waiter, _serve_keyed(services, waiter, job_request, key)
+                request, waiter, services.keyed.serve(waiter, job_request, key)
             )
+            _observe(services, waiter)
         outcome = waiter.outcome or Outcome.FORWARDED
         return _response(answer)
     except ProxyError as exc:
@@ -391,92 +381,6 @@ async def _until_client_leaves(
         watcher.cancel()
 
 
-async def _serve_keyed(
-    services: Services, waiter: Waiter, job_request: JobRequest, key: str
-) -> Answer:
-    """Run the client's job, or follow the one its Idempotency-Key names."""
-    results = services.results
-    digest = fingerprint(dataclasses.asdict(job_request))
-    claim = await results.claim(key, digest, waiter.token)
-    if not claim.owner:
-        return await _follow(services, waiter, key, claim, job_request)
-    own_callback = f"{services.settings.public_url}/callback/{waiter.token}"
-    callback = own_callback if job_request.wait else job_request.callback
-    try:
-        answer = await services.upstream.start(
-            job_request.upstream_body(callback), deadline=waiter.deadline
-        )
-    except (UpstreamUnavailable, UpstreamRejected):
-        # Surely no job was started for this key: let a retry start one.
-        await _quietly(results.release(key, waiter.token))
-        raise
-    job = _job_of(answer)
-    if not job_request.wait:
-        await _quietly(results.put_result(waiter.token, job))
-        return json_answer(answer.raw, answer.status_code)
-    waiter.bind(job_id_of(job))
-    if is_terminal(job):
-        waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
-    if not waiter.settled:
-        waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-        await _quietly(results.bind_job(key, str(waiter.job_id)))
-        services.watch.track(waiter, waiter.deadline)
-    assert waiter.future is not None
-    result = await waiter.future
-    _observe(services, waiter)
-    if result[0] == 200:
-        await _quietly(results.put_result(waiter.token, decode_json(result[2])))
-    return result
-
-
-async def _quietly(step: Awaitable[Any]) -> None:
-    """Bookkeeping for later retries must not fail the request at hand."""
-    try:
-        await step
-    except BusUnavailable as exc:
-        logger.warning("%s", exc.detail)
-
-
-async def _follow(
-    services: Services, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
-) -> Answer:
-    """A retry's answer: the first request's stored result, waited for if need be."""
-    settings = services.settings
-    deadline = time.monotonic() + settings.job_deadline
-    delays = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap).delays()
-    job_id = claim.job_id
-    poll: asyncio.Future[Job] | None = None
-    assert waiter.future is not None
-    try:
-        while True:
-            result = await services.results.get_result(claim.token)
-            if result is None and poll is not None and poll.done():
-                result = poll.result()  # raises JobLost
-            if result is not None:
-                waiter.outcome = str(result.get("state"))
-                return json_answer(encode(result))
-            if job_request.wait and poll is None:
-                job_id = job_id or await services.results.job_id_for(key)
-                if job_id is not None:
-                    # The first request's holder may be gone: ask the job server too.
-                    overdue_in = services.watch.expected()
-                    polling = services.watch.poll(
-                        job_id, deadline, known_since=time.monotonic(), first_delay=overdue_in
-                    )
-                    poll = asyncio.ensure_future(polling)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")
-            watched: set[asyncio.Future[Any]] = {waiter.future, *([poll] if poll else [])}
-            timeout = min(next(delays), remaining)
-            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if waiter.future.done():  # the drain answered this retry
-                return waiter.future.result()
-    finally:
-        if poll is not None:
-            poll.cancel()
-
-
 # -- callbacks -----------------------------------------------------------------------
 
 
@@ -493,6 +397,8 @@ async def _callback(
             await send_answer(send, IGNORED)
             return
         delivery = await services.waiters.deliver(token, job, body)
+        if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
+            delivery = await services.keyed.keep(token, job, delivery)
         outcome = delivery.value
         _refuse(delivery, job)
         await send_answer(send, RECEIPTS[delivery])
@@ -542,12 +448,8 @@ async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Del
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
     delivery = await services.waiters.deliver(token, job, body)
-    if delivery is Delivery.MISMATCH:
-        return delivery
-    if services.results.tracks(token):
-        stored = await services.results.put_result(token, job)
-        if stored and delivery is not Delivery.OK:
-            return Delivery.STORED
+    if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
+        delivery = await services.keyed.keep(token, job, delivery)
     return delivery
 
 

@@ -5,21 +5,44 @@ with the same key and the same body finds the claim and follows that job: it ret
 the stored result at once when there is one, else waits for it (and polls the job
 server once the job id is known). The same key with another body is a 422.
 
-:class:`LocalResults` keeps claims and results in this process; ``proxy.shared``
-keeps them in Redis so a retry may land on any replica.
+:class:`KeyedRequests` is the one interface the app uses: :meth:`KeyedRequests.serve`
+for a request with a key, :meth:`KeyedRequests.keep` for a result that came after its
+holder was gone. A request without a key does no idempotency work at all.
+:class:`LocalResults` keeps claims and results in this process; ``proxy.shared`` keeps
+them in Redis so a retry may land on any replica.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proxy.errors import BadRequest, IdempotencyConflict
-from proxy.jobs import Job
+from proxy.answers import Answer, encode, json_answer
+from proxy.bodies import JobRequest, decode_json
+from proxy.config import Settings
+from proxy.errors import (
+    BadRequest,
+    BusUnavailable,
+    IdempotencyConflict,
+    JobTimeout,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from proxy.jobs import Job, is_terminal, job_id_of
+from proxy.overdue import OverdueWatch
+from proxy.polling import PollSchedule
+from proxy.upstream import Upstream
+from proxy.waiters import AnsweredBy, Delivery, Waiter
+
+logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 255
 
@@ -54,7 +77,6 @@ class ResultStore(Protocol):
     async def job_id_for(self, key: str) -> str | None: ...
     async def put_result(self, token: str, job: Job) -> bool: ...
     async def get_result(self, token: str) -> Job | None: ...
-    def tracks(self, token: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -103,13 +125,11 @@ class LocalResults:
     def __init__(self, ttl: float) -> None:
         self._claims = ExpiringMap(ttl)
         self._results = ExpiringMap(ttl)
-        self._tracked = ExpiringMap(ttl)
 
     async def claim(self, key: str, digest: str, token: str) -> Claim:
         record: _Record | None = self._claims.get(key)
         if record is None:
             self._claims.put(key, _Record(digest, token))
-            self._tracked.put(token, True)
             return Claim(owner=True, token=token)
         if record.digest != digest:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another body")
@@ -139,6 +159,104 @@ class LocalResults:
         result: Job | None = self._results.get(token)
         return result
 
-    def tracks(self, token: str) -> bool:
-        """Whether a result for ``token`` must be kept for an Idempotency-Key retry."""
-        return self._tracked.get(token) is not None
+
+class KeyedRequests:
+    """Requests with an ``Idempotency-Key``: each key's job runs once, retries follow it."""
+
+    def __init__(
+        self, results: ResultStore, upstream: Upstream, watch: OverdueWatch, settings: Settings
+    ) -> None:
+        self._results = results
+        self._upstream = upstream
+        self._watch = watch
+        self._settings = settings
+
+    async def keep(self, token: str, job: Job, delivery: Delivery) -> Delivery:
+        """Store a result whose holder is gone (``delivery`` said so) for the key's
+        retries; ``STORED`` if this stored it."""
+        return Delivery.STORED if await self._results.put_result(token, job) else delivery
+
+    async def serve(self, waiter: Waiter, job_request: JobRequest, key: str) -> Answer:
+        """Run the client's job, or follow the one its Idempotency-Key names."""
+        results = self._results
+        digest = fingerprint(dataclasses.asdict(job_request))
+        claim = await results.claim(key, digest, waiter.token)
+        if not claim.owner:
+            return await self._follow(waiter, key, claim, job_request)
+        callback = job_request.callback
+        if job_request.wait:
+            callback = f"{self._settings.public_url}/callback/{waiter.token}"
+        try:
+            answer = await self._upstream.start(
+                job_request.upstream_body(callback), deadline=waiter.deadline
+            )
+        except (UpstreamUnavailable, UpstreamRejected):
+            # Surely no job was started for this key: let a retry start one.
+            await _quietly(results.release(key, waiter.token))
+            raise
+        job = answer.job()
+        if not job_request.wait:
+            await _quietly(results.put_result(waiter.token, job))
+            return json_answer(answer.raw, answer.status_code)
+        waiter.bind(job_id_of(job))
+        if is_terminal(job):
+            waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
+        if not waiter.settled:
+            waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
+            await _quietly(results.bind_job(key, str(waiter.job_id)))
+            self._watch.track(waiter, waiter.deadline)
+        assert waiter.future is not None
+        result = await waiter.future
+        if result[0] == 200:
+            await _quietly(results.put_result(waiter.token, decode_json(result[2])))
+        return result
+
+    async def _follow(
+        self, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
+    ) -> Answer:
+        """A retry's answer: the first request's stored result, waited for if need be."""
+        settings = self._settings
+        deadline = time.monotonic() + settings.job_deadline
+        schedule = PollSchedule(base=settings.poll_backoff_base, cap=settings.poll_backoff_cap)
+        delays = schedule.delays()
+        job_id = claim.job_id
+        poll: asyncio.Future[Job] | None = None
+        assert waiter.future is not None
+        try:
+            while True:
+                result = await self._results.get_result(claim.token)
+                if result is None and poll is not None and poll.done():
+                    result = poll.result()  # raises JobLost
+                if result is not None:
+                    waiter.outcome = str(result.get("state"))
+                    return json_answer(encode(result))
+                if job_request.wait and poll is None:
+                    job_id = job_id or await self._results.job_id_for(key)
+                    if job_id is not None:
+                        # The first request's holder may be gone: ask the job server too.
+                        polling = self._watch.poll(
+                            job_id,
+                            deadline,
+                            known_since=time.monotonic(),
+                            first_delay=self._watch.expected(),
+                        )
+                        poll = asyncio.ensure_future(polling)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")
+                watched: set[asyncio.Future[Any]] = {waiter.future, *([poll] if poll else [])}
+                timeout = min(next(delays), remaining)
+                await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if waiter.future.done():  # the drain answered this retry
+                    return waiter.future.result()
+        finally:
+            if poll is not None:
+                poll.cancel()
+
+
+async def _quietly(step: Awaitable[Any]) -> None:
+    """Bookkeeping for later retries must not fail the request at hand."""
+    try:
+        await step
+    except BusUnavailable as exc:
+        logger.warning("%s", exc.detail)

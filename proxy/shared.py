@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from proxy.answers import encode
 from proxy.bodies import decode_json
 from proxy.errors import BusUnavailable, IdempotencyConflict
-from proxy.idempotency import Claim, ExpiringMap
+from proxy.idempotency import Claim
 from proxy.jobs import Job
 from proxy.waiters import Delivery, WaiterRegistry, replica_of, token_is_genuine
 
@@ -127,7 +127,6 @@ class RedisBus:
         self._redis = redis
         self._waiters = waiters
         self._ttl = max(1, round(ttl))
-        self._tracked = ExpiringMap(ttl)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self.replica_id = waiters.replica_id
         self.subscribed = asyncio.Event()
@@ -300,7 +299,6 @@ class RedisBus:
         with _bus_errors("claim"):
             for _ in range(3):  # the key may expire between SET NX and GET
                 if await self._redis.set(_claim_key(key), value, nx=True, ex=self._ttl):
-                    self._tracked.put(token, True)
                     return Claim(owner=True, token=token)
                 existing = await self._redis.get(_claim_key(key))
                 if existing is None:
@@ -338,6 +336,3 @@ class RedisBus:
         except ValueError:
             return None
         return result if isinstance(result, dict) else None
-
-    def tracks(self, token: str) -> bool:
-        return self._tracked.get(token) is not None

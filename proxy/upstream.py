@@ -42,7 +42,7 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.jobs import Job, parse_retry_after
+from proxy.jobs import Job, job_id_of, parse_retry_after
 from proxy.transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
@@ -260,6 +260,15 @@ class UpstreamAnswer:
     # job's start than when a busy event loop got round to reading the answer.
     sent_at: float = 0.0
     raw: bytes = b""
+
+    def job(self) -> Job:
+        """The job the answer carries; whatever its state, a job without an id is no
+        answer (UpstreamBadResponse)."""
+        if not isinstance(self.body, dict):
+            raise UpstreamBadResponse(f"the job server answered {self.body!r:.200}")
+        job: Job = self.body
+        job_id_of(job)
+        return job
 
 
 class Upstream:

@@ -112,6 +112,7 @@ class Waiter:
     future: asyncio.Future[Answer] | None = None
     deadline: float = math.inf  # time.monotonic() by which it is answered, 504 if need be
     released: bool = False
+    keyed: bool = False  # its request carried an Idempotency-Key
     poll: asyncio.Task[None] | None = None
     early: list[tuple[Job, bytes, asyncio.Future[Delivery] | None]] | None = None
 
@@ -207,7 +208,9 @@ class WaiterRegistry:
         # Redis, so a callback reaching any of them is checked with one HMAC.
         self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
         self._waiters: dict[str, Waiter] = {}
-        self._spent: OrderedDict[str, None] = OrderedDict()
+        # Tokens of waiters gone, kept only to tell a late duplicate from a never-issued
+        # token, and whose result an Idempotency-Key retry may still want.
+        self._spent: OrderedDict[str, bool] = OrderedDict()
         self._deadlines: collections.deque[Waiter] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._emptied = asyncio.Event()
@@ -243,7 +246,7 @@ class WaiterRegistry:
     def release(self, waiter: Waiter) -> None:
         """Remove a waiter: its holder is done with it, whatever happened."""
         del self._waiters[waiter.token]
-        self._remember_spent(waiter.token)
+        self._remember_spent(waiter.token, waiter.keyed)
         waiter.release()
         deadlines = self._deadlines
         while deadlines and deadlines[0].released:
@@ -328,7 +331,11 @@ class WaiterRegistry:
         """Return once no waiter is held (at once when none is)."""
         await self._emptied.wait()
 
-    def _remember_spent(self, token: str) -> None:
-        self._spent[token] = None
+    def was_keyed(self, token: str) -> bool:
+        """Whether ``token`` was a gone waiter's whose request had an Idempotency-Key."""
+        return self._spent.get(token, False)
+
+    def _remember_spent(self, token: str, keyed: bool) -> None:
+        self._spent[token] = keyed
         if len(self._spent) > SPENT_TOKENS_KEPT:
             self._spent.popitem(last=False)

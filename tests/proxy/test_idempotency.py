@@ -145,3 +145,26 @@ async def test_terminal_start_answer_is_returned_at_once(proxy_factory: ProxyFac
     async with proxy_factory(upstream) as proxy:
         response = await post(proxy, "k7")
     assert response.json()["state"] == "completed"
+
+
+async def test_a_request_without_a_key_does_no_idempotency_work(
+    proxy: ProxyUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither a plain held request nor its callback touches the Idempotency-Key store."""
+    assert proxy.upstream.proxy_services is not None
+    results = proxy.upstream.proxy_services.results
+    calls: list[str] = []
+    for name in ("claim", "bind_job", "release", "job_id_for", "put_result", "get_result"):
+        original = getattr(results, name)
+
+        def counting(*args: object, _name: str = name, _original: Any = original) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(results, name, counting)
+    request, job_id = await proxy.held_job()
+    delivered = await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    duplicate = await proxy.upstream.callback(job_id)
+    answer = await request
+    assert (delivered.status_code, duplicate.status_code, answer.status_code) == (200, 404, 200)
+    assert calls == []
