@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -59,12 +59,23 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _is_http_url(value: str) -> bool:
-    try:
-        parts = urlsplit(value)
-        return parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return False
+# A client's own callback (wait: false), as the job server takes it: http(s):// or, as
+# the original job server allowed, no scheme (then it is called over http); a host name
+# (its last label starts with a letter) or a dotted IPv4 address, an optional port in
+# range, then printable ASCII. The OpenAPI document uses this very pattern.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LAST_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_PORT = (
+    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
+)
+CALLBACK_URL = (
+    rf"(?:[Hh][Tt][Tt][Pp][Ss]?://)?"
+    rf"(?:(?:{_LABEL}\.)*{_LAST_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}})"
+    rf"(?::{_PORT})?(?:[/?#][!-~]*)?"
+)
+MAX_CALLBACK_LENGTH = 2_048
+_CALLBACK = re.compile(CALLBACK_URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +98,15 @@ class JobRequest:
         if not isinstance(wait, bool):
             raise BadRequest("wait: must be true or false")
         callback = fields.get("callback")
-        if callback is not None and not (isinstance(callback, str) and _is_http_url(callback)):
-            raise BadRequest("callback: must be an absolute http(s) URL")
+        if callback is not None and not (
+            isinstance(callback, str)
+            and len(callback) <= MAX_CALLBACK_LENGTH
+            and _CALLBACK.fullmatch(callback)
+        ):
+            raise BadRequest(
+                f"callback: an http(s) URL (or host[:port]/path) of at most "
+                f"{MAX_CALLBACK_LENGTH} characters"
+            )
         return cls(account, wait, callback)
 
     def upstream_body(self, callback: str | None) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.bodies import MAX_ACCOUNT_LENGTH
+from proxy.bodies import CALLBACK_URL, MAX_ACCOUNT_LENGTH, MAX_CALLBACK_LENGTH
 from proxy.idempotency import MAX_KEY_LENGTH
 
-# What ``proxy.bodies`` accepts as a callback: an absolute http(s) URL with a host.
-CALLBACK_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#]\S*)?$"
+# What ``proxy.bodies`` accepts as a callback, from its own definition.
+CALLBACK_PATTERN = f"^{CALLBACK_URL}$"
 # Printable ASCII without surrounding spaces, which HTTP would strip.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 
@@ -56,10 +56,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "callback": {
                 "type": "string",
-                "format": "uri",
+                "nullable": True,  # null is the same as no callback
+                "maxLength": MAX_CALLBACK_LENGTH,
                 "pattern": CALLBACK_PATTERN,
-                "description": "absolute http(s) URL; with wait false, the job server POSTs "
-                "the finished job to it",
+                "description": "http(s) URL, or host[:port]/path (called over http); with "
+                "wait false, the job server POSTs the finished job to it",
             },
         },
     },

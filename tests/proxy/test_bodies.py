@@ -154,9 +154,33 @@ def test_bad_requests_name_the_problem(body: bytes, field: str) -> None:
     assert field in raised.value.detail
 
 
+@pytest.mark.parametrize(
+    "callback",
+    ["127.0.0.1:9000/done", "client.test/cb", "HTTPS://client.test:443/a?b=c#d", "h.test"],
+)
+def test_callbacks_the_job_server_takes_are_taken(callback: str) -> None:
+    """A callback with or without a scheme (then called over http) is passed on as given."""
+    assert _parse({"account": "a", "callback": callback}).callback == callback
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "http://client.test:99999/x",
+        "http://-bad-.test/",
+        "http://a b/",
+        "http://x.test/" + "a" * 2048,
+    ],
+)
+def test_callbacks_the_job_server_refuses_are_400(callback: str) -> None:
+    """A callback with a port out of range, a bad host, a space or too long is refused."""
+    with pytest.raises(BadRequest, match="callback"):
+        _parse({"account": "a", "callback": callback})
+
+
 @pytest.mark.parametrize("callback", ["http://[abc", "http://[::1/x", "https://]/"])
 def test_unparseable_callback_url_is_400(callback: str) -> None:
-    """A callback URL that urlsplit cannot parse is a BadRequest, not an unexpected error."""
+    """A callback URL that cannot be read is a BadRequest, not an unexpected error."""
     with pytest.raises(BadRequest, match="callback"):
         _parse({"account": "a", "callback": callback})
 
