@@ -190,6 +190,7 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/proxy": {"post": _start_operation("proxy", "Run a job, holding the request until done")},
         "/start": {"post": _start_operation("start", "Alias of POST /proxy")},
+        "/": {"post": _start_operation("root", "Alias of POST /proxy, at the bare base URL")},
         "/callback/{token}": {
             "post": {
                 "summary": "The job server's callback for a held request",

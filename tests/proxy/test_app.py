@@ -328,3 +328,12 @@ async def test_readyz_is_503_when_upstream_is_down(proxy_factory: ProxyFactory) 
         response = await proxy.client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"] == "not_ready"
+
+
+async def test_the_bare_base_url_is_an_alias_of_proxy(proxy: ProxyUnderTest) -> None:
+    """POST / behaves like POST /proxy, as clients pointed at the proxy's base URL expect."""
+    request = asyncio.ensure_future(proxy.client.post("/", json={"account": "acme", "wait": True}))
+    job_id = await proxy.upstream.next_job()
+    job = proxy.upstream.finish(job_id)
+    await proxy.upstream.callback(job_id)
+    assert (await request).json() == job
