@@ -124,8 +124,6 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 if settings.callback_secret
                 else None,
             )
-            # The server drains these waiters on shutdown, before the lifespan ends.
-            app.state.services = services
             logger.info(
                 "replica %s proxying to %s, callbacks via %s, %s",
                 waiters.replica_id,
@@ -466,6 +464,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services = services_of(request)
+    if services.waiters.closing:
+        raise NotReady("the proxy is shutting down")
     if not await services.upstream.reachable(READY_PROBE_TIMEOUT):
         raise NotReady(f"the job server at {services.upstream.base_url} is unreachable")
     if services.bus is not None and not (

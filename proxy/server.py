@@ -1,20 +1,24 @@
 """Serving the app with uvicorn: a pre-bound socket, a ready line, and an ordered drain.
 
-Shutdown order on SIGTERM/SIGINT: stop accepting; let held requests finish as their
-jobs do, up to ``drain_timeout``; answer what remains with 503; then let uvicorn close
-the connections and run the lifespan's shutdown (which closes the outbound client).
+Shutdown order on SIGTERM/SIGINT: refuse new requests with 503 (``/readyz`` too) while
+still listening, so that the callbacks of held requests get in; let held requests
+finish as their jobs do, up to ``drain_timeout``; answer what remains with 503; then
+uvicorn's own shutdown: stop accepting, close the connections, run the lifespan's
+shutdown (which closes the outbound client).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import signal
 import socket
 import time
-from types import FrameType
+from collections.abc import Generator
 
 import uvicorn
-from starlette.applications import Starlette
 
 from proxy.app import Services, create_app
 from proxy.config import Settings
@@ -23,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # After the drain every held request has its answer; this bounds sending them.
 CLOSE_GRACE = 5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GC_THRESHOLD = 7_000
 
 
@@ -41,18 +46,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class ProxyServer(uvicorn.Server):
-    """uvicorn's server with the proxy's ready line and drain."""
+    """uvicorn's server with the proxy's ready line and drain.
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, settings: Settings) -> None:
+    The job server has the same two overrides (``jobserver/__main__.py``): signals
+    handled on the loop, so an orderly stop exits 0, and a drain before uvicorn's own
+    shutdown, reached through the lifespan's state.
+    """
+
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
         super().__init__(config)
-        self._app = app
         self._settings = settings
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal after a graceful stop, which makes the exit status
-        # "killed by SIGTERM"; a drained, orderly stop exits 0 instead.
-        self._captured_signals.clear()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn's own re-raises the caught signal after its graceful shutdown, so the
+        # process would die of it; handled on the loop, a drained stop exits 0.
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -65,22 +81,21 @@ class ProxyServer(uvicorn.Server):
             logger.info("jobproxy listening on http://%s:%d", host, port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        services: Services | None = getattr(self._app.state, "services", None)
-        if services is not None:
-            began = time.monotonic()
-            held = len(services.waiters)
-            finished, failed = await services.waiters.drain(self._settings.drain_timeout)
-            logger.info(
-                "drained %d held requests in %.1f s: %d finished, %d answered 503",
-                held,
-                time.monotonic() - began,
-                finished,
-                failed,
-            )
+        # 1. Drain while still listening: the callbacks of the held requests must still
+        #    get in. New requests are answered 503 meanwhile, and /readyz says so.
+        services: Services = self.lifespan.state["services"]
+        began = time.monotonic()
+        held = len(services.waiters)
+        finished, failed = await services.waiters.drain(self._settings.drain_timeout)
+        logger.info(
+            "drained %d held requests in %.1f s: %d finished, %d answered 503",
+            held,
+            time.monotonic() - began,
+            finished,
+            failed,
+        )
+        # 2. Then uvicorn's own shutdown, each of its steps once: stop accepting, close
+        #    the connections (every answer is sent by now), the lifespan's shutdown.
         await super().shutdown(sockets)
 
 
@@ -108,6 +123,6 @@ def serve(settings: Settings) -> bool:
         date_header=False,
         proxy_headers=False,
     )
-    server = ProxyServer(config, app, settings)
+    server = ProxyServer(config, settings)
     server.run(sockets=[sock])
     return server.started

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +23,7 @@ from starlette.routing import Route
 
 from proxy.app import Services, create_app
 from proxy.config import Settings
+from tests.conftest import app_lifespan
 
 PROXY_URL = "http://proxy.test"
 UPSTREAM_URL = "http://jobserver.test"
@@ -97,6 +97,7 @@ class ProxyUnderTest:
     app: Starlette
     client: httpx.AsyncClient
     upstream: FakeJobServer
+    services: Services
 
     async def held_job(self, account: str = "acme") -> tuple[asyncio.Task[httpx.Response], str]:
         """Start a wait:true request in the background; returns it and its upstream job id."""
@@ -115,23 +116,25 @@ def proxy_factory() -> ProxyFactory:
 
     @contextlib.asynccontextmanager
     async def build(
-        upstream: FakeJobServer | None = None, **overrides: Any
+        upstream: FakeJobServer | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[ProxyUnderTest]:
+        """``transport`` replaces the way to the fake job server (a failing one, say)."""
         upstream = upstream or FakeJobServer()
         settings = dataclasses.replace(
             Settings(upstream_url=UPSTREAM_URL, public_url=PROXY_URL), **overrides
         )
-        app = create_app(settings, transport=httpx.ASGITransport(app=upstream.app()))
-        async with LifespanManager(app) as manager:
-            # manager.app hands the lifespan's state to every request.
-            transport = httpx.ASGITransport(app=manager.app)
+        app = create_app(settings, transport=transport or httpx.ASGITransport(app=upstream.app()))
+        async with app_lifespan(app) as (served, state):
+            transport = httpx.ASGITransport(app=served)
             async with (
                 httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as client,
                 httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as to_proxy,
             ):
                 upstream.to_proxy = to_proxy
-                upstream.proxy_services = app.state.services
-                yield ProxyUnderTest(app, client, upstream)
+                upstream.proxy_services = state["services"]
+                yield ProxyUnderTest(app, client, upstream, state["services"])
 
     return build
 

@@ -203,7 +203,7 @@ async def test_deadline_gives_504(proxy_factory: ProxyFactory) -> None:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
         assert response.status_code == 504
         assert response.json()["error"] == "job_timeout"
-        assert len(proxy.app.state.services.waiters) == 0
+        assert len(proxy.services.waiters) == 0
 
 
 async def test_wait_false_is_forwarded_as_is(proxy: ProxyUnderTest) -> None:
@@ -243,7 +243,7 @@ async def test_upstream_answer_without_id_is_502(proxy_factory: ProxyFactory) ->
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.status_code == 502
-    assert len(proxy.app.state.services.waiters) == 0
+    assert len(proxy.services.waiters) == 0
 
 
 @pytest.mark.parametrize("wait", [True, False])
@@ -323,8 +323,7 @@ async def test_readyz_is_503_when_upstream_is_down(proxy_factory: ProxyFactory) 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    async with proxy_factory() as proxy:
-        proxy.app.state.services.upstream._client._transport = httpx.MockTransport(refuse)
+    async with proxy_factory(transport=httpx.MockTransport(refuse)) as proxy:
         response = await proxy.client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"] == "not_ready"
@@ -337,3 +336,11 @@ async def test_the_bare_base_url_is_an_alias_of_proxy(proxy: ProxyUnderTest) -> 
     job = proxy.upstream.finish(job_id)
     await proxy.upstream.callback(job_id)
     assert (await request).json() == job
+
+
+async def test_readyz_is_503_while_draining(proxy: ProxyUnderTest) -> None:
+    """While the proxy drains on shutdown, readyz answers 503 so balancers stop sending."""
+    proxy.services.waiters.closing = True
+    response = await proxy.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the proxy is shutting down"

@@ -230,7 +230,7 @@ async def test_unsigned_and_forged_callbacks_are_401(proxy_factory: ProxyFactory
         _, genuine_headers = _signed_request(job)
         assert await _post(proxy, job_id, body, genuine_headers) == 401  # body swapped
         assert not request.done()
-        assert len(proxy.app.state.services.waiters) == 1
+        assert len(proxy.services.waiters) == 1
 
         assert await _post(proxy, job_id, *_signed_request(job)) == 200
         response = await request

@@ -263,6 +263,30 @@ async def test_sigterm_answers_every_held_request() -> None:
     assert (finished, refused) == (held, 0)
 
 
+async def test_while_draining_callbacks_get_in_and_new_requests_get_503() -> None:
+    """After SIGTERM the proxy still listens: held jobs are answered by their callbacks
+    (no status poll), and a new request is refused with 503 shutting_down."""
+    flags = ["--job-duration", "1.5", "--job-duration-spread", "0"]
+    async with system(flags) as (_, proxy), httpx.AsyncClient(timeout=30) as client:
+        held = [
+            asyncio.ensure_future(
+                client.post(f"{proxy.url}/proxy", json={"account": f"s{n}", "wait": True})
+            )
+            for n in range(5)
+        ]
+        await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 5)
+        proxy.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            while (await client.get(f"{proxy.url}/readyz")).status_code != 503:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        late = await client.post(f"{proxy.url}/proxy", json={"account": "x", "wait": True})
+        polled = await metric(proxy.url, 'jobproxy_status_poll_fallbacks_total{answered_by="poll"}')
+        answers = await asyncio.gather(*held)
+    assert late.json()["error"] == "shutting_down"
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert polled == 0
+
+
 async def test_drain_timeout_answers_the_rest_with_503() -> None:
     """Jobs outlasting the drain timeout are answered 503 JSON, never a dropped socket."""
     async with system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (_, proxy):

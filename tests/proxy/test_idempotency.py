@@ -61,7 +61,7 @@ async def test_result_of_an_abandoned_request_is_kept_for_the_retry(
     first = post(proxy, "k4")
     job_id = await proxy.upstream.next_job()
     first.cancel()
-    services = proxy.app.state.services
+    services = proxy.services
     async with asyncio.timeout(5):
         await services.waiters.wait_until_empty()
     delivered = await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
