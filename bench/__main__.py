@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
 import sys
@@ -30,7 +29,7 @@ from bench.scenarios import BenchResults, run_bench
 from bench.servers import BENCH_PROXY_SETTINGS, proxy_environment
 from bench.system import files_needed, machine_info, raise_open_file_limit
 from jobserver.harness import ServerFailed
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings
 
 EXIT_OK = 0
 TARGET_MISSED = 1
@@ -91,7 +90,7 @@ def parse_proxy_setting(text: str) -> tuple[str, str]:
     name = name.strip().lower()
     if not equals or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
-    if name not in {field.name for field in dataclasses.fields(Settings)}:
+    if name not in Settings.model_fields:
         raise argparse.ArgumentTypeError(f"{name!r} is not a proxy setting (see config/proxy.toml)")
     if name in BENCH_PROXY_SETTINGS:
         instead = " (use --transport)" if name == "upstream_transport" else ""
@@ -250,7 +249,7 @@ def check(options: BenchOptions) -> str | None:
     if not options.scenarios or not options.transports:
         return "choose at least one scenario and one transport"
     try:
-        load_settings(env=proxy_environment(options, options.transports[0]))
+        Settings.load(env=proxy_environment(options, options.transports[0]))
     except ConfigError as exc:
         return f"--proxy-setting: {exc}"
     return None

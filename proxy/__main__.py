@@ -6,52 +6,48 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings
 from proxy.server import serve
 
 logger = logging.getLogger("jobproxy")
 
 STARTUP_FAILURE = 3
 
-FLAGS: dict[str, str] = {
-    "--host": "host",
-    "--port": "port",
-    "--upstream-url": "upstream_url",
-    "--public-url": "public_url",
-    "--redis-url": "redis_url",
-    "--replica-id": "replica_id",
-    "--callback-secret": "callback_secret",
-    "--job-deadline": "job_deadline",
-    "--max-pending": "max_pending",
-    "--drain-timeout": "drain_timeout",
-    "--log-level": "log_level",
-}
+USAGE = """\
+jobproxy [--host 127.0.0.1] [--port 8000] [--config PATH] [--upstream-url URL]
+                [--public-url URL] [--redis-url URL] [--<setting> VALUE ...]"""
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """``--config`` and one flag per setting; only the flags given reach the settings."""
     parser = argparse.ArgumentParser(
         prog="jobproxy",
+        usage=USAGE,
         description="Hold blocking job requests open while the job server works via callbacks.",
     )
-    parser.add_argument("--config", type=Path, help="TOML settings file (see config/proxy.toml)")
-    for flag, name in FLAGS.items():
-        parser.add_argument(flag, dest=name, metavar=name.upper(), help=f"setting {name}")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="TOML settings file (see config/proxy.toml)"
+    )
+    Settings.add_flags(parser)
+    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    overrides = {name: getattr(args, name) for name in FLAGS.values()}
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the ``jobproxy`` console script; returns the exit code."""
+    options = build_parser().parse_args(argv)
     warnings: list[str] = []
     try:
-        settings: Settings = load_settings(
-            config_path=args.config, env=os.environ, overrides=overrides, warn=warnings.append
+        settings = Settings.load(
+            config_path=options.config,
+            env=os.environ if environ is None else environ,
+            flags=Settings.given_flags(options),
+            warn=warnings.append,
         )
     except ConfigError as exc:
-        print(f"jobproxy: bad configuration: {exc}", file=sys.stderr)
+        print(f"jobproxy: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
     logging.basicConfig(
         level=settings.log_level.upper(),
