@@ -28,15 +28,7 @@ from pathlib import Path
 import uvicorn
 
 from jobserver.app import begin_drain, create_app
-from jobserver.config import (
-    ENV_PREFIX,
-    SETTING_FIELDS,
-    SETTING_TYPES,
-    ConfigError,
-    Settings,
-    flag_name,
-    load_settings,
-)
+from jobserver.config import ConfigError, Settings
 from jobserver.proofs import InvalidBundle, check_bundle, decode_bundle
 
 # Not __name__: that is "__main__" under `python -m jobserver`, and the ready line should
@@ -48,7 +40,6 @@ PROOF_INVALID = 1
 USAGE_ERROR = 2  # argparse's own exit code
 STARTUP_FAILURE = 3  # as uvicorn's
 GC_THRESHOLD = 7_000
-CONFIG_ENV = ENV_PREFIX + "CONFIG"  # also in config.NOT_SETTINGS
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -58,7 +49,7 @@ jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ..
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per setting; only the flags given reach :func:`load_settings`."""
+    """``--config``, the verify command and one flag per setting (only those given count)."""
     parser = argparse.ArgumentParser(
         prog="jobserver",
         usage=USAGE,
@@ -66,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(
-        "--config", type=Path, metavar="PATH", help=f"TOML settings file (env {CONFIG_ENV})"
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML settings file (env {Settings.config_variable})",
     )
     parser.add_argument(
         "command",
@@ -80,32 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="verify: the account of the bundle's jobs (the bundle does not name it)",
     )
-    settings = parser.add_argument_group(
-        "settings", f"each also {ENV_PREFIX}<NAME> in the environment, or NAME in the TOML file"
-    )
-    defaults = Settings()
-    for name, spec in SETTING_FIELDS.items():
-        text = f"{spec.metadata['help']} (default: {getattr(defaults, name)})"
-        text = text.replace("%", "%%")
-        if SETTING_TYPES[name] is bool:
-            settings.add_argument(
-                flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=text
-            )
-        else:
-            settings.add_argument(flag_name(name), dest=name, metavar="VALUE", help=text)
+    Settings.add_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``jobserver`` console script; returns the exit code."""
-    env = os.environ if environ is None else environ
     parser = build_parser()
-    options = vars(parser.parse_intermixed_args(argv))
-    command: list[str] = options.pop("command", [])
-    account: str | None = options.pop("account", None)
-    config_path: Path | None = options.pop("config", None)
-    if config_path is None and env.get(CONFIG_ENV):
-        config_path = Path(env[CONFIG_ENV])
+    options = parser.parse_intermixed_args(argv)
+    command: list[str] = getattr(options, "command", [])
+    account: str | None = getattr(options, "account", None)
     if command and command[0] != "verify":
         parser.error(f"unknown command {command[0]!r}; the only command is: verify PROOF")
     if command and len(command) != 2:
@@ -116,7 +94,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error("--account belongs to the verify command")
     warnings: list[str] = []
     try:
-        settings = load_settings(options, env, config_path, warn=warnings.append)
+        settings = Settings.load(
+            config_path=getattr(options, "config", None),
+            env=os.environ if environ is None else environ,
+            flags=Settings.given_flags(options),
+            warn=warnings.append,
+        )
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
@@ -233,7 +216,7 @@ def _describe(settings: Settings) -> str:
     """The settings that differ from the defaults (secrets masked), for the start-up log."""
     defaults = Settings()
     changed = []
-    for name in SETTING_FIELDS:
+    for name in Settings.model_fields:
         value = getattr(settings, name)
         if value != getattr(defaults, name):
             shown = "***" if "secret" in name else repr(value)

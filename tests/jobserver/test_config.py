@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from jobserver.config import ConfigError, Settings, env_name, flag_name, load_settings
+from jobserver.config import ConfigError, Settings
+from jobserver.settings_layers import env_name, flag_name
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "config" / "jobserver.toml"
 
@@ -21,32 +22,36 @@ def write_toml(tmp_path: Path, text: str) -> Path:
 
 
 def test_no_layers_give_the_defaults() -> None:
-    """Without file, env or flags, the settings are the dataclass defaults."""
-    assert load_settings({}, {}, None) == Settings()
+    """Without file, env or flags, the settings are the class's defaults."""
+    assert Settings.load(flags={}, env={}) == Settings()
 
 
 def test_defaults_file_holds_exactly_the_defaults() -> None:
     """config/jobserver.toml loads to the same settings as no file at all."""
-    assert load_settings({}, {}, DEFAULTS_FILE) == Settings()
+    assert Settings.load(config_path=DEFAULTS_FILE) == Settings()
 
 
 def test_defaults_file_documents_every_setting() -> None:
-    """Every setting appears in config/jobserver.toml (seed commented out) under a comment."""
+    """Every setting appears in config/jobserver.toml (seed commented out) under a comment,
+    with exactly its default."""
     lines = DEFAULTS_FILE.read_text().splitlines()
-    for spec in dataclasses.fields(Settings):
-        pattern = re.compile(rf"^#? ?{spec.name} = ")
+    for name in Settings.model_fields:
+        pattern = re.compile(rf"^#? ?{name} = ")
         index = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
-        assert index is not None, f"{spec.name} is not in {DEFAULTS_FILE.name}"
-        assert lines[index - 1].startswith("#"), f"{spec.name} has no comment above it"
-    keys = set(tomllib.loads(DEFAULTS_FILE.read_text()))
-    assert keys == {f.name for f in dataclasses.fields(Settings)} - {"seed"}
+        assert index is not None, f"{name} is not in {DEFAULTS_FILE.name}"
+        assert lines[index - 1].startswith("#"), f"{name} has no comment above it"
+    document = tomllib.loads(DEFAULTS_FILE.read_text())
+    assert document.keys() == Settings.model_fields.keys() - {"seed"}
+    for name, value in document.items():
+        assert value == Settings.model_fields[name].default, f"{name} is not its default"
+    assert Settings.model_fields["seed"].default is None
 
 
 def test_layers_apply_lowest_first(tmp_path: Path) -> None:
     """TOML overrides defaults, env overrides TOML, flags override env."""
     path = write_toml(tmp_path, "job_duration = 1.0\nport = 9000\nseed = 4\n")
     env = {"JOBSERVER_JOB_DURATION": "2.0", "JOBSERVER_SEED": "5"}
-    settings = load_settings({"job_duration": "3.0"}, env, path)
+    settings = Settings.load(config_path=path, env=env, flags={"job_duration": "3.0"})
     assert settings.job_duration == 3.0
     assert settings.seed == 5
     assert settings.port == 9000
@@ -63,7 +68,7 @@ def test_env_values_are_parsed_by_type() -> None:
         "JOBSERVER_LOG_LEVEL": "debug",
         "JOBSERVER_UNRELATED": "ignored",
     }
-    settings = load_settings({}, env, None)
+    settings = Settings.load(env=env)
     assert (settings.port, settings.failure_rate, settings.access_log) == (0, 0.25, True)
     assert settings.seed is None
     assert settings.log_level == "debug"
@@ -87,60 +92,63 @@ def test_env_values_are_parsed_by_type() -> None:
     ],
 )
 def test_bad_values_name_the_key_and_the_value(name: str, raw: str) -> None:
-    """A bad value from env or flags is a ConfigError naming the key and the value."""
-    for flags, env in (({name: raw}, {}), ({}, {env_name(name): raw})):
+    """A bad value from env or flags is a ConfigError naming the key, the value and where
+    it came from."""
+    for flags, env, origin in (
+        ({name: raw}, {}, flag_name(name)),
+        ({}, {env_name(Settings, name): raw}, env_name(Settings, name)),
+    ):
         with pytest.raises(ConfigError) as error:
-            load_settings(flags, env, None)
-        assert name in str(error.value)
-        assert repr(raw) in str(error.value)
+            Settings.load(env=env, flags=flags)
+        assert str(error.value).startswith(f"bad setting {name} = {raw!r} (from {origin}): ")
 
 
 def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
     """A key the settings do not have is refused, naming it and its value."""
     path = write_toml(tmp_path, 'job_durration = 0.5\nhost = "127.0.0.1"\n')
-    with pytest.raises(ConfigError, match=r"unknown setting job_durration = 0\.5"):
-        load_settings({}, {}, path)
+    with pytest.raises(ConfigError, match=r"bad setting job_durration = 0\.5 \(from .*\): no such"):
+        Settings.load(config_path=path)
 
 
 def test_toml_values_must_have_the_right_type(tmp_path: Path) -> None:
     """TOML is typed: a quoted number for a numeric setting is refused."""
     path = write_toml(tmp_path, 'port = "8001"\n')
-    with pytest.raises(ConfigError, match="port"):
-        load_settings({}, {}, path)
+    with pytest.raises(ConfigError, match=f"port = '8001' \\(from {path}\\): must be an integer"):
+        Settings.load(config_path=path)
 
 
 def test_missing_or_broken_file_is_an_error(tmp_path: Path) -> None:
     """An unreadable or invalid TOML file is a ConfigError naming the file."""
     with pytest.raises(ConfigError, match="cannot read"):
-        load_settings({}, {}, tmp_path / "absent.toml")
+        Settings.load(config_path=tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_settings({}, {}, write_toml(tmp_path, "port = = 1\n"))
+        Settings.load(config_path=write_toml(tmp_path, "port = = 1\n"))
 
 
 def test_names_map_one_to_one() -> None:
     """Each setting has one env name and one flag."""
-    assert env_name("callback_drop_rate") == "JOBSERVER_CALLBACK_DROP_RATE"
+    assert env_name(Settings, "callback_drop_rate") == "JOBSERVER_CALLBACK_DROP_RATE"
     assert flag_name("callback_drop_rate") == "--callback-drop-rate"
 
 
 def test_settings_are_frozen() -> None:
     """Settings cannot change after start-up."""
     settings = Settings()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
 
 
-def test_unknown_env_variables_are_warned_about_and_ignored() -> None:
+def test_unknown_env_variables_are_warned_about_and_ignored(tmp_path: Path) -> None:
     """JOBSERVER_* variables that name no setting are reported and ignored;
     JOBSERVER_CONFIG, which names the file, is not reported."""
     warnings: list[str] = []
     env = {
         "JOBSERVER_SERVICE_HOST": "10.0.0.7",
-        "JOBSERVER_CONFIG": "jobserver.toml",
+        "JOBSERVER_CONFIG": str(write_toml(tmp_path, "port = 9000\n")),
         "JOBSERVER_JOB_DURATION": "2",
     }
-    settings = load_settings({}, env, None, warn=warnings.append)
-    assert settings.job_duration == 2
+    settings = Settings.load(env=env, warn=warnings.append)
+    assert (settings.job_duration, settings.port) == (2, 9000)
     assert warnings == ["ignored JOBSERVER_SERVICE_HOST: no such setting"]
 
 
@@ -149,5 +157,5 @@ def test_a_service_link_in_a_setting_says_what_it_is() -> None:
     a flag for the same setting wins without an error."""
     env = {"JOBSERVER_PORT": "tcp://10.0.0.7:8001"}
     with pytest.raises(ConfigError, match=r"Kubernetes service link.*enableServiceLinks"):
-        load_settings({}, env, None)
-    assert load_settings({"port": "8001"}, env, None).port == 8001
+        Settings.load(env=env)
+    assert Settings.load(env=env, flags={"port": "8001"}).port == 8001
