@@ -32,8 +32,7 @@ def test_defaults_file_holds_exactly_the_defaults() -> None:
 
 
 def test_defaults_file_documents_every_setting() -> None:
-    """Every setting appears in config/jobserver.toml (seed commented out) under a comment,
-    with exactly its default."""
+    """config/jobserver.toml has every setting, commented, with its default (seed commented out)."""
     lines = DEFAULTS_FILE.read_text().splitlines()
     for name in Settings.model_fields:
         pattern = re.compile(rf"^#? ?{name} = ")
@@ -92,8 +91,7 @@ def test_env_values_are_parsed_by_type() -> None:
     ],
 )
 def test_bad_values_name_the_key_and_the_value(name: str, raw: str) -> None:
-    """A bad value from env or flags is a ConfigError naming the key, the value and where
-    it came from."""
+    """A bad env or flag value is a ConfigError naming the key, the value and its origin."""
     for flags, env, origin in (
         ({name: raw}, {}, flag_name(name)),
         ({}, {env_name(Settings, name): raw}, env_name(Settings, name)),
@@ -139,8 +137,7 @@ def test_settings_are_frozen() -> None:
 
 
 def test_unknown_env_variables_are_warned_about_and_ignored(tmp_path: Path) -> None:
-    """JOBSERVER_* variables that name no setting are reported and ignored;
-    JOBSERVER_CONFIG, which names the file, is not reported."""
+    """Unknown JOBSERVER_* variables are reported and ignored, JOBSERVER_CONFIG is not one."""
     warnings: list[str] = []
     env = {
         "JOBSERVER_SERVICE_HOST": "10.0.0.7",
@@ -153,8 +150,7 @@ def test_unknown_env_variables_are_warned_about_and_ignored(tmp_path: Path) -> N
 
 
 def test_a_service_link_in_a_setting_says_what_it_is() -> None:
-    """JOBSERVER_PORT=tcp://... is an error naming Kubernetes service links and the way out;
-    a flag for the same setting wins without an error."""
+    """JOBSERVER_PORT=tcp://... is refused naming service links; a flag for it wins quietly."""
     env = {"JOBSERVER_PORT": "tcp://10.0.0.7:8001"}
     with pytest.raises(ConfigError, match=r"Kubernetes service link.*enableServiceLinks"):
         Settings.load(env=env)

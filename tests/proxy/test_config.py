@@ -117,8 +117,7 @@ def test_construction_reads_only_its_arguments(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_unknown_environment_variables_are_warned_about_and_ignored() -> None:
-    """Variables with the prefix that name no setting (Kubernetes injects some) are
-    reported and ignored."""
+    """JOBPROXY_* variables naming no setting (Kubernetes injects some) are warned, ignored."""
     warnings: list[str] = []
     env = {
         "JOBPROXY_SERVICE_HOST": "10.0.0.7",
