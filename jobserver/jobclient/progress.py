@@ -18,10 +18,9 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-if TYPE_CHECKING:
-    from jobserver.client import JobOutcome
+from jobserver.jobclient.run import JobOutcome
 
 PROGRESS_LINE_STEP = 0.1  # a plain line each time another tenth of the jobs answered
 REFRESH_SECONDS = 0.2  # the live line's clock ticks even while no answer arrives

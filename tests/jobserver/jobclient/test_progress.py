@@ -1,4 +1,4 @@
-"""The jobclient's progress display (``jobserver/progress.py``)."""
+"""The jobclient's progress display (``jobserver/jobclient/progress.py``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from jobserver.client import JobOutcome
-from jobserver.progress import MIN_BAR_WIDTH, ProgressLine, ProgressLines, progress_line
+from jobserver.jobclient.progress import MIN_BAR_WIDTH, ProgressLine, ProgressLines, progress_line
+from jobserver.jobclient.run import JobOutcome
 
 
 def test_finished_line_is_the_originals() -> None:
