@@ -1,22 +1,8 @@
 """The job server's Starlette app: routes, request checks, error mapping and lifespan.
 
-Errors, all answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the one
-``EXCEPTION_HANDLERS`` table::
-
-    ApiError                    status and word set per subclass
-    ├── BadRequest              400 bad_request: the body is not a valid request
-    ├── BodyTooLarge            413 body_too_large
-    ├── JobNotFound             404 not_found
-    ├── AccountUnknown          422 unknown_account: /verify without an account, for jobs
-    │                               this server does not know
-    ├── InvalidProof            422 invalid_proof: the body also lists each failed job
-    ├── StartRefused            5xx start_failed: an injected /start fault
-    ├── ShuttingDown            503 shutting_down: the server stops before the job ends
-    └── RequestTimeout          504 timeout: /start did not end within request_timeout
-    jobs.QueueFull              503 busy, with Retry-After
-    proofs.InvalidBundle        422 bad_bundle: not a bundle in the original's format
-    starlette HTTPException     its status (404, 405 ...), word from the status phrase
-    anything else               500 internal_error
+Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the
+one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn in
+:mod:`jobserver.errors`.
 """
 
 from __future__ import annotations
@@ -43,8 +29,19 @@ from starlette.routing import Route
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool
+from jobserver.errors import (
+    AccountUnknown,
+    ApiError,
+    BadRequest,
+    BodyTooLarge,
+    InvalidProof,
+    JobNotFound,
+    RequestTimeout,
+    ShuttingDown,
+    StartRefused,
+)
 from jobserver.faults import FaultInjector, RandomStreams
-from jobserver.jobs import AccountGate, Job, JobRunner, JobStore, QueueFull
+from jobserver.jobs import AccountGate, Job, JobRunner, JobStore
 from jobserver.network import NetworkLatency
 from jobserver.openapi import (
     ACCOUNT_MAX_LENGTH,
@@ -52,7 +49,7 @@ from jobserver.openapi import (
     CALLBACK_URL,
     openapi_document,
 )
-from jobserver.proofs import BundleCheck, CompletedJob, InvalidBundle, check_bundle, decode_bundle
+from jobserver.proofs import CompletedJob, InvalidBundle, check_bundle, decode_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -66,83 +63,6 @@ class JSONAnswer(JSONResponse):
     """
 
     media_type = "application/json; charset=utf-8"
-
-
-class ApiError(Exception):
-    """An error answered to the client; subclasses set the status and the word."""
-
-    status = 500
-    error = "internal_error"
-
-    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
-
-
-class BadRequest(ApiError):
-    status = 400
-    error = "bad_request"
-
-
-class BodyTooLarge(ApiError):
-    status = 413
-    error = "body_too_large"
-
-
-class JobNotFound(ApiError):
-    status = 404
-    error = "not_found"
-
-
-class AccountUnknown(ApiError):
-    status = 422
-    error = "unknown_account"
-
-
-class InvalidProof(ApiError):
-    """A readable bundle with proofs that do not check: the answer lists them."""
-
-    status = 422
-    error = "invalid_proof"
-
-    def __init__(self, check: BundleCheck) -> None:
-        super().__init__(check.describe())
-        self.check = check
-
-    def body(self) -> dict[str, Any]:
-        return {
-            **super().body(),
-            "valid": False,
-            "account": self.check.account,
-            "jobs": self.check.jobs,
-            "failures": [{"id": f.id, "reason": f.reason} for f in self.check.failures],
-        }
-
-
-class StartRefused(ApiError):
-    error = "start_failed"
-
-    def __init__(self, status: int, detail: str) -> None:
-        # A 503 tells the client when to come back, as a real overloaded server would.
-        super().__init__(detail, retry_after=1 if status == 503 else None)
-        self.status = status
-
-
-class ShuttingDown(ApiError):
-    status = 503
-    error = "shutting_down"
-
-    def __init__(self) -> None:
-        super().__init__("the job server is shutting down", retry_after=1)
-
-
-class RequestTimeout(ApiError):
-    status = 504
-    error = "timeout"
 
 
 class AppState(TypedDict):
@@ -188,12 +108,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONAnswer(exc.body(), status_code=exc.status, headers=headers)
 
 
-async def _queue_full(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, QueueFull)
-    headers = {"retry-after": str(exc.retry_after)}
-    return _error_response(503, "busy", str(exc), headers)
-
-
 async def _invalid_bundle(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidBundle)
     return _error_response(422, "bad_bundle", str(exc))
@@ -211,7 +125,6 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
-    QueueFull: _queue_full,
     InvalidBundle: _invalid_bundle,
     HTTPException: _http_error,
     Exception: _server_error,

@@ -22,6 +22,7 @@ from enum import Enum
 import httpx
 
 from jobserver.config import Settings
+from jobserver.errors import QueueFull
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.proofs import make_proof
 
@@ -173,16 +174,6 @@ class AccountGate:
             slot.users -= 1
             if slot.users == 0:
                 del self._slots[account]
-
-
-class QueueFull(Exception):
-    """``max_running`` jobs run and ``queue_size`` more wait: no room for another."""
-
-    def __init__(self, running: int, queued: int, retry_after: int) -> None:
-        super().__init__(
-            f"the job server is at capacity: {running} jobs running and {queued} queued"
-        )
-        self.retry_after = retry_after
 
 
 class JobRunner:

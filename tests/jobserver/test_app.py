@@ -213,6 +213,7 @@ async def test_queue_full_is_503_with_retry_after() -> None:
     assert first.status_code == second.status_code == 200
     assert third.status_code == 503
     assert third.json()["error"] == "busy"
+    assert set(third.json()) == {"error", "detail"}
     assert int(third.headers["retry-after"]) >= 1
 
 

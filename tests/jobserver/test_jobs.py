@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jobserver.config import Settings
+from jobserver.errors import QueueFull
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import (
     AccountGate,
@@ -17,7 +18,6 @@ from jobserver.jobs import (
     JobRunner,
     JobState,
     JobStore,
-    QueueFull,
     draw_job_id,
     utc_timestamp,
 )

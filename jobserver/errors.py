@@ -1,0 +1,120 @@
+"""The job server's errors, each carrying the HTTP answer it becomes.
+
+Handlers and the job runner raise these; ``jobserver.app`` answers them as JSON
+``{"error": "<word>", "detail": "<sentence>"}`` in its one ``EXCEPTION_HANDLERS`` table.
+No handler builds an error response by hand.
+
+    ApiError                    500 internal_error; each subclass sets status and word
+    ├── BadRequest              400 bad_request: the body is not a valid request
+    ├── BodyTooLarge            413 body_too_large
+    ├── JobNotFound             404 not_found
+    ├── AccountUnknown          422 unknown_account: /verify without an account, for jobs
+    │                               this server does not know
+    ├── InvalidProof            422 invalid_proof: the body also lists each failed job
+    ├── StartRefused            5xx start_failed: an injected /start fault
+    ├── QueueFull               503 busy, with Retry-After: max_running jobs run and
+    │                               queue_size more wait
+    ├── ShuttingDown            503 shutting_down: the server stops before the job ends
+    └── RequestTimeout          504 timeout: /start did not end within request_timeout
+
+The table answers three more: ``proofs.InvalidBundle`` (422 bad_bundle: not a bundle in
+the original's format; it stays with the format it guards, which ``jobserver verify``
+reads too), Starlette's ``HTTPException`` (its status, the word from the status phrase)
+and anything else (500 internal_error).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobserver.proofs import BundleCheck
+
+
+class ApiError(Exception):
+    """An error answered to the client; subclasses set the status and the word."""
+
+    status = 500
+    error = "internal_error"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail}
+
+
+class BadRequest(ApiError):
+    status = 400
+    error = "bad_request"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    error = "body_too_large"
+
+
+class JobNotFound(ApiError):
+    status = 404
+    error = "not_found"
+
+
+class AccountUnknown(ApiError):
+    status = 422
+    error = "unknown_account"
+
+
+class InvalidProof(ApiError):
+    """A readable bundle with proofs that do not check: the answer lists them."""
+
+    status = 422
+    error = "invalid_proof"
+
+    def __init__(self, check: BundleCheck) -> None:
+        super().__init__(check.describe())
+        self.check = check
+
+    def body(self) -> dict[str, Any]:
+        return {
+            **super().body(),
+            "valid": False,
+            "account": self.check.account,
+            "jobs": self.check.jobs,
+            "failures": [{"id": f.id, "reason": f.reason} for f in self.check.failures],
+        }
+
+
+class StartRefused(ApiError):
+    error = "start_failed"
+
+    def __init__(self, status: int, detail: str) -> None:
+        # A 503 tells the client when to come back, as a real overloaded server would.
+        super().__init__(detail, retry_after=1 if status == 503 else None)
+        self.status = status
+
+
+class QueueFull(ApiError):
+    """``max_running`` jobs run and ``queue_size`` more wait: no room for another."""
+
+    status = 503
+    error = "busy"
+
+    def __init__(self, running: int, queued: int, retry_after: int) -> None:
+        super().__init__(
+            f"the job server is at capacity: {running} jobs running and {queued} queued",
+            retry_after=retry_after,
+        )
+
+
+class ShuttingDown(ApiError):
+    status = 503
+    error = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the job server is shutting down", retry_after=1)
+
+
+class RequestTimeout(ApiError):
+    status = 504
+    error = "timeout"
