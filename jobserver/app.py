@@ -1,4 +1,4 @@
-"""The job server's Starlette app: routes, request checks, error mapping and lifespan.
+"""The job server's Starlette app: routes, error mapping and lifespan.
 
 Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the
 one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn in
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypedDict
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,14 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool
 from jobserver.errors import (
     AccountUnknown,
     ApiError,
-    BadRequest,
-    BodyTooLarge,
     InvalidProof,
     JobNotFound,
     RequestTimeout,
@@ -43,17 +38,10 @@ from jobserver.errors import (
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import AccountGate, Job, JobRunner, JobStore
 from jobserver.network import NetworkLatency
-from jobserver.openapi import (
-    ACCOUNT_MAX_LENGTH,
-    CALLBACK_MAX_LENGTH,
-    CALLBACK_URL,
-    openapi_document,
-)
+from jobserver.openapi import openapi_document
 from jobserver.proofs import CompletedJob, InvalidBundle, check_bundle, decode_bundle
 
 logger = logging.getLogger(__name__)
-
-CALLBACK_URL_SYNTAX = re.compile(CALLBACK_URL)
 
 
 class JSONAnswer(JSONResponse):
@@ -87,13 +75,6 @@ def begin_drain(state: Mapping[str, Any]) -> None:
     draining = state.get("draining")
     if isinstance(draining, asyncio.Event):
         draining.set()
-
-
-@dataclass(frozen=True, slots=True)
-class StartRequest:
-    account: str
-    wait: bool
-    callback: httpx.URL | None
 
 
 def _error_response(
@@ -131,72 +112,11 @@ EXCEPTION_HANDLERS = {
 }
 
 
-async def _read_body(request: Request[Any], limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json_object(body: bytes) -> dict[str, object]:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise BadRequest("the body must be a JSON object")
-    return document
-
-
-def _http_url(value: str) -> httpx.URL | None:
-    """``value`` parsed, when it is a callback URL as the OpenAPI document defines it."""
-    if CALLBACK_URL_SYNTAX.fullmatch(value) is None:
-        return None
-    if not value.lower().startswith(("http://", "https://")):
-        value = "http://" + value  # as the real server did with host:port/path
-    try:
-        return httpx.URL(value)
-    except (httpx.InvalidURL, ValueError):  # pragma: no cover - the syntax rules these out
-        return None
-
-
-def parse_start_request(body: bytes) -> StartRequest:
-    """Check a ``/start`` body; :class:`BadRequest` names the first field that is wrong."""
-    document = _json_object(body)
-    if "account" not in document:
-        raise BadRequest("account is required")
-    account = document["account"]
-    if not isinstance(account, str):
-        raise BadRequest("account must be a string")
-    if not 1 <= len(account) <= ACCOUNT_MAX_LENGTH:
-        raise BadRequest(f"account must be 1 to {ACCOUNT_MAX_LENGTH} characters long")
-    wait = document.get("wait", False)
-    if not isinstance(wait, bool):
-        raise BadRequest("wait must be a boolean")
-    if "callback" not in document:
-        return StartRequest(account, wait, None)
-    callback = document["callback"]
-    url = _http_url(callback) if isinstance(callback, str) else None
-    if url is None:
-        raise BadRequest("callback must be an http or https URL, or host:port/path")
-    if len(str(callback)) > CALLBACK_MAX_LENGTH:
-        raise BadRequest(f"callback must be at most {CALLBACK_MAX_LENGTH} characters long")
-    return StartRequest(account, wait, url)
-
-
 async def start(request: Request[AppState]) -> Response:
     """``POST /start``: one request at a time per account, for the whole handling."""
     state = request.state
     settings = state["settings"]
-    start_request = parse_start_request(await _read_body(request, settings.max_body_size))
+    start_request = parse_start_request(await read_body(request, settings.max_body_size))
     deadline = asyncio.timeout(settings.request_timeout)
     try:
         async with deadline, state["gate"].hold(start_request.account):
@@ -251,20 +171,6 @@ async def status(request: Request[AppState]) -> Response:
     return JSONAnswer(job.to_json())
 
 
-def parse_verify_request(body: bytes) -> tuple[str, str | None]:
-    """Check a ``/verify`` body: the bundle text and the account, if one is given."""
-    document = _json_object(body)
-    proof = document.get("proof")
-    if not isinstance(proof, str) or not proof:
-        raise BadRequest("proof must be a non-empty string")
-    if "account" not in document:
-        return proof, None
-    account = document["account"]
-    if not isinstance(account, str) or not 1 <= len(account) <= ACCOUNT_MAX_LENGTH:
-        raise BadRequest(f"account must be a string of 1 to {ACCOUNT_MAX_LENGTH} characters")
-    return proof, account
-
-
 def account_of(jobs: Sequence[CompletedJob], store: JobStore) -> str:
     """The one account that this server's job table records for the bundle's jobs."""
     accounts = {job.account for entry in jobs if (job := store.get(entry.id)) is not None}
@@ -284,7 +190,7 @@ async def verify(request: Request[AppState]) -> Response:
     """``POST /verify``: check a jobclient proof bundle against this server's secret."""
     state = request.state
     settings = state["settings"]
-    text, account = parse_verify_request(await _read_body(request, settings.max_proof_size))
+    text, account = parse_verify_request(await read_body(request, settings.max_proof_size))
     jobs = decode_bundle(text)
     if account is None:
         account = account_of(jobs, state["store"])

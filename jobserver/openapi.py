@@ -1,37 +1,27 @@
 """The OpenAPI 3 description of the job server's API, served at ``GET /openapi.json``.
 
-Written by hand so that it states the same limits the handlers enforce (body sizes come
-from the settings); schemathesis fuzzes the server against it.
+Written by hand so that it states the same limits the handlers enforce: body sizes come
+from the settings, the rules of each field from :mod:`jobserver.bodies`, which checks
+the bodies against them. Schemathesis fuzzes the server against it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from jobserver import proofs
+from jobserver.bodies import (
+    ACCOUNT_MAX_LENGTH,
+    ACCOUNT_MIN_LENGTH,
+    CALLBACK_MAX_LENGTH,
+    CALLBACK_PATTERN,
+)
 from jobserver.config import Settings
 
-ACCOUNT_MAX_LENGTH = 256
-CALLBACK_MAX_LENGTH = 2048
+# What the answers look like (made by jobserver.jobs and jobserver.proofs).
 JOB_ID_PATTERN = "^[1-9a-f][0-9a-f]{12,15}$"  # 13 to 16 digits, no leading zero
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
-PROOF_PATTERN = "^[0-9A-F]{40}$"
-# A callback URL: http(s):// or, as the real server allowed, no scheme at all (then it
-# is called over http); a host name (its last label starts with a letter) or a dotted
-# IPv4 address, an optional port in range, then printable ASCII. Stricter than RFC 3986
-# on purpose: every URL it accepts is one httpx can send to, so the schema and the
-# server agree on what is valid. IPv6 literals and credentials are not accepted.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_LAST_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
-_PORT = (
-    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
-)
-CALLBACK_URL = (
-    rf"(?:[Hh][Tt][Tt][Pp][Ss]?://)?"
-    rf"(?:(?:{_LABEL}\.)*{_LAST_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}})"
-    rf"(?::{_PORT})?(?:[/?#][!-~]*)?"
-)
-CALLBACK_PATTERN = f"^{CALLBACK_URL}$"
+PROOF_PATTERN = f"^{proofs.PROOF_PATTERN.pattern}$"
 
 _JSON = "application/json"
 
@@ -63,7 +53,11 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["account"],
             "properties": {
-                "account": {"type": "string", "minLength": 1, "maxLength": ACCOUNT_MAX_LENGTH},
+                "account": {
+                    "type": "string",
+                    "minLength": ACCOUNT_MIN_LENGTH,
+                    "maxLength": ACCOUNT_MAX_LENGTH,
+                },
                 "wait": {"type": "boolean", "default": False},
                 "callback": {
                     # No "format": "uri": the pattern is the whole rule, and stricter.
@@ -119,7 +113,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "account": {
                     "type": "string",
-                    "minLength": 1,
+                    "minLength": ACCOUNT_MIN_LENGTH,
                     "maxLength": ACCOUNT_MAX_LENGTH,
                     "description": (
                         "the account of the bundle's jobs; optional when this server still "
