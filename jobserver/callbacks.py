@@ -113,7 +113,7 @@ class CallbackSender:
         if job.callback is not None:
             self.schedule(job.callback, job.to_json(), job.id)
 
-    def schedule(self, url: httpx.URL | str, payload: dict[str, str], job_id: str) -> None:
+    def schedule(self, url: httpx.URL, payload: dict[str, str], job_id: str) -> None:
         """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults).
 
         Raises :class:`ValueError` for a URL that is not http or https.
@@ -122,11 +122,10 @@ class CallbackSender:
         if copies == 0:
             logger.debug("job %s: callback to %s dropped (injected fault)", job_id, url)
             return
-        target = url if isinstance(url, httpx.URL) else httpx.URL(url)
         body = self._encode_json(payload).encode()
         message_id = "msg_" + self._streams.token_hex("message-ids", MESSAGE_ID_BYTES)
         callback = Callback(
-            target, callback_origin(target), request_head(target, len(body)), body, message_id
+            url, callback_origin(url), request_head(url, len(body)), body, message_id
         )
         for _ in range(copies):
             task = asyncio.create_task(self._deliver(callback, job_id), name=f"callback-{job_id}")

@@ -278,10 +278,6 @@ class ConnectionPool:
         self._poller = select.poll()
         self._sweep_handle: asyncio.TimerHandle | None = None
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
     async def __aenter__(self) -> ConnectionPool:
         return self
 

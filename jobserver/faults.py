@@ -9,13 +9,10 @@ ids come from the OS's secure source (:mod:`secrets`) and the streams are seeded
 
 from __future__ import annotations
 
-import logging
 import random
 import secrets
 
 from jobserver.config import Settings
-
-logger = logging.getLogger(__name__)
 
 
 class RandomStreams:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections import deque
@@ -25,8 +24,6 @@ from jobserver.config import Settings
 from jobserver.errors import QueueFull
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.proofs import make_proof
-
-logger = logging.getLogger(__name__)
 
 # A job id is the hex of a random number below 2**64, without leading zeros: 13 to 16
 # lowercase digits, as the real server's. How many digits, and how often, follows the

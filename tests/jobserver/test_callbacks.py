@@ -32,6 +32,7 @@ from tests.jobserver.servers import (
 WAIT = 5.0
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 PAYLOAD = {"id": "0123456789abcdef", "state": "completed"}
+RECEIVER = httpx.URL("http://receiver/cb")
 
 Answer = Callable[[httpx.Request], httpx.Response]
 
@@ -106,7 +107,7 @@ def test_signature_matches_an_independent_computation() -> None:
 async def test_unsigned_when_no_secret() -> None:
     """Without callback_secret, no webhook-* headers are sent."""
     async with sender_with(answers()) as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
     assert len(requests) == 1
     assert json.loads(requests[0].content) == PAYLOAD
@@ -116,7 +117,7 @@ async def test_unsigned_when_no_secret() -> None:
 async def test_plain_secret_signs_with_its_utf8_bytes() -> None:
     """A secret without the whsec_ prefix is used as UTF-8 bytes."""
     async with sender_with(answers(), callback_secret="plain secret") as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         await sender.drain(WAIT)
     headers = requests[0].headers
     assert headers["webhook-signature"] == expected_signature(
@@ -129,7 +130,7 @@ async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() 
     """503, a connect error and a timeout are retried; every attempt is signed, same webhook-id."""
     failing = answers(503, ExchangeFailed("cannot connect"), ExchangeFailed("no answer"))
     async with sender_with(failing, callback_secret=WHSEC) as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         await sender.drain(WAIT)
     assert len(requests) == 4
     assert len({r.headers["webhook-id"] for r in requests}) == 1
@@ -144,8 +145,8 @@ async def test_a_receivers_cookies_are_not_sent_back() -> None:
     """A receiver's Set-Cookie is not kept, so it never reaches the next receiver."""
     set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: session=1; Path=/\r\ncontent-length: 0\r\n\r\n"
     async with raw_receiver([set_cookie]) as receiver, sender_over() as sender:
-        sender.schedule(f"{receiver.url}/a", PAYLOAD, "a")
-        sender.schedule(f"{receiver.url}/b", PAYLOAD, "b")
+        sender.schedule(httpx.URL(f"{receiver.url}/a"), PAYLOAD, "a")
+        sender.schedule(httpx.URL(f"{receiver.url}/b"), PAYLOAD, "b")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert sender.delivered == 2
@@ -155,7 +156,7 @@ async def test_a_receivers_cookies_are_not_sent_back() -> None:
 async def test_4xx_is_final() -> None:
     """A 4xx answer is not retried, and is counted as rejected."""
     async with sender_with(answers(404)) as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         await sender.drain(WAIT)
     assert len(requests) == 1
     assert sender.rejected == 1
@@ -166,7 +167,7 @@ async def test_attempts_are_bounded_and_each_is_logged(caplog: pytest.LogCapture
     caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
     always = answers(*([500] * 10))
     async with sender_with(always, callback_attempts=3) as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         await sender.drain(WAIT)
     assert len(requests) == 3
     assert sender.abandoned == 1
@@ -178,7 +179,7 @@ async def test_attempts_are_bounded_and_each_is_logged(caplog: pytest.LogCapture
 async def test_a_hanging_receiver_hits_the_attempt_timeout() -> None:
     """An attempt that gets no answer is cut at callback_timeout and retried."""
     async with raw_receiver([None]) as receiver, sender_over(callback_timeout=0.1) as sender:
-        sender.schedule(receiver.url, PAYLOAD, "job")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
     assert receiver.requests.qsize() == 2
     assert sender.delivered == 1
@@ -199,7 +200,7 @@ async def test_backoff_grows_and_is_capped() -> None:
 async def test_close_cancels_pending_deliveries() -> None:
     """close() cancels deliveries still waiting (here: in callback_delay) and counts them."""
     async with sender_with(answers(), callback_delay=60.0) as (sender, requests):
-        sender.schedule("http://receiver/cb", PAYLOAD, "job")
+        sender.schedule(RECEIVER, PAYLOAD, "job")
         assert sender.pending == 1
         assert await sender.close(WAIT) == 1
     assert requests == []
@@ -244,7 +245,7 @@ async def test_many_concurrent_callbacks_are_delivered() -> None:
     """100 callbacks at once all reach a real receiver."""
     async with callback_receiver() as receiver, sender_over() as sender:
         for index in range(100):
-            sender.schedule(f"{receiver.url}/{index}", PAYLOAD, str(index))
+            sender.schedule(httpx.URL(f"{receiver.url}/{index}"), PAYLOAD, str(index))
         paths = {(await receiver.next()).path for _ in range(100)}
         assert await sender.drain(WAIT) == 0
     assert len(paths) == 100

@@ -11,6 +11,7 @@ import socket
 import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 
 from jobserver.connections import ConnectionPool, Origin
@@ -31,7 +32,7 @@ async def test_sequential_callbacks_share_one_connection() -> None:
     """Callbacks to one receiver, one after another, all travel on one kept-alive connection."""
     async with raw_receiver() as receiver, sender_over() as sender:
         for index in range(3):
-            sender.schedule(f"{receiver.url}/{index}", PAYLOAD, str(index))
+            sender.schedule(httpx.URL(f"{receiver.url}/{index}"), PAYLOAD, str(index))
             assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(3)]
     assert [r.path for r in requests] == ["/0", "/1", "/2"]
@@ -45,10 +46,10 @@ async def test_a_connection_the_receiver_closed_is_not_an_attempt() -> None:
     With a single attempt allowed, the closed connection must not cost the callback it.
     """
     async with raw_receiver() as receiver, sender_over(callback_attempts=1) as sender:
-        sender.schedule(receiver.url, PAYLOAD, "first")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "first")
         assert await sender.drain(WAIT) == 0
         await receiver.close_connections()
-        sender.schedule(receiver.url, PAYLOAD, "second")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "second")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert [r.connection for r in requests] == [0, 1]
@@ -74,9 +75,9 @@ async def test_a_pooled_connection_found_closed_is_replaced_before_writing() -> 
 async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
     """A connection on which the receiver sent more than its answer is not used again."""
     async with raw_receiver([OK_ANSWER + b"stray"]) as receiver, sender_over() as sender:
-        sender.schedule(receiver.url, PAYLOAD, "first")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "first")
         assert await sender.drain(WAIT) == 0
-        sender.schedule(receiver.url, PAYLOAD, "second")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "second")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert [r.connection for r in requests] == [0, 1]
@@ -89,10 +90,10 @@ async def test_connection_close_is_honoured() -> None:
         raw_receiver([CLOSE_ANSWER]) as receiver,
         sender_over(idle_expiry=60.0) as sender,
     ):
-        sender.schedule(receiver.url, PAYLOAD, "first")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "first")
         assert await sender.drain(WAIT) == 0
         await receiver.lost(0)  # the receiver never closes: the sender did
-        sender.schedule(receiver.url, PAYLOAD, "second")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "second")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert [r.connection for r in requests] == [0, 1]
@@ -102,7 +103,7 @@ async def test_connection_close_is_honoured() -> None:
 async def test_idle_connections_expire() -> None:
     """A connection left idle for the pool's idle expiry is closed by the sender."""
     async with raw_receiver() as receiver, sender_over(idle_expiry=0.05) as sender:
-        sender.schedule(receiver.url, PAYLOAD, "job")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
         await receiver.lost(0)
     assert sender.delivered == 1
@@ -119,7 +120,7 @@ async def test_an_unreadable_answer_fails_the_attempt(
     """Garbage, or a body over 64 KiB, is a failed attempt: retried on a new connection."""
     caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
     async with raw_receiver([answer]) as receiver, sender_over() as sender:
-        sender.schedule(receiver.url, PAYLOAD, "job")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
         await receiver.lost(0)
@@ -140,7 +141,7 @@ async def test_a_body_within_the_bound_is_read_and_the_connection_kept(answer: b
     """
     async with raw_receiver([answer]) as receiver, sender_over() as sender:
         for name in ("first", "second"):
-            sender.schedule(receiver.url, PAYLOAD, name)
+            sender.schedule(httpx.URL(receiver.url), PAYLOAD, name)
             assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert [r.connection for r in requests] == [0, 0]
@@ -151,7 +152,7 @@ async def test_a_receiver_that_never_answers_is_abandoned_after_its_attempts() -
     """Each attempt ends at callback_timeout; after callback_attempts the callback is abandoned."""
     settings = {"callback_attempts": 3, "callback_timeout": 0.05}
     async with raw_receiver([None] * 3) as receiver, sender_over(**settings) as sender:
-        sender.schedule(receiver.url, PAYLOAD, "job")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(3)]
     assert [r.connection for r in requests] == [0, 1, 2]
@@ -165,7 +166,7 @@ async def test_a_refused_connection_is_retried_then_abandoned(
     caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
     with socket.socket() as bound:  # bound, not listening: connections are refused
         bound.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{bound.getsockname()[1]}/hook"
+        url = httpx.URL(f"http://127.0.0.1:{bound.getsockname()[1]}/hook")
         async with sender_over(callback_attempts=2) as sender:
             sender.schedule(url, PAYLOAD, "job")
             assert await sender.drain(WAIT) == 0
@@ -177,7 +178,7 @@ async def test_connections_stay_within_callback_connections() -> None:
     """With callback_connections = 2, 20 callbacks at once never hold more than 2 connections."""
     async with raw_receiver() as receiver, sender_over(callback_connections=2) as sender:
         for index in range(20):
-            sender.schedule(f"{receiver.url}/{index}", PAYLOAD, str(index))
+            sender.schedule(httpx.URL(f"{receiver.url}/{index}"), PAYLOAD, str(index))
         assert await sender.drain(WAIT) == 0
     assert sender.delivered == 20
     assert receiver.most_open == 2
@@ -187,7 +188,7 @@ async def test_connections_stay_within_callback_connections() -> None:
 async def test_close_cancels_a_delivery_waiting_for_its_answer() -> None:
     """close() cancels a delivery whose answer has not come, and its connection is closed."""
     async with raw_receiver([None]) as receiver, sender_over() as sender:
-        sender.schedule(receiver.url, PAYLOAD, "job")
+        sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         await receiver.next()
         assert await sender.close(WAIT) == 1
         await receiver.lost(0)
@@ -207,7 +208,7 @@ async def test_https_callbacks_are_delivered_over_tls() -> None:
     ):
         url = receiver.url.replace("127.0.0.1", "localhost")
         for name in ("first", "second"):
-            sender.schedule(f"{url}/{name}", PAYLOAD, name)
+            sender.schedule(httpx.URL(f"{url}/{name}"), PAYLOAD, name)
             assert await sender.drain(WAIT) == 0
         requests = [await receiver.next() for _ in range(2)]
     assert [r.connection for r in requests] == [0, 0]
