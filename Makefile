@@ -22,7 +22,7 @@ $(VENV)/.installed-test: pyproject.toml requirements-dev.lock | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m jobserver.demo
+	$(BIN)/python -m bench.demo
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check proxy jobserver bench tests

@@ -21,4 +21,9 @@ answer means), :mod:`bench.floor` (the serving stack alone), :mod:`bench.procfs`
 process spent), :mod:`bench.counters` (the proxy's own counters), :mod:`bench.stats`
 (the arithmetic), :mod:`bench.targets` (the verdicts), :mod:`bench.report` (tables,
 JSON), :mod:`bench.plot` (the PNGs), :mod:`bench.system` (machine, open-file limit).
+
+Beside the benchmarks, the project's other tools that drive both servers at once:
+:mod:`bench.harness` (start a server's console script and wait for its ready line; the
+benchmarks, the demo and the end-to-end tests all use it) and :mod:`bench.demo`
+(``make demo``).
 """

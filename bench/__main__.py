@@ -28,7 +28,7 @@ from bench.report import print_report, results_document
 from bench.scenarios import BenchResults, run_bench
 from bench.servers import BENCH_PROXY_SETTINGS, proxy_environment
 from bench.system import files_needed, machine_info, raise_open_file_limit
-from jobserver.harness import ServerFailed
+from bench.harness import ServerFailed
 from proxy.config import ConfigError, Settings
 
 EXIT_OK = 0

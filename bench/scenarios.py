@@ -30,7 +30,7 @@ from bench.stats import (
     ratio,
     summarize,
 )
-from jobserver.harness import ServerProcess
+from bench.harness import ServerProcess
 
 # Lets the previous step's connections close and its callbacks land before a timed run.
 SETTLE = 0.3

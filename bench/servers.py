@@ -1,6 +1,6 @@
 """The servers under test, each started afresh through the console script a user runs.
 
-``--port 0`` lets the kernel pick a port; :func:`jobserver.harness.run_server` waits for
+``--port 0`` lets the kernel pick a port; :func:`bench.harness.run_server` waits for
 the ready line that names it, and stops the server when the block ends.
 
 Every proxy gets its settings as ``JOBPROXY_*`` environment variables: the bench's own,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.http import MalformedResponse, fetch
 from bench.options import BenchOptions, Transport
-from jobserver.harness import ServerProcess, run_server
+from bench.harness import ServerProcess, run_server
 
 HOST = "127.0.0.1"
 # The proxy must never refuse the bench's own load with 503: leave room above the run.

@@ -16,8 +16,8 @@ import pytest
 from _pytest.terminal import TerminalReporter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobserver.harness import ServerProcess
-from jobserver.harness import run_server as _run_server
+from bench.harness import ServerProcess
+from bench.harness import run_server as _run_server
 
 LIFESPAN_TIMEOUT = 10.0
 

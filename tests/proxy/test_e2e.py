@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from jobserver.harness import ServerProcess, script_path
+from bench.harness import ServerProcess, script_path
 from tests.conftest import run_server
 
 ROOT = Path(__file__).parents[2]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from jobserver.harness import ServerProcess
+from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
 from tests.conftest import run_server

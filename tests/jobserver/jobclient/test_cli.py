@@ -16,7 +16,7 @@ import termios
 import pytest
 from starlette.responses import Response
 
-from jobserver.harness import script_path
+from bench.harness import script_path
 from jobserver.jobclient.__main__ import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, main
 from tests.jobserver.jobclient.servers import (
     ACCOUNT,

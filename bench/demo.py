@@ -1,4 +1,4 @@
-"""``python -m jobserver.demo`` (``make demo``): the whole system on loopback, once.
+"""``python -m bench.demo`` (``make demo``): the whole system on loopback, once.
 
 Starts ``jobserver`` and ``jobproxy`` on free ports, runs ``jobclient`` with 50 jobs
 through the proxy, prints its report, and stops both servers whatever happens.
@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 
-from jobserver.harness import ServerFailed, run_server, script_path
+from bench.harness import ServerFailed, run_server, script_path
 
 JOBS = 50
 DEADLINE = 5.0
