@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from rich.console import Console
 
+from bench.harness import ServerFailed
 from bench.load import LoadFailed
 from bench.options import SCENARIOS, TRANSPORTS, BenchOptions
 from bench.plot import PlotUnavailable, write_plot
@@ -28,7 +29,6 @@ from bench.report import print_report, results_document
 from bench.scenarios import BenchResults, run_bench
 from bench.servers import BENCH_PROXY_SETTINGS, proxy_environment
 from bench.system import files_needed, machine_info, raise_open_file_limit
-from bench.harness import ServerFailed
 from proxy.config import ConfigError, Settings
 
 EXIT_OK = 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from bench.counters import scrape_counters
 from bench.floor import HOLD_PATH
+from bench.harness import ServerProcess
 from bench.load import LoadPlan, LoadResult, spawn_load
 from bench.options import BenchOptions, Transport
 from bench.outcomes import OK
@@ -30,7 +31,6 @@ from bench.stats import (
     ratio,
     summarize,
 )
-from bench.harness import ServerProcess
 
 # Lets the previous step's connections close and its callbacks land before a timed run.
 SETTLE = 0.3

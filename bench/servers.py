@@ -16,9 +16,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench.harness import ServerProcess, run_server
 from bench.http import MalformedResponse, fetch
 from bench.options import BenchOptions, Transport
-from bench.harness import ServerProcess, run_server
 
 HOST = "127.0.0.1"
 # The proxy must never refuse the bench's own load with 503: leave room above the run.

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.harness import script_path
 from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
-from bench.harness import script_path
 from jobserver.jobs import draw_job_id
 from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
 from tests.conftest import run_server
