@@ -32,8 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.answers import Answer, encode, json_answer, send_answer
 from proxy.bodies import JobRequest, read_body, receive_body
-from proxy.callbacks import parse_job, signing_key, verify_signature
-from proxy.config import Settings
+from proxy.callbacks import parse_job, verify_signature
+from proxy.config import Settings, signing_key
 from proxy.errors import (
     ClientGone,
     JobMismatch,

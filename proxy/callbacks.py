@@ -3,7 +3,8 @@
 With a callback secret configured, a callback must carry a Standard Webhooks signature:
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>``
 with a timestamp within five minutes of now. The key is the base64-decoded part after
-``whsec_`` for secrets in that form, else the secret's UTF-8 bytes (:func:`signing_key`).
+``whsec_`` for secrets in that form, else the secret's UTF-8 bytes
+(:func:`proxy.config.signing_key`, which also checks the setting).
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import time
 from collections.abc import Mapping
 
 from proxy.bodies import parse_object
-from proxy.config import signing_key
 from proxy.errors import BadRequest, BadSignature
 from proxy.jobs import Job
-
-__all__ = ["parse_job", "signing_key", "verify_signature"]
 
 SIGNATURE_TOLERANCE = 300.0  # seconds either side of now
 

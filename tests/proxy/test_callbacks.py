@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.callbacks import parse_job, signing_key, verify_signature
+from proxy.callbacks import parse_job, verify_signature
+from proxy.config import signing_key
 from proxy.errors import BadRequest, BadSignature
 from tests.proxy.conftest import ProxyFactory, ProxyUnderTest
 
