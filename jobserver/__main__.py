@@ -182,7 +182,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class JobServerProcess(uvicorn.Server):
-    """uvicorn's server, announcing the real URL once it accepts connections."""
+    """uvicorn's server with the job server's ready line and drain.
+
+    The proxy's server has the same two overrides (``proxy/server.py``): signals handled
+    on the loop, so an orderly stop exits 0, and a drain before uvicorn's own shutdown,
+    reached through the lifespan's state.
+    """
 
     def __init__(self, config: uvicorn.Config, url: str) -> None:
         super().__init__(config)
@@ -194,14 +199,17 @@ class JobServerProcess(uvicorn.Server):
             logger.info("jobserver listening on %s", self.url)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Held requests answer 503 now, so the drain below ends as soon as they are sent.
+        # 1. Held wait: true requests answer 503 now, so uvicorn's wait for the
+        #    connections ends as soon as those answers are sent.
         begin_drain(self.lifespan.state)
+        # 2. Then uvicorn's own shutdown, each of its steps once.
         await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        # uvicorn re-raises the caught signal after its graceful shutdown, so the process
-        # would die of it; handling it on the loop instead lets a clean stop exit 0.
+        # uvicorn's own re-raises the caught signal after its graceful shutdown, so the
+        # process would die of it; handled on the loop, an orderly stop exits 0. The
+        # other server of the project has this same method (a test checks they match).
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)

@@ -60,7 +60,8 @@ class ProxyServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # uvicorn's own re-raises the caught signal after its graceful shutdown, so the
-        # process would die of it; handled on the loop, a drained stop exits 0.
+        # process would die of it; handled on the loop, an orderly stop exits 0. The
+        # other server of the project has this same method (a test checks they match).
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
