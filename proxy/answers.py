@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.types import Send
 
 Headers = list[tuple[bytes, bytes]]
@@ -32,3 +33,10 @@ async def send_answer(send: Send, answer: Answer) -> None:
     status, headers, body = answer
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def as_response(answer: Answer) -> Response:
+    """The answer as a Starlette response, for the ordinary handlers."""
+    status, headers, body = answer
+    names = {name.decode(): value.decode() for name, value in headers if name != b"content-length"}
+    return Response(body, status, headers=names)

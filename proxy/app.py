@@ -1,13 +1,14 @@
-"""The proxy's Starlette app: routes, lifespan and the one error-to-response table.
+"""The proxy's Starlette app: routes, lifespan, the held request, one error table.
 
-A held request's path (:class:`HotPaths`, :func:`_hold`): read and check the body,
-register a waiter (``proxy.waiters``), start the job upstream with its callback URL
-(``proxy.upstream``), then wait for the client's disconnect while the answer is decided
-and sent by whoever comes first: the job's callback (:func:`_callback`), a status poll
-once the job is overdue (``proxy.overdue``), the deadline, or the drain on shutdown.
-Those two hot endpoints are plain ASGI code ahead of Starlette's own layers; the rare
-paths (an ``Idempotency-Key``, signed callbacks, another replica's callback) are
-ordinary Starlette handlers (``proxy.idempotency``, ``proxy.shared``).
+A held request's path (:class:`HotPaths`, :func:`_held`): read and check the body
+(``proxy.bodies``), register a waiter (``proxy.waiters``), start the job upstream with
+its callback URL (``proxy.upstream``), then wait for the client's disconnect while the
+answer is decided and sent (``proxy.answers``) by whoever comes first: the job's
+callback (``proxy.callbacks``), a status poll once the job is overdue
+(``proxy.overdue``), the deadline, or the drain on shutdown. The two hot endpoints are
+plain ASGI code ahead of Starlette's own layers; the rare paths (an Idempotency-Key,
+signed callbacks, another replica's callback) are ordinary Starlette handlers
+(``proxy.idempotency``, ``proxy.callbacks``, ``proxy.shared``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,60 +30,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.answers import Answer, encode, json_answer, send_answer
+from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import JobRequest, read_body, receive_body
-from proxy.callbacks import parse_job, verify_signature
+from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
 from proxy.errors import (
     ClientGone,
-    JobMismatch,
     NotReady,
     ProxyError,
-    UnknownCallback,
     UpstreamError,
 )
 from proxy.idempotency import KeyedRequests, LocalResults, ResultStore, check_key
-from proxy.jobs import Job, is_terminal, job_id_of
+from proxy.jobs import is_terminal, job_id_of
 from proxy.metrics import Metrics, Outcome
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
+from proxy.services import LifespanState, Services, services_of
 from proxy.shared import RedisBus, connect
 from proxy.upstream import Upstream, UpstreamAnswer, build_client
-from proxy.waiters import AnsweredBy, Delivery, Waiter, WaiterRegistry, new_replica_id
+from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
 
 READY_PROBE_TIMEOUT = 2.0
-RECEIPTS = {
-    delivery: json_answer(encode({"status": delivery.value}))
-    for delivery in (Delivery.OK, Delivery.STORED)
-}
-IGNORED = json_answer(encode({"status": "ignored", "detail": "the job is not finished"}))
-
-
-@dataclass(slots=True)
-class Services:
-    """Everything the lifespan opens, handed to every request."""
-
-    settings: Settings
-    client: httpx.AsyncClient
-    upstream: Upstream
-    waiters: WaiterRegistry
-    results: ResultStore
-    bus: RedisBus | None
-    watch: OverdueWatch
-    keyed: KeyedRequests
-    metrics: Metrics
-    signing_key: bytes | None
-
-
-class LifespanState(TypedDict):
-    services: Services
-
-
-def services_of(request: Request) -> Services:
-    services: Services = request.state.services
-    return services
 
 
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
@@ -190,8 +159,8 @@ class HotPaths:
                     await _held(services, scope, receive, send)
                     return
                 token = path[len(CALLBACK_PREFIX) :]
-                if path.startswith(CALLBACK_PREFIX) and _plain_callback(services, token):
-                    await _callback(services, token, scope, receive, send)
+                if path.startswith(CALLBACK_PREFIX) and is_plain(services, token):
+                    await receive_plain(services, token, scope, receive, send)
                     return
             except ProxyError as exc:  # always raised before anything was sent
                 await send_answer(send, exc.answer())
@@ -201,16 +170,6 @@ class HotPaths:
 
 HELD_PATHS = frozenset({"/proxy", "/start", "/"})
 CALLBACK_PREFIX = "/callback/"
-
-
-def _plain_callback(services: Services, token: str) -> bool:
-    bus = services.bus
-    return (
-        bool(token)
-        and "/" not in token
-        and services.signing_key is None
-        and not (bus is not None and bus.is_foreign(token))
-    )
 
 
 async def _held(services: Services, scope: Scope, receive: Receive, send: Send) -> None:
@@ -335,7 +294,7 @@ async def start_with_key(request: Request) -> Response:
             )
             _observe(services, waiter)
         outcome = waiter.outcome or Outcome.FORWARDED
-        return _response(answer)
+        return as_response(answer)
     except ProxyError as exc:
         outcome = exc.error
         if isinstance(exc, UpstreamError):
@@ -343,12 +302,6 @@ async def start_with_key(request: Request) -> Response:
         raise
     finally:
         services.metrics.request(outcome)
-
-
-def _response(answer: Answer) -> Response:
-    status, headers, body = answer
-    names = {name.decode(): value.decode() for name, value in headers if name != b"content-length"}
-    return Response(body, status, headers=names)
 
 
 async def _until_client_leaves(
@@ -380,75 +333,6 @@ async def _until_client_leaves(
 
 
 # -- callbacks -----------------------------------------------------------------------
-
-
-async def _callback(
-    services: Services, token: str, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """``POST /callback/{token}``: a finished job for a held request of this replica."""
-    outcome: str = Outcome.INTERNAL_ERROR
-    try:
-        body = await receive_body(scope, receive, services.settings.max_body_size)
-        job = parse_job(body)
-        if not is_terminal(job):
-            outcome = Outcome.NOT_FINAL
-            await send_answer(send, IGNORED)
-            return
-        delivery = await services.waiters.deliver(token, job, body)
-        if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
-            delivery = await services.keyed.keep(token, job, delivery)
-        outcome = delivery.value
-        _refuse(delivery, job)
-        await send_answer(send, RECEIPTS[delivery])
-    except ProxyError as exc:
-        if not isinstance(exc, UnknownCallback):
-            outcome = exc.error
-        raise
-    finally:
-        services.metrics.callback(outcome)
-
-
-def _refuse(delivery: Delivery, job: Job) -> None:
-    """Raise the error a callback gets when its result was not taken."""
-    if delivery is Delivery.MISMATCH:
-        raise JobMismatch(f"job {job['id']} is not the job of this callback token")
-    if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
-        logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
-        raise UnknownCallback()
-
-
-async def receive_callback(request: Request) -> Response:
-    """The callback endpoint's rare paths: signatures, other replicas, kept results."""
-    services = services_of(request)
-    token = request.path_params["token"]
-    outcome: str = Outcome.INTERNAL_ERROR
-    try:
-        body = await read_body(request, services.settings.max_body_size)
-        if services.signing_key is not None:
-            verify_signature(services.signing_key, request.headers, body)
-        job = parse_job(body)
-        if not is_terminal(job):
-            outcome = Outcome.NOT_FINAL
-            return _response(IGNORED)
-        delivery = await _deliver(services, token, job, body)
-        outcome = delivery.value
-        _refuse(delivery, job)
-        return _response(RECEIPTS[delivery])
-    except ProxyError as exc:
-        if not isinstance(exc, UnknownCallback):
-            outcome = exc.error
-        raise
-    finally:
-        services.metrics.callback(outcome)
-
-
-async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Delivery:
-    if services.bus is not None and services.bus.is_foreign(token):
-        return await services.bus.forward(token, job)
-    delivery = await services.waiters.deliver(token, job, body)
-    if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
-        delivery = await services.keyed.keep(token, job, delivery)
-    return delivery
 
 
 # -- the rest of the API -------------------------------------------------------------
@@ -489,7 +373,7 @@ async def openapi(request: Request) -> Response:
 
 async def proxy_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return _response(exc.answer())
+    return as_response(exc.answer())
 
 
 async def http_error_response(request: Request, exc: Exception) -> Response:

@@ -1,5 +1,11 @@
 """Callbacks from the job server: signature check, body check, delivery to the waiter.
 
+A plain callback (unsigned, for a token of this replica) is served by
+:func:`receive_plain` on the hot path; the others (signed, another replica's token) by
+the ordinary handler :func:`receive_callback`. Either way the job must be finished and
+must be the waiter's own; a late duplicate of a request that had an Idempotency-Key
+is kept for the key's retries.
+
 With a callback secret configured, a callback must carry a Standard Webhooks signature:
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>``
 with a timestamp within five minutes of now. The key is the base64-decoded part after
@@ -12,12 +18,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Mapping
 
-from proxy.bodies import parse_object
-from proxy.errors import BadRequest, BadSignature
-from proxy.jobs import Job
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from proxy.answers import as_response, encode, json_answer, send_answer
+from proxy.bodies import parse_object, read_body, receive_body
+from proxy.errors import BadRequest, BadSignature, JobMismatch, ProxyError, UnknownCallback
+from proxy.jobs import Job, is_terminal
+from proxy.metrics import Outcome
+from proxy.services import Services, services_of
+from proxy.waiters import Delivery
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_TOLERANCE = 300.0  # seconds either side of now
 
@@ -55,3 +72,90 @@ def parse_job(body: bytes) -> Job:
     if not isinstance(job.get("state"), str):
         raise BadRequest("the callback body has no job state")
     return job
+
+
+RECEIPTS = {
+    delivery: json_answer(encode({"status": delivery.value}))
+    for delivery in (Delivery.OK, Delivery.STORED)
+}
+IGNORED = json_answer(encode({"status": "ignored", "detail": "the job is not finished"}))
+
+
+def is_plain(services: Services, token: str) -> bool:
+    """Whether a callback may take the fast way: unsigned, for a token of this replica."""
+    bus = services.bus
+    return (
+        bool(token)
+        and "/" not in token
+        and services.signing_key is None
+        and not (bus is not None and bus.is_foreign(token))
+    )
+
+
+async def receive_plain(
+    services: Services, token: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``POST /callback/{token}``: a finished job for a held request of this replica."""
+    outcome: str = Outcome.INTERNAL_ERROR
+    try:
+        body = await receive_body(scope, receive, services.settings.max_body_size)
+        job = parse_job(body)
+        if not is_terminal(job):
+            outcome = Outcome.NOT_FINAL
+            await send_answer(send, IGNORED)
+            return
+        delivery = await services.waiters.deliver(token, job, body)
+        if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
+            delivery = await services.keyed.keep(token, job, delivery)
+        outcome = delivery.value
+        _refuse(delivery, job)
+        await send_answer(send, RECEIPTS[delivery])
+    except ProxyError as exc:
+        if not isinstance(exc, UnknownCallback):
+            outcome = exc.error
+        raise
+    finally:
+        services.metrics.callback(outcome)
+
+
+def _refuse(delivery: Delivery, job: Job) -> None:
+    """Raise the error a callback gets when its result was not taken."""
+    if delivery is Delivery.MISMATCH:
+        raise JobMismatch(f"job {job['id']} is not the job of this callback token")
+    if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
+        logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
+        raise UnknownCallback()
+
+
+async def receive_callback(request: Request) -> Response:
+    """The callback endpoint's rare paths: signatures, other replicas, kept results."""
+    services = services_of(request)
+    token = request.path_params["token"]
+    outcome: str = Outcome.INTERNAL_ERROR
+    try:
+        body = await read_body(request, services.settings.max_body_size)
+        if services.signing_key is not None:
+            verify_signature(services.signing_key, request.headers, body)
+        job = parse_job(body)
+        if not is_terminal(job):
+            outcome = Outcome.NOT_FINAL
+            return as_response(IGNORED)
+        delivery = await _deliver(services, token, job, body)
+        outcome = delivery.value
+        _refuse(delivery, job)
+        return as_response(RECEIPTS[delivery])
+    except ProxyError as exc:
+        if not isinstance(exc, UnknownCallback):
+            outcome = exc.error
+        raise
+    finally:
+        services.metrics.callback(outcome)
+
+
+async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Delivery:
+    if services.bus is not None and services.bus.is_foreign(token):
+        return await services.bus.forward(token, job)
+    delivery = await services.waiters.deliver(token, job, body)
+    if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
+        delivery = await services.keyed.keep(token, job, delivery)
+    return delivery

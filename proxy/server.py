@@ -20,8 +20,9 @@ from collections.abc import Generator
 
 import uvicorn
 
-from proxy.app import Services, create_app
+from proxy.app import create_app
 from proxy.config import Settings
+from proxy.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.app import Services, create_app
+from proxy.app import create_app
 from proxy.config import Settings
+from proxy.services import Services
 from tests.conftest import app_lifespan
 
 PROXY_URL = "http://proxy.test"
