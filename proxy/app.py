@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.answers import Answer, as_response, encode, json_answer, send_answer
+from proxy.answers import as_response, encode, json_answer, send_answer
 from proxy.bodies import JobRequest, read_body, receive_body
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
@@ -51,6 +51,8 @@ from proxy.upstream import Upstream, UpstreamAnswer, build_client
 from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 READY_PROBE_TIMEOUT = 2.0
 
@@ -231,35 +233,49 @@ async def _start_unless_client_leaves(
     """Start the job upstream; a client that leaves while its start still waits in the
     proxy cancels it (it is never sent). Watching costs a task, so it begins only when
     the start has to wait."""
-    task = asyncio.current_task()
-    assert task is not None
-    watcher: asyncio.Future[Any] | None = None
-    state = {"done": False, "left": False}
+    watch = ClientWatch(receive)
+    start = services.upstream.start(
+        job_request.upstream_body(callback), deadline=deadline, on_wait=watch.begin
+    )
+    return await watch.run(start)
 
-    def client_left(done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and not state["done"]:
-            state["left"] = True
-            task.cancel()
 
-    def watch() -> None:
-        nonlocal watcher
-        if watcher is None:
-            watcher = asyncio.ensure_future(receive())
-            watcher.add_done_callback(client_left)
+class ClientWatch:
+    """Cancels what :meth:`run` runs as soon as the client disconnects (then ClientGone),
+    once :meth:`begin` was called: the disconnect arrives as the next ASGI message once
+    the body is read, so watching for it takes a task of its own."""
 
-    try:
-        return await services.upstream.start(
-            job_request.upstream_body(callback), deadline=deadline, on_wait=watch
-        )
-    except asyncio.CancelledError:
-        if not state["left"]:
-            raise
-        task.uncancel()
-        raise ClientGone() from None
-    finally:
-        state["done"] = True
-        if watcher is not None:
-            watcher.cancel()
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._watcher: asyncio.Future[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._running = True
+        self._left = False
+
+    def begin(self) -> None:
+        if self._watcher is None:
+            self._task = asyncio.current_task()
+            self._watcher = asyncio.ensure_future(self._receive())
+            self._watcher.add_done_callback(self._client_left)
+
+    def _client_left(self, watcher: asyncio.Future[Any]) -> None:
+        if not watcher.cancelled() and self._running and self._task is not None:
+            self._left = True
+            self._task.cancel()
+
+    async def run(self, serving: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await serving
+        except asyncio.CancelledError:
+            if not self._left:
+                raise
+            if self._task is not None:
+                self._task.uncancel()
+            raise ClientGone() from None
+        finally:
+            self._running = False
+            if self._watcher is not None:
+                self._watcher.cancel()
 
 
 def _observe(services: Services, waiter: Waiter) -> None:
@@ -289,9 +305,9 @@ async def start_with_key(request: Request) -> Response:
         with services.waiters.hold() as waiter:
             waiter.keyed = True
             waiter.future = asyncio.get_running_loop().create_future()
-            answer = await _until_client_leaves(
-                request, waiter, services.keyed.serve(waiter, job_request, key)
-            )
+            watch = ClientWatch(request.receive)
+            watch.begin()
+            answer = await watch.run(services.keyed.serve(waiter, job_request, key))
             _observe(services, waiter)
         outcome = waiter.outcome or Outcome.FORWARDED
         return as_response(answer)
@@ -302,34 +318,6 @@ async def start_with_key(request: Request) -> Response:
         raise
     finally:
         services.metrics.request(outcome)
-
-
-async def _until_client_leaves(
-    request: Request, waiter: Waiter, serving: Coroutine[Any, Any, Answer]
-) -> Answer:
-    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone)."""
-    task = asyncio.current_task()
-    assert task is not None
-    state = {"done": False, "left": False}
-
-    def client_left(watcher: asyncio.Future[Any]) -> None:
-        if not watcher.cancelled() and not state["done"]:
-            state["left"] = True
-            task.cancel()
-
-    # The client's disconnect arrives as the next ASGI message once the body is read.
-    watcher = asyncio.ensure_future(request.receive())
-    watcher.add_done_callback(client_left)
-    try:
-        return await serving
-    except asyncio.CancelledError:
-        if not state["left"]:
-            raise
-        task.uncancel()
-        raise ClientGone() from None
-    finally:
-        state["done"] = True
-        watcher.cancel()
 
 
 # -- callbacks -----------------------------------------------------------------------

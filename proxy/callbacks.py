@@ -20,13 +20,13 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.answers import as_response, encode, json_answer, send_answer
+from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import parse_object, read_body, receive_body
 from proxy.errors import BadRequest, BadSignature, JobMismatch, ProxyError, UnknownCallback
 from proxy.jobs import Job, is_terminal
@@ -96,20 +96,38 @@ async def receive_plain(
     services: Services, token: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """``POST /callback/{token}``: a finished job for a held request of this replica."""
+    body = receive_body(scope, receive, services.settings.max_body_size)
+    await send_answer(send, await _take(services, token, body))
+
+
+async def receive_callback(request: Request) -> Response:
+    """The callback endpoint's rare paths: signed callbacks, other replicas' tokens."""
+    services = services_of(request)
+    body = _signed_body(request, services.signing_key, services.settings.max_body_size)
+    return as_response(await _take(services, request.path_params["token"], body))
+
+
+async def _signed_body(request: Request, key: bytes | None, limit: int) -> bytes:
+    body = await read_body(request, limit)
+    if key is not None:
+        verify_signature(key, request.headers, body)
+    return body
+
+
+async def _take(services: Services, token: str, reading: Awaitable[bytes]) -> Answer:
+    """Read a callback's body, judge its job and deliver it; the answer for the job
+    server, with the outcome counted whatever happens."""
     outcome: str = Outcome.INTERNAL_ERROR
     try:
-        body = await receive_body(scope, receive, services.settings.max_body_size)
+        body = await reading
         job = parse_job(body)
         if not is_terminal(job):
             outcome = Outcome.NOT_FINAL
-            await send_answer(send, IGNORED)
-            return
-        delivery = await services.waiters.deliver(token, job, body)
-        if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
-            delivery = await services.keyed.keep(token, job, delivery)
+            return IGNORED
+        delivery = await _deliver(services, token, job, body)
         outcome = delivery.value
         _refuse(delivery, job)
-        await send_answer(send, RECEIPTS[delivery])
+        return RECEIPTS[delivery]
     except ProxyError as exc:
         if not isinstance(exc, UnknownCallback):
             outcome = exc.error
@@ -125,31 +143,6 @@ def _refuse(delivery: Delivery, job: Job) -> None:
     if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
         logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
         raise UnknownCallback()
-
-
-async def receive_callback(request: Request) -> Response:
-    """The callback endpoint's rare paths: signatures, other replicas, kept results."""
-    services = services_of(request)
-    token = request.path_params["token"]
-    outcome: str = Outcome.INTERNAL_ERROR
-    try:
-        body = await read_body(request, services.settings.max_body_size)
-        if services.signing_key is not None:
-            verify_signature(services.signing_key, request.headers, body)
-        job = parse_job(body)
-        if not is_terminal(job):
-            outcome = Outcome.NOT_FINAL
-            return as_response(IGNORED)
-        delivery = await _deliver(services, token, job, body)
-        outcome = delivery.value
-        _refuse(delivery, job)
-        return as_response(RECEIPTS[delivery])
-    except ProxyError as exc:
-        if not isinstance(exc, UnknownCallback):
-            outcome = exc.error
-        raise
-    finally:
-        services.metrics.callback(outcome)
 
 
 async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Delivery:

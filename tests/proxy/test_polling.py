@@ -394,21 +394,29 @@ async def test_empty_job_id_is_rejected(clock: FakeClock) -> None:
 # Lost jobs.
 
 
+async def poll_lost(
+    server: ScriptedJobServer, clock: FakeClock, lost: LostJob, **options: Any
+) -> dict[str, Any]:
+    """wait_for_job against ``server`` on the fake clock, with ``lost`` rules."""
+    async with server.client() as client:
+        return await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 60,
+            clock=clock,
+            sleep=clock.sleep,
+            lost=lost,
+            **options,
+        )
+
+
 async def test_404_long_after_acceptance_is_a_lost_job(clock: FakeClock) -> None:
     """A 404 more than the grace after the job server accepted the job raises JobLost."""
     server = ScriptedJobServer(clock, status(404))
     lost = LostJob(known_since=clock() - 5.0, grace=1.0)
-    async with server.client() as client:
-        with pytest.raises(JobLost, match="no longer knows") as caught:
-            await wait_for_job(
-                client,
-                BASE_URL,
-                JOB_ID,
-                deadline=clock() + 60,
-                clock=clock,
-                sleep=clock.sleep,
-                lost=lost,
-            )
+    with pytest.raises(JobLost, match="no longer knows") as caught:
+        await poll_lost(server, clock, lost)
     assert caught.value.job_id == JOB_ID
     assert caught.value.body()["job_id"] == JOB_ID
     assert len(server.requests) == 1
@@ -418,17 +426,7 @@ async def test_404_within_the_grace_is_polled_again(clock: FakeClock) -> None:
     """A 404 right after acceptance may be a job not yet visible: polling goes on."""
     server = ScriptedJobServer(clock, status(404), job("completed", proof="p"))
     lost = LostJob(known_since=clock(), grace=1.0)
-    async with server.client() as client:
-        answer = await wait_for_job(
-            client,
-            BASE_URL,
-            JOB_ID,
-            deadline=clock() + 60,
-            clock=clock,
-            sleep=clock.sleep,
-            lost=lost,
-            rng=random.Random(0),
-        )
+    answer = await poll_lost(server, clock, lost, rng=random.Random(0))
     assert answer["state"] == "completed"
 
 
@@ -436,19 +434,9 @@ async def test_404_turns_into_lost_once_the_grace_has_passed(clock: FakeClock) -
     """404s that keep coming become JobLost as soon as the grace is over, not at the deadline."""
     server = ScriptedJobServer(clock, status(404))
     lost = LostJob(known_since=clock(), grace=1.0)
-    async with server.client() as client:
-        with pytest.raises(JobLost):
-            await wait_for_job(
-                client,
-                BASE_URL,
-                JOB_ID,
-                deadline=clock() + 60,
-                clock=clock,
-                sleep=clock.sleep,
-                lost=lost,
-                schedule=PollSchedule(base=0.2, cap=0.4),
-                rng=UpperBoundRandom(),
-            )
+    schedule = PollSchedule(base=0.2, cap=0.4)
+    with pytest.raises(JobLost):
+        await poll_lost(server, clock, lost, schedule=schedule, rng=UpperBoundRandom())
     assert 1.0 < clock() - server.requests[0][0] <= 1.0 + 0.4
 
 
@@ -456,17 +444,8 @@ async def test_status_that_cannot_be_read_is_a_lost_job(clock: FakeClock) -> Non
     """max_failures polls in a row without a usable answer raise JobLost naming the cause."""
     server = ScriptedJobServer(clock, raises(httpx.ConnectError), status(500), body("x"))
     lost = LostJob(known_since=clock(), grace=1.0, max_failures=3)
-    async with server.client() as client:
-        with pytest.raises(JobLost, match="3 attempts"):
-            await wait_for_job(
-                client,
-                BASE_URL,
-                JOB_ID,
-                deadline=clock() + 60,
-                clock=clock,
-                sleep=clock.sleep,
-                lost=lost,
-            )
+    with pytest.raises(JobLost, match="3 attempts"):
+        await poll_lost(server, clock, lost)
     assert len(server.requests) == 3
 
 
@@ -484,16 +463,7 @@ async def test_busy_answers_and_successes_do_not_count_towards_lost(clock: FakeC
         job("completed", proof="p"),
     )
     lost = LostJob(known_since=clock(), grace=1.0, max_failures=3)
-    async with server.client() as client:
-        answer = await wait_for_job(
-            client,
-            BASE_URL,
-            JOB_ID,
-            deadline=clock() + 60,
-            clock=clock,
-            sleep=clock.sleep,
-            lost=lost,
-        )
+    answer = await poll_lost(server, clock, lost)
     assert answer["state"] == "completed"
 
 
