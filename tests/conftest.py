@@ -1,7 +1,7 @@
 """Fixtures shared by every test tier.
 
 End-to-end tests start the real console scripts (``jobserver``, ``jobproxy``) on
-127.0.0.1 with ``--port 0`` through :func:`run_server`, the same command lines the demo,
+127.0.0.1 with ``--port 0`` through :func:`run_program`, the same command lines the demo,
 the benchmarks and the Docker image use; the process is stopped when the block ends.
 """
 
@@ -16,19 +16,19 @@ import pytest
 from _pytest.terminal import TerminalReporter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bench import harness
 from bench.harness import ServerProcess
-from bench.harness import run_server as _run_server
 
 LIFESPAN_TIMEOUT = 10.0
 
 
 @contextlib.asynccontextmanager
-async def run_server(
+async def run_program(
     script: str, *flags: str, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[ServerProcess]:
     """Run ``script --host 127.0.0.1 --port 0 *flags`` for the duration of the block."""
     argv: Sequence[str] = [script, "--host", "127.0.0.1", "--port", "0", *flags]
-    async with _run_server(argv, env=env) as server:
+    async with harness.run_server(argv, env=env) as server:
         yield server
 
 

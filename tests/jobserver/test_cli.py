@@ -18,7 +18,7 @@ from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
 from jobserver.jobs import draw_job_id
 from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
-from tests.conftest import run_server
+from tests.conftest import run_program
 from tests.jobserver.servers import (
     ORIGINAL_ACCOUNT,
     ORIGINAL_BUNDLE,
@@ -165,7 +165,7 @@ async def test_script_port_in_use_exits_nonzero_with_one_line() -> None:
 
 async def test_real_server_answers_and_stops_cleanly_on_sigterm() -> None:
     """jobserver on --port 0 announces its real port, runs a job, and exits 0 on SIGTERM."""
-    async with run_server("jobserver", "--job-duration", "0.05", "--secret", SECRET) as server:
+    async with run_program("jobserver", "--job-duration", "0.05", "--secret", SECRET) as server:
         assert not server.url.endswith(":0")
         async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
             health = await client.get("/healthz")
@@ -181,7 +181,7 @@ async def test_shutdown_answers_held_requests_503_and_is_bounded() -> None:
     first_id = draw_job_id(RandomStreams(1))
     flags = ("--job-duration", "60", "--shutdown-timeout", "5", "--seed", "1")
     async with (
-        run_server("jobserver", *flags) as server,
+        run_program("jobserver", *flags) as server,
         httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
     ):
         held = asyncio.create_task(client.post("/start", json={"account": "a", "wait": True}))
@@ -199,7 +199,7 @@ async def test_shutdown_answers_held_requests_503_and_is_bounded() -> None:
 
 async def test_real_server_stops_cleanly_on_sigint() -> None:
     """SIGINT stops the server with exit 0 as well."""
-    async with run_server("jobserver") as server:
+    async with run_program("jobserver") as server:
         assert await server.stop(signal.SIGINT) == 0
 
 
@@ -209,7 +209,7 @@ async def test_real_server_delivers_signed_callbacks_and_honours_env() -> None:
     env = {"JOBSERVER_CALLBACK_SECRET": secret, "JOBSERVER_JOB_DURATION": "0.05"}
     async with (
         callback_receiver() as receiver,
-        run_server("jobserver", "--seed", "1", env=env) as server,
+        run_program("jobserver", "--seed", "1", env=env) as server,
         httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client,
     ):
         started = await client.post("/start", json={"account": "acme", "callback": receiver.url})

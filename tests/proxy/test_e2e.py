@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from bench.harness import ServerProcess, script_path
-from tests.conftest import run_server
+from tests.conftest import run_program
 
 ROOT = Path(__file__).parents[2]
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cw=="
@@ -29,8 +29,8 @@ async def system(
 ) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """A job server and a proxy in front of it, both real processes."""
     async with (
-        run_server("jobserver", *jobserver_flags) as jobserver,
-        run_server(
+        run_program("jobserver", *jobserver_flags) as jobserver,
+        run_program(
             "jobproxy", "--upstream-url", jobserver.url, *proxy_flags, env=proxy_env
         ) as proxy,
     ):
@@ -202,8 +202,8 @@ async def test_jobs_a_restarted_job_server_forgot_are_answered_job_lost() -> Non
     """After the job server restarts with empty memory, 100 held requests are answered
     502 job_lost naming their job, within seconds rather than at the 30 s deadline."""
     async with (
-        run_server("jobserver", "--job-duration", "5") as forgetful,
-        run_server("jobproxy", "--upstream-url", forgetful.url) as proxy,
+        run_program("jobserver", "--job-duration", "5") as forgetful,
+        run_program("jobproxy", "--upstream-url", forgetful.url) as proxy,
         httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client,
     ):
         held = [
@@ -218,7 +218,7 @@ async def test_jobs_a_restarted_job_server_forgot_are_answered_job_lost() -> Non
                 await asyncio.sleep(0.05)
         await forgetful.stop()
         port = forgetful.url.rsplit(":", 1)[1]
-        async with run_server("jobserver", "--port", port):
+        async with run_program("jobserver", "--port", port):
             began = time.monotonic()
             answers = await asyncio.gather(*held)
             took = time.monotonic() - began
@@ -299,7 +299,7 @@ async def test_drain_timeout_answers_the_rest_with_503() -> None:
 async def test_upstream_down_is_502_within_the_retry_budget() -> None:
     """With nothing listening upstream, a held request gets 502 JSON within 6 s."""
     async with (
-        run_server("jobproxy", "--upstream-url", "http://127.0.0.1:9") as proxy,
+        run_program("jobproxy", "--upstream-url", "http://127.0.0.1:9") as proxy,
         httpx.AsyncClient(timeout=10) as client,
     ):
         began = time.monotonic()
@@ -311,7 +311,7 @@ async def test_upstream_down_is_502_within_the_retry_budget() -> None:
 
 
 def test_docker_cmd_is_the_command_the_tests_start() -> None:
-    """The image's CMD runs the same console script and flags as run_server starts."""
+    """The image's CMD runs the same console script and flags as run_program starts."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
     argv = json.loads(cmd)

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
-from tests.conftest import run_server
+from tests.conftest import run_program
 from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
 
 pytestmark = pytest.mark.skipif(
@@ -86,7 +86,7 @@ async def replica(
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     argv = ["--upstream-url", jobserver.url, "--redis-url", redis_url, "--replica-id", name]
-    async with run_server("jobproxy", *argv, *flags, env=env) as proxy:
+    async with run_program("jobproxy", *argv, *flags, env=env) as proxy:
         await wait_for_ready(proxy)
         yield proxy
 
@@ -108,7 +108,7 @@ async def test_callbacks_landing_on_another_replica_are_delivered(
 ) -> None:
     """Jobs held on replica A whose callbacks all land on replica B are all answered."""
     async with (
-        run_server("jobserver") as jobserver,
+        run_program("jobserver") as jobserver,
         replica(jobserver, redis_server.url, "b") as b,
         replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
     ):
@@ -123,7 +123,7 @@ async def test_retry_on_another_replica_gets_the_same_job(redis_server: RedisSer
     body = {"account": "idem", "wait": True}
     headers = {"Idempotency-Key": "order-42"}
     async with (
-        run_server("jobserver", "--job-duration", "1.0") as jobserver,
+        run_program("jobserver", "--job-duration", "1.0") as jobserver,
         replica(jobserver, redis_server.url, "b") as b,
         replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
         httpx.AsyncClient(timeout=15) as client,
@@ -154,7 +154,7 @@ async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> 
     """Redis down while the callbacks arrive (refused 503, retried by the job server),
     then restarted: every job is still answered."""
     async with (
-        run_server("jobserver", "--job-duration", "1.0") as jobserver,
+        run_program("jobserver", "--job-duration", "1.0") as jobserver,
         replica(jobserver, redis_server.url, "b") as b,
         replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
     ):
@@ -183,7 +183,7 @@ async def test_results_published_while_the_holder_is_away_are_reread(
     jobs = 20
     try:
         async with (
-            run_server("jobserver", "--job-duration", "1.0") as jobserver,
+            run_program("jobserver", "--job-duration", "1.0") as jobserver,
             replica(jobserver, redis_server.url, "b") as b,
             # No status polls on A (jobs are due only after 30 s): the re-read must answer.
             replica(jobserver, a_url, "a", "--public-url", b.url, env=NO_POLLS) as a,
@@ -241,7 +241,7 @@ async def test_forged_callbacks_write_nothing_to_redis(redis_server: RedisServer
     404 JSON, and Redis neither gains a key nor grows."""
     job = {"id": "0123456789abc", "state": "completed", "padding": "x" * 50_000}
     async with (
-        run_server("jobserver") as jobserver,
+        run_program("jobserver") as jobserver,
         replica(jobserver, redis_server.url, "b"),
         replica(jobserver, redis_server.url, "a") as a,
         httpx.AsyncClient(timeout=15) as client,
@@ -269,7 +269,7 @@ async def test_forged_callbacks_write_nothing_to_redis(redis_server: RedisServer
 async def test_a_callback_for_a_replica_that_left_writes_nothing(redis_server: RedisServer) -> None:
     """A genuine token of a replica that has stopped is a 404 elsewhere, stored nowhere."""
     async with (
-        run_server("jobserver") as jobserver,
+        run_program("jobserver") as jobserver,
         replica(jobserver, redis_server.url, "a") as a,
         httpx.AsyncClient(timeout=15) as client,
     ):
@@ -290,7 +290,7 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
     """Without Redis: Idempotency-Key requests and other replicas' callbacks get 503 JSON,
     readyz says not ready, plain requests still work; all recover when Redis is back."""
     async with (
-        run_server("jobserver") as jobserver,
+        run_program("jobserver") as jobserver,
         replica(jobserver, redis_server.url, "b"),
         replica(jobserver, redis_server.url, "a") as a,
         httpx.AsyncClient(timeout=15) as client,
