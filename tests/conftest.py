@@ -1,18 +1,25 @@
-"""Fixtures shared by every test tier.
+"""Fixtures shared by every test tier, and the one way to run each kind of server.
 
-End-to-end tests start the real console scripts (``jobserver``, ``jobproxy``) on
-127.0.0.1 with ``--port 0`` through :func:`run_program`, the same command lines the demo,
-the benchmarks and the Docker image use; the process is stopped when the block ends.
+- :func:`app_lifespan` runs an app's lifespan around a block, for in-process tests that
+  call the app through ``httpx.ASGITransport`` (which skips the lifespan).
+- :func:`run_server` serves an ASGI app with uvicorn in the test's event loop, on
+  127.0.0.1 and a port the kernel picked, for tests that need real sockets.
+- :func:`run_program` starts a real console script (``jobserver``, ``jobproxy``) with
+  ``--port 0``, the same command lines the demo, the benchmarks and the Docker image
+  use; the process is stopped when the block ends.
+- :func:`loopback_socket` and :func:`closed_port` are the one way to get a port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import socket
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+import uvicorn
 from _pytest.terminal import TerminalReporter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +27,77 @@ from bench import harness
 from bench.harness import ServerProcess
 
 LIFESPAN_TIMEOUT = 10.0
+SERVER_START_TIMEOUT = 10.0
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 on a port the kernel picked; not listening yet."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    return sock
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that refuses connections for the block: bound, not listening,
+    so that nothing else takes it meanwhile. Free again once the block ends."""
+    with loopback_socket() as sock:
+        port: int = sock.getsockname()[1]
+        yield port
+
+
+class _ServerInTest(uvicorn.Server):
+    """uvicorn's server inside a test: signals stay with pytest; start-up is an event."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def run_server(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 for the block; yields its base URL.
+
+    The socket is bound before uvicorn starts (``--port 0`` without the wait for a ready
+    line), and the block begins once the app's lifespan has started. ``config`` sets
+    ``uvicorn.Config`` options; logging is left to pytest.
+    """
+    sock = loopback_socket()
+    options: dict[str, Any] = {
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "ws": "none",
+        "timeout_graceful_shutdown": 2,
+    }
+    server = _ServerInTest(uvicorn.Config(app, **(options | config)))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    ready = asyncio.ensure_future(server.ready.wait())
+    try:
+        await asyncio.wait(
+            (ready, serving), timeout=SERVER_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not server.ready.is_set():
+            raise RuntimeError(f"uvicorn did not start within {SERVER_START_TIMEOUT:g} s")
+        yield f"http://{LOOPBACK}:{sock.getsockname()[1]}"
+    finally:
+        ready.cancel()
+        # Shut down, then cancel the serve task, as uvicorn's own tests do.
+        if server.started:
+            await server.shutdown(sockets=[sock])
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        sock.close()
 
 
 @contextlib.asynccontextmanager

@@ -1,9 +1,9 @@
 """Servers for the job server's tests: the app in-process, and a real callback receiver.
 
 ``jobserver_client`` runs :func:`jobserver.app.create_app` inside its lifespan behind
-``httpx.ASGITransport``. ``callback_receiver`` serves a tiny Starlette app under a real
-uvicorn on 127.0.0.1 (ephemeral port), so callbacks travel over real sockets; each
-delivery is queued for the test to await with a deadline. ``raw_receiver`` answers
+``httpx.ASGITransport``. ``callback_receiver`` serves a tiny Starlette app with
+:func:`tests.conftest.run_server`, so callbacks travel over real sockets; each delivery
+is queued for the test to await with a deadline. ``raw_receiver`` answers
 callbacks with bytes the test scripts, and tells which connections they came on;
 ``sender_over`` sends callbacks to them through a real connection pool.
 """
@@ -19,14 +19,13 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import httptools
 import httpx
-import uvicorn
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +37,7 @@ from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import IDLE_EXPIRY, ConnectionPool
 from jobserver.faults import FaultInjector, RandomStreams
+from tests.conftest import loopback_socket, run_server
 
 FAST_JOBS: dict[str, Any] = {"job_duration": 0.05, "job_duration_spread": 0.0}
 DELIVERY_TIMEOUT = 10.0
@@ -90,22 +90,10 @@ class CallbackReceiver:
         return await asyncio.wait_for(self.deliveries.get(), timeout)
 
 
-class _InProcessServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # Signals belong to pytest, not to a server that lives inside a test.
-        yield
-
-
 @contextlib.asynccontextmanager
 async def callback_receiver(answers: Iterable[int] = ()) -> AsyncIterator[CallbackReceiver]:
     """A real HTTP server on 127.0.0.1 that records every POST it receives."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    # Listening before uvicorn starts means the kernel queues early connections, so the
-    # receiver is usable at once without waiting for uvicorn's startup.
-    sock.listen(128)
-    receiver = CallbackReceiver(f"http://127.0.0.1:{sock.getsockname()[1]}", deque(answers))
+    receiver = CallbackReceiver("", deque(answers))
 
     async def receive(request: Request) -> Response:
         body = await request.body()
@@ -116,23 +104,9 @@ async def callback_receiver(answers: Iterable[int] = ()) -> AsyncIterator[Callba
         return Response(status_code=status)
 
     app = Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        http="httptools",
-        timeout_graceful_shutdown=2,
-    )
-    server = _InProcessServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
+    async with run_server(app) as url:
+        receiver.url = url
         yield receiver
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 def expected_signature(secret: str, headers: Mapping[str, str], body: bytes) -> str:
@@ -241,8 +215,9 @@ async def raw_receiver(
     """A receiver on 127.0.0.1 speaking raw HTTP/1.1 (over TLS with ``tls``)."""
     receiver = RawReceiver(answers)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _RawConnection(receiver), "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
+    sock = loopback_socket()
+    server = await loop.create_server(lambda: _RawConnection(receiver), sock=sock, ssl=tls)
+    port = sock.getsockname()[1]
     receiver.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         yield receiver

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import signal
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
 from jobserver.jobs import draw_job_id
 from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
-from tests.conftest import run_program
+from tests.conftest import loopback_socket, run_program
 from tests.jobserver.servers import (
     ORIGINAL_ACCOUNT,
     ORIGINAL_BUNDLE,
@@ -153,8 +152,7 @@ async def test_script_bad_config_exits_nonzero_with_one_line(tmp_path: Path) -> 
 
 async def test_script_port_in_use_exits_nonzero_with_one_line() -> None:
     """A port that cannot be bound is a one-line startup failure."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+    with loopback_socket() as taken:
         taken.listen()
         port = taken.getsockname()[1]
         code, _, err = await run_command("--host", "127.0.0.1", "--port", str(port))

@@ -7,7 +7,6 @@ receiver whose answers it scripts byte for byte.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from jobserver.connections import ConnectionPool, Origin
+from tests.conftest import closed_port
 from tests.jobserver.servers import OK_ANSWER, raw_receiver, sender_over
 
 WAIT = 5.0
@@ -164,9 +164,8 @@ async def test_a_refused_connection_is_retried_then_abandoned(
 ) -> None:
     """A receiver that refuses connections gets callback_attempts tries, each logged."""
     caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
-    with socket.socket() as bound:  # bound, not listening: connections are refused
-        bound.bind(("127.0.0.1", 0))
-        url = httpx.URL(f"http://127.0.0.1:{bound.getsockname()[1]}/hook")
+    with closed_port() as port:
+        url = httpx.URL(f"http://127.0.0.1:{port}/hook")
         async with sender_over(callback_attempts=2) as sender:
             sender.schedule(url, PAYLOAD, "job")
             assert await sender.drain(WAIT) == 0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from proxy.__main__ import STARTUP_FAILURE, build_parser, main
 from proxy.config import Settings
+from tests.conftest import loopback_socket
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,7 @@ def test_flags_set_every_kind_of_setting() -> None:
 
 def test_port_in_use_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
     """A port that cannot be bound is reported on one line; the exit code is 3."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+    with loopback_socket() as taken:
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["--port", str(port)], environ={}) == STARTUP_FAILURE

@@ -7,7 +7,6 @@ import contextlib
 import secrets
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +16,7 @@ import redis.asyncio as aioredis
 from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
-from tests.conftest import run_program
+from tests.conftest import closed_port, run_program
 from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
 
 pytestmark = pytest.mark.skipif(
@@ -25,18 +24,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A throwaway redis-server on a free loopback port, restartable on the same port."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        with closed_port() as port:
+            self.port = port  # free again here, for redis-server to bind
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: asyncio.subprocess.Process | None = None
 

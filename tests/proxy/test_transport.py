@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-import uvicorn
 import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from starlette.routing import Route
 
 from proxy import transport as transport_module
 from proxy.transport import RawResponse, UpstreamTransport
+from tests.conftest import closed_port, loopback_socket, run_server
 
 TIMEOUTS: dict[str, float | None] = {"connect": 5.0, "read": 5.0, "pool": 5.0}
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -82,23 +82,6 @@ class EchoApp:
         return Response(b"bye", headers={"connection": "close"})
 
 
-@contextlib.asynccontextmanager
-async def serve_app(app: Starlette) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 and an ephemeral port; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(5):
-            while not server.started:  # noqa: ASYNC110  (uvicorn offers no started event)
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await serving
-
-
 class RawServer:
     """An asyncio server that misbehaves on purpose: ``handle`` runs for each connection."""
 
@@ -112,8 +95,9 @@ class RawServer:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
-        port = self._server.sockets[0].getsockname()[1]
+        sock = loopback_socket()
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.ssl_context)
+        port = sock.getsockname()[1]
         self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
         return self
 
@@ -210,13 +194,6 @@ async def get(
     return await transport.exchange(request, **(TIMEOUTS | timeouts))
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def reset_on_close(sock: Any) -> None:
     """Make closing ``sock`` (a socket, or a transport's) send a TCP reset, not an orderly end."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -248,7 +225,7 @@ def test_raw_response_header_lookup() -> None:
 async def test_post_round_trip_with_prebuilt_bytes() -> None:
     """A prebuilt POST reaches the app whole, and its answer comes back whole."""
     echo = EchoApp()
-    async with serve_app(echo.app) as url, pool_to(url) as transport:
+    async with run_server(echo.app) as url, pool_to(url) as transport:
         request = transport.prebuilt("POST", "/echo?x=1", b'{"account":"a"}')
         response = await transport.exchange(request, **TIMEOUTS)
     assert response.status == 200
@@ -266,7 +243,7 @@ async def test_post_round_trip_with_prebuilt_bytes() -> None:
 async def test_sequential_requests_reuse_one_connection() -> None:
     """Sequential requests travel on one kept-alive connection."""
     echo = EchoApp()
-    async with serve_app(echo.app) as url, pool_to(url) as transport:
+    async with run_server(echo.app) as url, pool_to(url) as transport:
         for _ in range(5):
             assert (await get(transport, "/echo")).status == 200
     assert len(echo.ports) == 5
@@ -276,7 +253,7 @@ async def test_sequential_requests_reuse_one_connection() -> None:
 async def test_expired_idle_connection_is_not_reused() -> None:
     """A connection idle for longer than keepalive_expiry is closed, not reused."""
     echo = EchoApp()
-    async with serve_app(echo.app) as url, pool_to(url, keepalive_expiry=0.0) as transport:
+    async with run_server(echo.app) as url, pool_to(url, keepalive_expiry=0.0) as transport:
         await get(transport, "/echo")
         await get(transport, "/echo")
     assert len(set(echo.ports)) == 2
@@ -285,7 +262,7 @@ async def test_expired_idle_connection_is_not_reused() -> None:
 async def test_chunked_answer_is_assembled() -> None:
     """A chunked answer comes back as one body."""
     echo = EchoApp()
-    async with serve_app(echo.app) as url, pool_to(url) as transport:
+    async with run_server(echo.app) as url, pool_to(url) as transport:
         response = await get(transport, "/chunked")
         again = await get(transport, "/chunked")
     assert response.header(b"transfer-encoding") == b"chunked"
@@ -296,7 +273,7 @@ async def test_chunked_answer_is_assembled() -> None:
 async def test_connection_close_is_honoured() -> None:
     """An answer with Connection: close is not followed by another request on its connection."""
     echo = EchoApp()
-    async with serve_app(echo.app) as url, pool_to(url) as transport:
+    async with run_server(echo.app) as url, pool_to(url) as transport:
         assert (await get(transport, "/close")).body == b"bye"
         assert (await get(transport, "/close")).body == b"bye"
     assert len(set(echo.ports)) == 2
@@ -381,7 +358,8 @@ async def test_reset_noticed_only_when_writing_is_retried() -> None:
         await loop.sock_sendall(sock, OK)
         return sock
 
-    with socket.create_server(("127.0.0.1", 0)) as listener:
+    with loopback_socket() as listener:
+        listener.listen()
         listener.setblocking(False)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         async with pool_to(url) as transport:
@@ -407,10 +385,11 @@ async def test_reset_noticed_only_when_writing_is_retried() -> None:
 
 async def test_refused_connection_is_connect_error() -> None:
     """A refused connection raises ConnectError, and gives its slot back."""
-    async with pool_to(f"http://127.0.0.1:{closed_port()}", max_connections=1) as transport:
-        for _ in range(2):
-            with pytest.raises(httpx.ConnectError):
-                await get(transport, pool=0.5)
+    with closed_port() as port:
+        async with pool_to(f"http://127.0.0.1:{port}", max_connections=1) as transport:
+            for _ in range(2):
+                with pytest.raises(httpx.ConnectError):
+                    await get(transport, pool=0.5)
 
 
 async def test_slow_connect_is_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -669,7 +648,7 @@ async def test_async_client_round_trip() -> None:
     """An httpx.AsyncClient on the transport sends method, path, query, headers and body."""
     echo = EchoApp()
     async with (
-        serve_app(echo.app) as url,
+        run_server(echo.app) as url,
         httpx.AsyncClient(
             transport=UpstreamTransport(url, max_connections=2), base_url=url
         ) as client,
@@ -696,7 +675,7 @@ async def test_head_answer_ends_with_its_head() -> None:
     """A HEAD answer ends with its head, though it announces a body's length."""
     echo = EchoApp()
     async with (
-        serve_app(echo.app) as url,
+        run_server(echo.app) as url,
         httpx.AsyncClient(transport=UpstreamTransport(url, max_connections=1)) as client,
     ):
         head = await client.head(f"{url}/echo")
@@ -709,10 +688,11 @@ async def test_head_answer_ends_with_its_head() -> None:
 
 async def test_async_client_errors_carry_the_request() -> None:
     """Errors on the httpx path are httpx's, with the request attached."""
-    url = f"http://127.0.0.1:{closed_port()}"
-    async with httpx.AsyncClient(transport=UpstreamTransport(url, max_connections=1)) as client:
-        with pytest.raises(httpx.ConnectError) as caught:
-            await client.get(f"{url}/status/1")
+    with closed_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(transport=UpstreamTransport(url, max_connections=1)) as client:
+            with pytest.raises(httpx.ConnectError) as caught:
+                await client.get(f"{url}/status/1")
     assert caught.value.request.url == f"{url}/status/1"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,6 +27,7 @@ from proxy.upstream import (
     build_client,
     nothing_was_sent,
 )
+from tests.conftest import closed_port, run_server
 
 UPSTREAM_URL = "http://jobserver.test"
 START_URL = f"{UPSTREAM_URL}/start"
@@ -63,13 +62,6 @@ async def mock() -> AsyncIterator[respx.MockRouter]:
 
 def _soon(seconds: float = 30.0) -> float:
     return time.monotonic() + seconds
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 # Retried: nothing can have been started.
@@ -344,26 +336,26 @@ async def test_unreachable_when_the_connection_fails(mock: respx.MockRouter) -> 
 
 async def test_native_transport_refused_is_safe_to_retry() -> None:
     """Through the project's transport, a refused connection is classified as nothing sent."""
-    port = _closed_port()
-    settings = _settings(upstream_url=f"http://127.0.0.1:{port}", upstream_transport="native")
-    async with build_client(settings) as client:
-        with pytest.raises(httpx.TransportError) as raised:
-            await client.post(f"http://127.0.0.1:{port}/start", json=BODY)
+    with closed_port() as port:
+        settings = _settings(upstream_url=f"http://127.0.0.1:{port}", upstream_transport="native")
+        async with build_client(settings) as client:
+            with pytest.raises(httpx.TransportError) as raised:
+                await client.post(f"http://127.0.0.1:{port}/start", json=BODY)
     assert nothing_was_sent(raised.value)
 
 
 async def test_native_transport_closed_port_ends_unavailable_within_budget() -> None:
     """Through the project's transport, a closed port is retried and ends
     UpstreamUnavailable within the budget."""
-    port = _closed_port()
-    async with _upstream(
-        upstream_url=f"http://127.0.0.1:{port}",
-        upstream_transport="native",
-        start_retry_budget=0.3,
-    ) as upstream:
-        began = time.monotonic()
-        with pytest.raises(UpstreamUnavailable):
-            await upstream.start(BODY, deadline=_soon())
+    with closed_port() as port:
+        async with _upstream(
+            upstream_url=f"http://127.0.0.1:{port}",
+            upstream_transport="native",
+            start_retry_budget=0.3,
+        ) as upstream:
+            began = time.monotonic()
+            with pytest.raises(UpstreamUnavailable):
+                await upstream.start(BODY, deadline=_soon())
     assert time.monotonic() - began < 0.3 + SLACK
     assert upstream.retries >= 1
 
@@ -388,23 +380,11 @@ async def test_slow_answer_is_waited_for_beyond_start_timeout(transport: str) ->
         return JSONResponse({"state": "running", "id": "abc1234567890"})
 
     app = Starlette(routes=[Route("/start", slow_start, methods=["POST"])])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(5):
-            while not server.started:  # noqa: ASYNC110  (uvicorn offers no started event)
-                await asyncio.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        options = {"upstream_transport": transport, "start_timeout": 0.1}
-        async with _upstream(upstream_url=url, **options) as upstream:
-            answer = await upstream.start(
-                {"account": "a", "wait": False}, deadline=time.monotonic() + 5
-            )
-    finally:
-        server.should_exit = True
-        await serving
+    options = {"upstream_transport": transport, "start_timeout": 0.1}
+    async with run_server(app) as url, _upstream(upstream_url=url, **options) as upstream:
+        answer = await upstream.start(
+            {"account": "a", "wait": False}, deadline=time.monotonic() + 5
+        )
     assert answer.body["id"] == "abc1234567890"
 
 

@@ -4,8 +4,7 @@ The fakes answer ``POST /start`` the way the protocol says a job server (or a pr
 front of one) may: valid completed jobs with real proofs, failed jobs, garbage, error
 statuses, slow answers. Most tests reach them in-process (``httpx.ASGITransport`` or
 ``httpx.MockTransport``); those that exercise the real network serve a Starlette app
-with uvicorn on a listening socket on 127.0.0.1 that the test opened itself, so the
-port is known before the server runs and there is nothing to wait for.
+with :func:`tests.conftest.run_server`.
 """
 
 from __future__ import annotations
@@ -13,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from jobserver.proofs import check_bundle, decode_bundle, make_proof
+from tests.conftest import run_server
 
 SECRET = b"test-secret"
 ACCOUNT = "acme"
@@ -76,26 +74,8 @@ def asgi(app: Starlette) -> httpx.ASGITransport:
     return httpx.ASGITransport(app=app)
 
 
-@contextlib.contextmanager
-def closed_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that is bound but not listening: connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 @contextlib.asynccontextmanager
 async def serve(app: Starlette) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 for the block; yields its ``/start`` URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/start"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with run_server(app) as url:
+        yield f"{url}/start"

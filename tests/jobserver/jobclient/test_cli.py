@@ -18,10 +18,10 @@ from starlette.responses import Response
 
 from bench.harness import script_path
 from jobserver.jobclient.__main__ import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, main
+from tests.conftest import closed_port
 from tests.jobserver.jobclient.servers import (
     ACCOUNT,
     URL,
-    closed_port,
     fake_job_server,
     proofs_check,
     serve,

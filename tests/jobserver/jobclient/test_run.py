@@ -14,13 +14,13 @@ from starlette.responses import JSONResponse, Response
 from jobserver.jobclient.run import JobOutcome, run_jobs
 from jobserver.jobclient.verdict import Verdict, judge
 from jobserver.proofs import make_proof
+from tests.conftest import closed_port, loopback_socket
 from tests.jobserver.jobclient.servers import (
     ACCOUNT,
     SECRET,
     STARTED_AT,
     URL,
     asgi,
-    closed_port,
     fake_job_server,
     job_body,
     serve,
@@ -137,9 +137,9 @@ async def test_broken_http_is_reported_per_job(reply: bytes, reason: str) -> Non
         writer.close()
         await writer.wait_closed()
 
-    server = await asyncio.start_server(respond, "127.0.0.1", 0)
-    async with server:
-        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/start"
+    sock = loopback_socket()
+    async with await asyncio.start_server(respond, sock=sock):
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/start"
         report = await run_jobs(url, ACCOUNT, 2, request_timeout=10)
     assert [o.failure is not None and o.failure.startswith(reason) for o in report.outcomes] == [
         True,
