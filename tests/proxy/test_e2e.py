@@ -8,62 +8,17 @@ import json
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.harness import ServerProcess, script_path
+from bench.harness import ServerProcess
 from tests.conftest import run_program
+from tests.proxy.processes import metric, run_jobclient, system, wait_for_metric
 
 ROOT = Path(__file__).parents[2]
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cw=="
-
-
-@contextlib.asynccontextmanager
-async def system(
-    jobserver_flags: Sequence[str] = (),
-    proxy_flags: Sequence[str] = (),
-    proxy_env: Mapping[str, str] | None = None,
-) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    """A job server and a proxy in front of it, both real processes."""
-    async with (
-        run_program("jobserver", *jobserver_flags) as jobserver,
-        run_program(
-            "jobproxy", "--upstream-url", jobserver.url, *proxy_flags, env=proxy_env
-        ) as proxy,
-    ):
-        yield jobserver, proxy
-
-
-async def run_jobclient(url: str, *flags: str) -> tuple[int, dict[str, Any]]:
-    """Run the jobclient console script with --json; its exit code and report."""
-    argv = ["--url", url, "--account", "e2e", "--json", *flags]
-    client = await asyncio.create_subprocess_exec(
-        script_path("jobclient"), *argv, stdout=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(60):
-        stdout, _ = await client.communicate()
-    assert client.returncode is not None
-    return client.returncode, json.loads(stdout)
-
-
-async def metric(proxy_url: str, name: str) -> float:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{proxy_url}/metrics")).text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-async def wait_for_metric(
-    proxy_url: str, name: str, reached: Callable[[float], bool], timeout: float = 10
-) -> float:
-    """Poll another process's metric until ``reached``: no event crosses the process line."""
-    async with asyncio.timeout(timeout):
-        while not reached(value := await metric(proxy_url, name)):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    return value
 
 
 async def test_fifty_jobs_through_the_proxy_pass(report_figure: Callable[[str], None]) -> None:

@@ -17,7 +17,7 @@ from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
 from tests.conftest import closed_port, run_program
-from tests.proxy.test_e2e import metric, run_jobclient, wait_for_metric
+from tests.proxy.processes import metric, run_jobclient, wait_for_metric
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"
