@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, TypedDict
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -219,16 +220,38 @@ async def openapi(request: Request[AppState]) -> Response:
     return JSONAnswer(request.state["openapi"])
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The job server as an ASGI app; its lifespan owns every resource."""
+@asynccontextmanager
+async def callback_carrier(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None
+) -> AsyncIterator[ConnectionPool | httpx.AsyncClient]:
+    """What carries the callbacks: the job server's own connections, or a client on
+    ``transport`` when one is given."""
+    if transport is None:
+        async with ConnectionPool(settings.callback_connections) as pool:
+            yield pool
+    else:
+        async with httpx.AsyncClient(
+            transport=transport, timeout=settings.callback_timeout
+        ) as client:
+            yield client
+
+
+def create_app(
+    settings: Settings, callback_transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """The job server as an ASGI app; its lifespan owns every resource.
+
+    ``callback_transport`` carries the callbacks instead of the job server's own
+    connections (tests: ``httpx.ASGITransport`` to a proxy app in the same process).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
         streams = RandomStreams(settings.seed)
         faults = FaultInjector(settings, streams)
         store = JobStore(settings.status_ttl)
-        async with ConnectionPool(settings.callback_connections) as pool:
-            callbacks = CallbackSender(pool, settings, faults, streams)
+        async with callback_carrier(settings, callback_transport) as carrier:
+            callbacks = CallbackSender(carrier, settings, faults, streams)
             runner = JobRunner(settings, store, faults, streams, callbacks.job_finished)
             # What is alive now (modules, the app, these resources: ~50,000 objects) lives
             # as long as the server. Left to the collector, every full collection would walk
@@ -249,7 +272,7 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 gc.unfreeze()
                 # Jobs first, since a finishing job schedules a callback; then deliveries;
-                # the pool closes its connections when the block ends.
+                # the pool (or client) closes its connections when the block ends.
                 jobs_cancelled = await runner.close(settings.shutdown_timeout)
                 deliveries_cancelled = await callbacks.close(settings.shutdown_timeout)
                 logger.info(

@@ -9,7 +9,10 @@ Connection errors, timeouts and 5xx answers are retried with capped exponential 
 and jitter, up to ``callback_attempts`` attempts; any other answer is final.
 
 This module decides what to send and when; each callback's request is built here as
-bytes once, and :mod:`jobserver.connections` carries them to the receiver.
+bytes once, and :mod:`jobserver.connections` carries them to the receiver. Given an
+``httpx.AsyncClient`` instead of a pool (an app built with a ``callback_transport``, as
+tests build one to call back a proxy app in-process), the sender posts the same body
+with the same headers through it, under the same attempts, faults and deadlines.
 """
 
 from __future__ import annotations
@@ -83,12 +86,15 @@ class CallbackSender:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        carrier: ConnectionPool | httpx.AsyncClient,
         settings: Settings,
         faults: FaultInjector,
         streams: RandomStreams,
     ) -> None:
-        self._pool = pool
+        self._pool = carrier if isinstance(carrier, ConnectionPool) else None
+        self._client = carrier if isinstance(carrier, httpx.AsyncClient) else None
+        # The pool bounds the exchanges in flight itself; through a client, this does.
+        self._slots = asyncio.Semaphore(settings.callback_connections)
         self._key = webhook_key(settings.callback_secret) if settings.callback_secret else None
         self._attempts = settings.callback_attempts
         self._timeout = settings.callback_timeout
@@ -156,6 +162,18 @@ class CallbackSender:
             callback.body,
         )
 
+    def headers(self, callback: Callback) -> dict[str, str]:
+        """The headers of one attempt through an httpx client, as :meth:`request` writes
+        them (httpx adds ``host`` and ``content-length``)."""
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT.decode()}
+        if self._key is not None:
+            timestamp = int(time.time())
+            signature = webhook_signature(self._key, callback.message_id, timestamp, callback.body)
+            headers["webhook-id"] = callback.message_id
+            headers["webhook-timestamp"] = str(timestamp)
+            headers["webhook-signature"] = signature
+        return headers
+
     async def _deliver(self, callback: Callback, job_id: str) -> None:
         url = callback.url
         delay = self._faults.callback_delay
@@ -202,9 +220,12 @@ class CallbackSender:
 
     async def _attempt(self, callback: Callback) -> _Attempt:
         try:
-            status = await self._pool.post(
-                callback.origin, partial(self.request, callback), self._timeout
-            )
+            if self._pool is not None:
+                status = await self._pool.post(
+                    callback.origin, partial(self.request, callback), self._timeout
+                )
+            else:
+                status = await self._post_through_client(callback)
         except ExchangeFailed as exc:
             return _Attempt("retry", str(exc))
         if status >= 500:
@@ -212,6 +233,22 @@ class CallbackSender:
         if status >= 400:
             return _Attempt("rejected", f"HTTP {status}")
         return _Attempt("delivered", f"HTTP {status}")
+
+    async def _post_through_client(self, callback: Callback) -> int:
+        """One attempt through the httpx client; its failures are the pool's ExchangeFailed."""
+        assert self._client is not None
+        async with self._slots:
+            headers = self.headers(callback)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    response = await self._client.post(
+                        callback.url, content=callback.body, headers=headers
+                    )
+            except TimeoutError:
+                raise ExchangeFailed(f"no answer within {self._timeout:g} s") from None
+            except httpx.TransportError as exc:
+                raise ExchangeFailed(f"{type(exc).__name__}: {exc}") from exc
+        return response.status_code
 
     def retry_delay(self, attempt: int) -> float:
         """Capped exponential backoff with "equal jitter": between half and all of the step."""

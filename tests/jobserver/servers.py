@@ -55,9 +55,12 @@ def fast_settings(**overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def jobserver_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking in-process to a job server built from ``overrides``."""
-    app = create_app(fast_settings(**overrides))
+async def jobserver_client(
+    callback_transport: httpx.AsyncBaseTransport | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking in-process to a job server built from ``overrides``
+    (its callbacks through ``callback_transport`` when one is given)."""
+    app = create_app(fast_settings(**overrides), callback_transport)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -89,22 +92,25 @@ class CallbackReceiver:
         """The next delivery, waiting at most ``timeout`` seconds."""
         return await asyncio.wait_for(self.deliveries.get(), timeout)
 
+    def app(self) -> Starlette:
+        """The receiving app: it records every POST and answers with the next status."""
+
+        async def receive(request: Request) -> Response:
+            body = await request.body()
+            self.deliveries.put_nowait(
+                Delivery(request.url.path, dict(request.headers), body, time.monotonic())
+            )
+            status = self.answers.popleft() if self.answers else 200
+            return Response(status_code=status)
+
+        return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+
 
 @contextlib.asynccontextmanager
 async def callback_receiver(answers: Iterable[int] = ()) -> AsyncIterator[CallbackReceiver]:
     """A real HTTP server on 127.0.0.1 that records every POST it receives."""
     receiver = CallbackReceiver("", deque(answers))
-
-    async def receive(request: Request) -> Response:
-        body = await request.body()
-        receiver.deliveries.put_nowait(
-            Delivery(request.url.path, dict(request.headers), body, time.monotonic())
-        )
-        status = receiver.answers.popleft() if receiver.answers else 200
-        return Response(status_code=status)
-
-    app = Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
-    async with run_server(app) as url:
+    async with run_server(receiver.app()) as url:
         receiver.url = url
         yield receiver
 

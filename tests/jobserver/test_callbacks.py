@@ -6,22 +6,28 @@ in test_connections.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from jobserver.callbacks import CallbackSender, webhook_signature
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool, ExchangeFailed, Origin
 from jobserver.faults import FaultInjector, RandomStreams
 from tests.jobserver.servers import (
+    CallbackReceiver,
     callback_receiver,
     expected_signature,
     jobserver_client,
@@ -40,10 +46,10 @@ Answer = Callable[[httpx.Request], httpx.Response]
 class ScriptedPool(ConnectionPool):
     """A pool that hands each request's bytes to ``answer`` instead of a receiver."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, requests: list[httpx.Request]) -> None:
         super().__init__(max_connections=1)
         self.answer = answer
-        self.requests: list[httpx.Request] = []
+        self.requests = requests
 
     async def post(self, origin: Origin, request: Callable[[], bytes], timeout: float) -> int:
         sent = as_request(origin, request())
@@ -66,19 +72,50 @@ def as_request(origin: Origin, data: bytes) -> httpx.Request:
     return request
 
 
-@asynccontextmanager
-async def sender_with(
-    answer: Answer, **overrides: Any
-) -> AsyncIterator[tuple[CallbackSender, list[httpx.Request]]]:
-    """A CallbackSender whose pool is answered by ``answer``; yields it and the requests."""
-    settings = Settings(**{"callback_backoff": 0.001, "seed": 1, **overrides})
-    streams = RandomStreams(settings.seed)
-    pool = ScriptedPool(answer)
-    sender = CallbackSender(pool, settings, FaultInjector(settings, streams), streams)
-    try:
-        yield sender, pool.requests
-    finally:
-        await sender.close(WAIT)
+SenderWith = Callable[..., AbstractAsyncContextManager[tuple[CallbackSender, list[httpx.Request]]]]
+
+
+def answered_through_a_client(answer: Answer, requests: list[httpx.Request]) -> httpx.AsyncClient:
+    """An httpx client whose every request ``answer`` answers; a failed exchange
+    (ExchangeFailed) becomes the transport error an httpx transport would raise."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        try:
+            return answer(request)
+        except ExchangeFailed as exc:
+            raise httpx.ConnectError(str(exc), request=request) from None
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@pytest.fixture(params=["connections", "client"])
+def sender_with(request: pytest.FixtureRequest) -> SenderWith:
+    """A CallbackSender answered by ``answer``, on its own connections (a scripted pool)
+    or through an httpx client (an app's callback_transport): both behave alike."""
+
+    @asynccontextmanager
+    async def build(
+        answer: Answer, **overrides: Any
+    ) -> AsyncIterator[tuple[CallbackSender, list[httpx.Request]]]:
+        """Yields the sender and the requests its receiver got."""
+        settings = Settings(**{"callback_backoff": 0.001, "seed": 1, **overrides})
+        streams = RandomStreams(settings.seed)
+        requests: list[httpx.Request] = []
+        carrier: ConnectionPool | httpx.AsyncClient
+        if request.param == "connections":
+            carrier = ScriptedPool(answer, requests)
+        else:
+            carrier = answered_through_a_client(answer, requests)
+        sender = CallbackSender(carrier, settings, FaultInjector(settings, streams), streams)
+        try:
+            yield sender, requests
+        finally:
+            await sender.close(WAIT)
+            if isinstance(carrier, httpx.AsyncClient):
+                await carrier.aclose()
+
+    return build
 
 
 def answers(*statuses: int | Exception) -> Answer:
@@ -104,7 +141,7 @@ def test_signature_matches_an_independent_computation() -> None:
     )
 
 
-async def test_unsigned_when_no_secret() -> None:
+async def test_unsigned_when_no_secret(sender_with: SenderWith) -> None:
     """Without callback_secret, no webhook-* headers are sent."""
     async with sender_with(answers()) as (sender, requests):
         sender.schedule(RECEIVER, PAYLOAD, "job")
@@ -114,7 +151,7 @@ async def test_unsigned_when_no_secret() -> None:
     assert not any(name.startswith("webhook-") for name in requests[0].headers)
 
 
-async def test_plain_secret_signs_with_its_utf8_bytes() -> None:
+async def test_plain_secret_signs_with_its_utf8_bytes(sender_with: SenderWith) -> None:
     """A secret without the whsec_ prefix is used as UTF-8 bytes."""
     async with sender_with(answers(), callback_secret="plain secret") as (sender, requests):
         sender.schedule(RECEIVER, PAYLOAD, "job")
@@ -126,7 +163,9 @@ async def test_plain_secret_signs_with_its_utf8_bytes() -> None:
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
 
 
-async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id() -> None:
+async def test_5xx_and_connection_errors_are_retried_with_the_same_message_id(
+    sender_with: SenderWith,
+) -> None:
     """503, a connect error and a timeout are retried; every attempt is signed, same webhook-id."""
     failing = answers(503, ExchangeFailed("cannot connect"), ExchangeFailed("no answer"))
     async with sender_with(failing, callback_secret=WHSEC) as (sender, requests):
@@ -153,7 +192,7 @@ async def test_a_receivers_cookies_are_not_sent_back() -> None:
     assert not any("cookie" in request.headers for request in requests)
 
 
-async def test_4xx_is_final() -> None:
+async def test_4xx_is_final(sender_with: SenderWith) -> None:
     """A 4xx answer is not retried, and is counted as rejected."""
     async with sender_with(answers(404)) as (sender, requests):
         sender.schedule(RECEIVER, PAYLOAD, "job")
@@ -162,7 +201,9 @@ async def test_4xx_is_final() -> None:
     assert sender.rejected == 1
 
 
-async def test_attempts_are_bounded_and_each_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+async def test_attempts_are_bounded_and_each_is_logged(
+    caplog: pytest.LogCaptureFixture, sender_with: SenderWith
+) -> None:
     """An always-failing receiver gets callback_attempts tries; each outcome is logged."""
     caplog.set_level(logging.WARNING, logger="jobserver.callbacks")
     always = answers(*([500] * 10))
@@ -185,7 +226,7 @@ async def test_a_hanging_receiver_hits_the_attempt_timeout() -> None:
     assert sender.delivered == 1
 
 
-async def test_backoff_grows_and_is_capped() -> None:
+async def test_backoff_grows_and_is_capped(sender_with: SenderWith) -> None:
     """Retry delays double from callback_backoff, with jitter, up to callback_backoff_max."""
     async with sender_with(answers(), callback_backoff=1.0, callback_backoff_max=4.0) as (
         sender,
@@ -197,7 +238,7 @@ async def test_backoff_grows_and_is_capped() -> None:
     assert all(2.0 <= d <= 4.0 for d in delays[2:])
 
 
-async def test_close_cancels_pending_deliveries() -> None:
+async def test_close_cancels_pending_deliveries(sender_with: SenderWith) -> None:
     """close() cancels deliveries still waiting (here: in callback_delay) and counts them."""
     async with sender_with(answers(), callback_delay=60.0) as (sender, requests):
         sender.schedule(RECEIVER, PAYLOAD, "job")
@@ -227,6 +268,51 @@ async def test_callback_arrives_over_http_signed_with_the_job_json() -> None:
     assert delivery.headers["webhook-signature"] == expected_signature(
         WHSEC, delivery.headers, delivery.body
     )
+
+
+async def test_an_app_given_a_callback_transport_calls_back_through_it() -> None:
+    """A callback_transport carries the job's callback: the same body and signed headers."""
+    receiver = CallbackReceiver("http://receiver.test")
+    async with jobserver_client(
+        httpx.ASGITransport(receiver.app()), callback_secret=WHSEC
+    ) as client:
+        started = await client.post(
+            "/start", json={"account": "acme", "callback": f"{receiver.url}/hook/1"}
+        )
+        delivery = await receiver.next()
+    job = json.loads(delivery.body)
+    assert delivery.path == "/hook/1"
+    assert job["id"] == started.json()["id"]
+    assert job["state"] == "completed"
+    assert set(job) == {"id", "state", "startedAt", "proof"}
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["user-agent"] == "jobserver-callbacks/0.1"
+    assert delivery.headers["webhook-id"].startswith("msg_")
+    assert delivery.headers["webhook-signature"] == expected_signature(
+        WHSEC, delivery.headers, delivery.body
+    )
+
+
+async def test_through_a_client_an_unanswered_attempt_ends_at_callback_timeout() -> None:
+    """Through an httpx client too, an unanswered attempt is cut at callback_timeout, retried."""
+    attempts = 0
+
+    async def hook(request: Request) -> Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await asyncio.Event().wait()  # the first attempt is never answered
+        return Response()
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    settings = Settings(callback_backoff=0.001, callback_timeout=0.1, seed=1)
+    streams = RandomStreams(settings.seed)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app)) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        sender.schedule(httpx.URL("http://receiver.test/hook"), PAYLOAD, "job")
+        assert await sender.drain(WAIT) == 0
+    assert attempts == 2
+    assert sender.delivered == 1
 
 
 async def test_receiver_5xx_is_retried_over_http() -> None:
