@@ -1,7 +1,9 @@
-"""In-process fixtures: the proxy app wired to a scriptable fake job server.
+"""In-process fixtures: the proxy app wired to a job server, fake or real.
 
 Both apps run in the test's event loop through ``httpx.ASGITransport``: the proxy's
-outbound client reaches the fake, and the fake's callbacks reach the proxy.
+outbound client reaches the job server, and the job server's callbacks reach the proxy.
+``proxy_factory`` puts a scriptable fake behind the proxy; ``in_process_system`` the real
+job server app (:func:`jobserver.app.create_app`, its callbacks through a transport).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jobserver.app import create_app as create_jobserver_app
+from jobserver.config import Settings as JobServerSettings
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
@@ -141,3 +147,101 @@ def proxy_factory() -> ProxyFactory:
 async def proxy(proxy_factory: ProxyFactory) -> AsyncIterator[ProxyUnderTest]:
     async with proxy_factory() as built:
         yield built
+
+
+def sample(metrics: str, name: str) -> float:
+    """The value of the sample ``name`` in a ``/metrics`` text (0 when absent)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+class StartsSeen(httpx.AsyncBaseTransport):
+    """The proxy's way to the job server app; each /start that sets out is announced,
+    so that a test can wait for it rather than poll."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = httpx.ASGITransport(app=app)
+        self.starts: asyncio.Queue[httpx.Request] = asyncio.Queue()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/start":
+            self.starts.put_nowait(request)
+        return await self._app.handle_async_request(request)
+
+
+class LateApp:
+    """An ASGI app named after it is handed out: the job server is built before the
+    proxy it calls back."""
+
+    app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class InProcessSystem:
+    """The proxy in front of the real job server, both apps in the test's event loop."""
+
+    client: httpx.AsyncClient  # to the proxy
+    proxy_app: ASGIApp  # served: each call gets the lifespan's state
+    services: Services
+    jobserver: httpx.AsyncClient  # to the job server
+    jobserver_state: dict[str, Any]
+    to_jobserver: StartsSeen
+
+    async def next_start(self, timeout: float = 5.0) -> httpx.Request:
+        """The next /start the proxy sends to the job server, waiting at most ``timeout``."""
+        async with asyncio.timeout(timeout):
+            return await self.to_jobserver.starts.get()
+
+    async def metric(self, name: str) -> float:
+        """The value of the sample ``name`` on the proxy's ``/metrics`` (0 when absent)."""
+        return sample((await self.client.get("/metrics")).text, name)
+
+
+SystemFactory = Callable[..., contextlib.AbstractAsyncContextManager[InProcessSystem]]
+
+
+@pytest.fixture
+def in_process_system() -> SystemFactory:
+    """Build the proxy (settings overridable) in front of the real job server app."""
+
+    @contextlib.asynccontextmanager
+    async def build(
+        jobserver_settings: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> AsyncIterator[InProcessSystem]:
+        """``jobserver_settings`` are the job server's, ``overrides`` the proxy's."""
+        callbacks_to = LateApp()
+        jobserver_app = create_jobserver_app(
+            JobServerSettings(**(jobserver_settings or {})),
+            callback_transport=httpx.ASGITransport(app=callbacks_to),
+        )
+        async with app_lifespan(jobserver_app) as (jobserver_served, jobserver_state):
+            to_jobserver = StartsSeen(jobserver_served)
+            settings = Settings(upstream_url=UPSTREAM_URL, public_url=PROXY_URL, **overrides)
+            async with app_lifespan(create_app(settings, transport=to_jobserver)) as (
+                proxy_served,
+                state,
+            ):
+                callbacks_to.app = proxy_served
+                async with (
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=proxy_served), base_url=PROXY_URL
+                    ) as client,
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=jobserver_served),
+                        base_url=UPSTREAM_URL,
+                    ) as to_jobserver_directly,
+                ):
+                    yield InProcessSystem(
+                        client,
+                        proxy_served,
+                        state["services"],
+                        to_jobserver_directly,
+                        jobserver_state,
+                        to_jobserver,
+                    )
+
+    return build

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import httpx
 
 from bench.harness import ServerProcess, script_path
 from tests.conftest import run_program
+from tests.proxy.conftest import sample
 
 
 @contextlib.asynccontextmanager
@@ -52,9 +52,7 @@ async def run_jobclient(url: str, *flags: str) -> tuple[int, dict[str, Any]]:
 async def metric(proxy_url: str, name: str) -> float:
     """The value of the sample ``name`` on the proxy's ``/metrics`` (0 when absent)."""
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{proxy_url}/metrics")).text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+        return sample((await client.get(f"{proxy_url}/metrics")).text, name)
 
 
 async def wait_for_metric(
