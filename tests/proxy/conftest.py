@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobserver.app import create_app as create_jobserver_app
 from jobserver.config import Settings as JobServerSettings
+from jobserver.jobclient.__main__ import DEFAULT_DEADLINE, EXIT_FAILED, EXIT_PASSED
+from jobserver.jobclient.run import run_jobs
+from jobserver.jobclient.verdict import judge, render_json
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
@@ -200,6 +204,10 @@ class InProcessSystem:
         """The value of the sample ``name`` on the proxy's ``/metrics`` (0 when absent)."""
         return sample((await self.client.get("/metrics")).text, name)
 
+    async def callbacks_sent(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout``) until the job server has no callback under way."""
+        assert await self.jobserver_state["callbacks"].drain(timeout) == 0
+
 
 SystemFactory = Callable[..., contextlib.AbstractAsyncContextManager[InProcessSystem]]
 
@@ -245,3 +253,72 @@ def in_process_system() -> SystemFactory:
                     )
 
     return build
+
+
+async def post_and_leave(
+    app: ASGIApp, path: str, body: dict[str, Any], leave: asyncio.Event
+) -> list[Message]:
+    """POST ``body`` to ``app`` from a client that hangs up once ``leave`` is set; returns
+    what the app sent.
+
+    httpx.ASGITransport cannot hang up, so this speaks ASGI as uvicorn does: the body
+    first; then each receive() returns ``http.disconnect`` once the client has left or
+    the answer is complete.
+    """
+    content = json.dumps(body).encode()
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"proxy.test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("proxy.test", 80),
+    }
+    sent: list[Message] = []
+    answered = asyncio.Event()
+    unread = [{"type": "http.request", "body": content, "more_body": False}]
+
+    async def receive() -> Message:
+        if unread:
+            return unread.pop()
+        left = asyncio.ensure_future(leave.wait())
+        complete = asyncio.ensure_future(answered.wait())
+        try:
+            await asyncio.wait((left, complete), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            complete.cancel()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def jobclient_in_process(
+    url: str,
+    *,
+    jobs: int = 50,
+    deadline: float = DEFAULT_DEADLINE,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The jobclient's run and verdict in the test's event loop: the exit code and the
+    ``--json`` report that ``jobclient --url URL --account e2e --json`` would give."""
+    report = await run_jobs(url, "e2e", jobs, transport=transport)
+    verdict = judge(report, deadline)
+    code = EXIT_PASSED if verdict.passed else EXIT_FAILED
+    return code, json.loads(render_json(report, verdict, deadline))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 import pytest
 from starlette.responses import JSONResponse, Response
 
-from tests.proxy.conftest import FakeJobServer, ProxyFactory, ProxyUnderTest
+from proxy.app import create_app
+from proxy.config import Settings
+from tests.conftest import app_lifespan, closed_port
+from tests.proxy.conftest import PROXY_URL, FakeJobServer, ProxyFactory, ProxyUnderTest
 
 
 async def test_held_request_answers_with_the_callback_job(proxy: ProxyUnderTest) -> None:
@@ -230,6 +234,22 @@ async def test_upstream_garbage_is_502(proxy_factory: ProxyFactory) -> None:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.status_code == 502
     assert response.json()["error"] == "upstream_bad_response"
+
+
+async def test_upstream_down_is_502_within_the_retry_budget() -> None:
+    """With nothing listening upstream, a held request gets 502 JSON within 6 s."""
+    with closed_port() as port:
+        settings = Settings(upstream_url=f"http://127.0.0.1:{port}", public_url=PROXY_URL)
+        async with (
+            app_lifespan(create_app(settings)) as (app, _),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=PROXY_URL) as client,
+        ):
+            began = time.monotonic()
+            response = await client.post("/proxy", json={"account": "a", "wait": True})
+            took = time.monotonic() - began
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_unavailable"
+    assert took < 6
 
 
 async def test_upstream_answer_without_id_is_502(proxy_factory: ProxyFactory) -> None:
