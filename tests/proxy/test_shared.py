@@ -17,7 +17,8 @@ from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
 from tests.conftest import closed_port, run_program
-from tests.proxy.processes import metric, run_jobclient, wait_for_metric
+from tests.proxy.conftest import jobclient_in_process
+from tests.proxy.processes import metric, wait_for_metric
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"
@@ -105,7 +106,7 @@ async def test_callbacks_landing_on_another_replica_are_delivered(
         replica(jobserver, redis_server.url, "b") as b,
         replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
     ):
-        code, report = await run_jobclient(f"{a.url}/proxy")
+        code, report = await jobclient_in_process(f"{a.url}/proxy")
         forwarded = await metric(b.url, 'jobproxy_callbacks_total{outcome="ok"}')
     assert (code, report["result"]) == (0, "PASSED"), report
     assert forwarded == 50
@@ -151,9 +152,7 @@ async def test_redis_restart_mid_run_loses_no_job(redis_server: RedisServer) -> 
         replica(jobserver, redis_server.url, "b") as b,
         replica(jobserver, redis_server.url, "a", "--public-url", b.url) as a,
     ):
-        run = asyncio.ensure_future(
-            run_jobclient(f"{a.url}/proxy", "--jobs", "30", "--deadline", "20")
-        )
+        run = asyncio.ensure_future(jobclient_in_process(f"{a.url}/proxy", jobs=30, deadline=20))
         await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= 30)
         await redis_server.stop()
         refused = 'jobproxy_callbacks_total{outcome="bus_unavailable"}'
@@ -182,7 +181,7 @@ async def test_results_published_while_the_holder_is_away_are_reread(
             replica(jobserver, a_url, "a", "--public-url", b.url, env=NO_POLLS) as a,
         ):
             run = asyncio.ensure_future(
-                run_jobclient(f"{a.url}/proxy", "--jobs", str(jobs), "--deadline", "20")
+                jobclient_in_process(f"{a.url}/proxy", jobs=jobs, deadline=20)
             )
             await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= jobs)
             # A loses its subscription and cannot take it back; B can still store.
