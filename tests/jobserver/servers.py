@@ -26,7 +26,6 @@ from typing import Any, cast
 
 import httptools
 import httpx
-from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,7 +36,7 @@ from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import IDLE_EXPIRY, ConnectionPool
 from jobserver.faults import FaultInjector, RandomStreams
-from tests.conftest import loopback_socket, run_server
+from tests.conftest import app_lifespan, loopback_socket, run_server
 
 FAST_JOBS: dict[str, Any] = {"job_duration": 0.05, "job_duration_spread": 0.0}
 DELIVERY_TIMEOUT = 10.0
@@ -62,9 +61,9 @@ async def jobserver_client(
     (its callbacks through ``callback_transport`` when one is given)."""
     app = create_app(fast_settings(**overrides), callback_transport)
     async with (
-        LifespanManager(app) as manager,
+        app_lifespan(app) as (served, _),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(manager.app), base_url="http://jobserver"
+            transport=httpx.ASGITransport(served), base_url="http://jobserver"
         ) as client,
     ):
         yield client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from proxy.app import create_app
 from proxy.config import Settings
+from proxy.waiters import Delivery, Waiter
 from tests.conftest import app_lifespan, closed_port
 from tests.proxy.conftest import PROXY_URL, FakeJobServer, ProxyFactory, ProxyUnderTest
 
@@ -60,86 +62,107 @@ async def test_failed_job_is_a_200_with_state_failed(proxy: ProxyUnderTest) -> N
     assert response.json()["error"] == "it broke"
 
 
-def _calling_back_first(upstream: FakeJobServer, *jobs: dict[str, Any]) -> list[httpx.Response]:
-    """Make the fake call back with ``jobs`` before it answers /start (job id ``EARLY_ID``);
-    returns the list the callbacks' answers land in."""
-    answers: list[httpx.Response] = []
+@dataclass
+class EarlyCallbacks:
+    """Callbacks a fake job server sends before it answers /start, and their answers."""
+
+    answers: list[httpx.Response] = field(default_factory=list)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _calling_back_first(
+    upstream: FakeJobServer, monkeypatch: pytest.MonkeyPatch, *jobs: dict[str, Any]
+) -> EarlyCallbacks:
+    """Make the fake call back with ``jobs`` before it answers /start (job id ``EARLY_ID``):
+    it answers once the proxy holds every one of them."""
+    early = EarlyCallbacks()
+    held = asyncio.Semaphore(0)
+    offer = Waiter.offer
+
+    def offering(waiter: Waiter, *args: Any) -> Delivery:
+        delivery = offer(waiter, *args)
+        if delivery is Delivery.HELD:
+            held.release()
+        return delivery
+
+    monkeypatch.setattr(Waiter, "offer", offering)
     sent: set[asyncio.Task[None]] = set()
 
     async def call_back(url: str, job: dict[str, Any]) -> None:
         assert upstream.to_proxy is not None
-        answers.append(await upstream.to_proxy.post(url, json=job))
+        early.answers.append(await upstream.to_proxy.post(url, json=job))
+        if len(early.answers) == len(jobs):
+            early.answered.set()
 
     async def call_back_first(body: dict[str, Any]) -> Response:
-        assert upstream.proxy_services is not None
-        waiter = upstream.proxy_services.waiters.get(body["callback"].rsplit("/", 1)[1])
-        assert waiter is not None
         for job in jobs:
             task = asyncio.create_task(call_back(body["callback"], job))
             sent.add(task)
             task.add_done_callback(sent.discard)
-        # Answer /start only once the proxy holds every early callback.
         async with asyncio.timeout(5):
-            while len(waiter.early or ()) < len(jobs):  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
+            for _ in jobs:
+                await held.acquire()
         return JSONResponse({"state": "running", "id": EARLY_ID})
 
     upstream.on_start = call_back_first
-    return answers
+    return early
 
 
 EARLY_ID = "1234567890abc"
 EARLY_JOB = {"id": EARLY_ID, "state": "completed", "startedAt": "x", "proof": "B" * 40}
 
 
-async def test_callback_before_start_answer_resolves(proxy_factory: ProxyFactory) -> None:
+async def test_callback_before_start_answer_resolves(
+    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A callback that arrives before the start response still resolves the waiter; it is
     answered 200 once the start response has named its job."""
     upstream = FakeJobServer()
-    callbacks = _calling_back_first(upstream, EARLY_JOB)
+    callbacks = _calling_back_first(upstream, monkeypatch, EARLY_JOB)
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.status_code == 200
     assert response.json() == EARLY_JOB
-    assert [answer.status_code for answer in callbacks] == [200]
+    assert [answer.status_code for answer in callbacks.answers] == [200]
 
 
-async def test_early_callback_of_another_job_is_refused(proxy_factory: ProxyFactory) -> None:
+async def test_early_callback_of_another_job_is_refused(
+    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A callback that comes before /start answered, carrying another job's id, is held,
     then refused with 400 job_mismatch: the client gets its own job."""
     upstream = FakeJobServer()
     other = {**EARLY_JOB, "id": "fedcba9876543", "proof": "C" * 40}
-    callbacks = _calling_back_first(upstream, other, EARLY_JOB)
+    callbacks = _calling_back_first(upstream, monkeypatch, other, EARLY_JOB)
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.json() == EARLY_JOB
-    statuses = sorted(answer.status_code for answer in callbacks)
-    refused = next(answer for answer in callbacks if answer.status_code == 400)
+    statuses = sorted(answer.status_code for answer in callbacks.answers)
+    refused = next(answer for answer in callbacks.answers if answer.status_code == 400)
     assert statuses == [200, 400]
     assert refused.json()["error"] == "job_mismatch"
 
 
 async def test_early_callback_alone_of_another_job_leaves_the_client_waiting(
-    proxy_factory: ProxyFactory,
+    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An early callback with the wrong id never answers the client: its own job does."""
     upstream = FakeJobServer()
     other = {**EARLY_JOB, "id": "fedcba9876543"}
-    callbacks = _calling_back_first(upstream, other)
+    callbacks = _calling_back_first(upstream, monkeypatch, other)
     async with proxy_factory(upstream) as proxy:
         request = asyncio.ensure_future(
             proxy.client.post("/proxy", json={"account": "a", "wait": True})
         )
         async with asyncio.timeout(5):
-            while not callbacks:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            await callbacks.answered.wait()
         assert not request.done()
         upstream.jobs[EARLY_ID] = EARLY_JOB
         assert upstream.to_proxy is not None
         token_url = upstream.starts[0]["callback"]
         delivered = await upstream.to_proxy.post(token_url, json=EARLY_JOB)
         response = await request
-    assert callbacks[0].status_code == 400
+    assert callbacks.answers[0].status_code == 400
     assert delivered.status_code == 200
     assert response.json() == EARLY_JOB
 
