@@ -54,6 +54,14 @@ class MeasuredRun:
     proxy_counters: dict[str, float] = field(default_factory=dict)
 
 
+def ratio_to_bound(run: MeasuredRun, lower_bound_s: float) -> float:
+    """A run's total time over its lower bound; NaN unless every job completed."""
+    summary = run.summary
+    if not summary.all_completed:
+        return math.nan
+    return ratio(summary.wall_s, lower_bound_s)
+
+
 @dataclass(frozen=True, slots=True)
 class FiftyResult:
     """``jobs`` held requests on one account through the proxy, against the lower bound.
@@ -80,11 +88,7 @@ class FiftyResult:
 
     @property
     def ratio(self) -> float:
-        """Total time over the lower bound; NaN unless every job completed."""
-        summary = self.run.summary
-        if not summary.all_completed:
-            return math.nan
-        return ratio(summary.wall_s, self.lower_bound_s)
+        return ratio_to_bound(self.run, self.lower_bound_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +170,7 @@ class NetworkResult:
 
     @property
     def ratio(self) -> float:
-        """Total time over the lower bound; NaN unless every job completed."""
-        summary = self.run.summary
-        if not summary.all_completed:
-            return math.nan
-        return ratio(summary.wall_s, self.lower_bound_s)
+        return ratio_to_bound(self.run, self.lower_bound_s)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.responses import Response
@@ -37,26 +38,18 @@ async def test_deeply_nested_json_is_a_400(proxy: ProxyUnderTest) -> None:
         assert response.json()["error"] == "bad_request"
 
 
-async def test_nan_in_a_body_is_a_400(proxy: ProxyUnderTest) -> None:
-    """JSON's NaN and Infinity, which could not be passed on, are refused as bad JSON."""
-    request, job_id = await proxy.held_job()
-    job = {**proxy.upstream.finish(job_id)}
-    body = json.dumps(job)[:-1] + ', "extra": NaN}'
-    refused = await proxy.upstream.to_proxy.post(  # type: ignore[union-attr]
-        proxy.upstream.callbacks[job_id], content=body
-    )
-    await proxy.upstream.callback(job_id)
-    answer = await request
-    assert refused.status_code == 400
-    assert (answer.status_code, answer.json()) == (200, job)
-
-
-async def test_a_lone_surrogate_in_a_callback_is_a_400(proxy: ProxyUnderTest) -> None:
-    """A string that is not valid Unicode (a lone surrogate escape) is refused as bad JSON,
-    not a 500; the client still gets its job from a proper callback."""
+@pytest.mark.parametrize(
+    "extra",
+    [', "extra": NaN}', ', "note": "\\ud800"}'],
+    ids=["NaN", "lone surrogate"],
+)
+async def test_json_that_cannot_be_passed_on_is_a_400(proxy: ProxyUnderTest, extra: str) -> None:
+    """JSON's NaN, and a string that is not valid Unicode (a lone surrogate
+    escape), are refused as bad JSON, not a 500; the client still gets its job from a
+    proper callback."""
     request, job_id = await proxy.held_job()
     job = proxy.upstream.finish(job_id)
-    body = json.dumps(job)[:-1] + ', "note": "\\ud800"}'
+    body = json.dumps(job)[:-1] + extra
     refused = await proxy.upstream.to_proxy.post(  # type: ignore[union-attr]
         proxy.upstream.callbacks[job_id], content=body
     )
