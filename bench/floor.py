@@ -1,9 +1,10 @@
 """``python -m bench.floor``: the floor of the serving stack, to see the proxy's own share.
 
 A raw ASGI app (no Starlette, no routing, no JSON parsing) served the way the proxy is
-served: uvicorn with uvloop and httptools, no log config, no access log, the proxy's
-default backlog and its garbage-collector settings; lifespan off, as the app has nothing
-to set up. Whatever the proxy spends above this app is the proxy's own.
+served, by ``proxy.server``'s own configuration: uvicorn with uvloop and httptools, no
+log config, no access log, no server or date header, the proxy's default backlog and its
+garbage-collector settings; lifespan off, as the app has nothing to set up. Whatever the
+proxy spends above this app is the proxy's own.
 
 How it measures both figures in one run: every ``POST /hold`` is held until ``--hold``
 of them are held at once, then all of them are answered (and the next batch begins).
@@ -35,10 +36,9 @@ from typing import Any
 
 import uvicorn
 
-# As proxy.server: the floor runs under the proxy's process settings.
-GC_THRESHOLD = 7_000
-BACKLOG = 4_096  # the proxy's default backlog
-CLOSE_GRACE = 1
+from proxy.config import Settings
+from proxy.server import bind_socket, listening_url, tune_gc, uvicorn_config
+
 STARTUP_FAILURE = 3
 HOLD_PATH = "/hold"
 JOB_ID = "f100f100f100f100"
@@ -132,21 +132,7 @@ class FloorServer(uvicorn.Server):
         # As the proxy does: start-up objects stay out of every collection.
         gc.freeze()
         if self.started and sockets:
-            host, port = sockets[0].getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            print(f"floor listening on http://{host}:{port}", flush=True)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so ``--port 0`` resolves to a real port up front."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+            print(f"floor listening on {listening_url(sockets[0])}", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -173,21 +159,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
+    tune_gc()
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         print(f"floor: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    config = uvicorn.Config(
+    config = uvicorn_config(
         FloorApp(HeldBatches(args.hold, args.hold_timeout)),
-        loop="uvloop",
-        http="httptools",
         lifespan="off",
-        log_config=None,
         access_log=False,
-        backlog=BACKLOG,
-        timeout_graceful_shutdown=CLOSE_GRACE,
+        backlog=Settings.model_fields["backlog"].default,
     )
     server = FloorServer(config)
     server.run(sockets=[sock])

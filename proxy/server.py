@@ -17,8 +17,10 @@ import signal
 import socket
 import time
 from collections.abc import Generator
+from typing import Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from proxy.app import create_app
 from proxy.config import Settings
@@ -44,6 +46,42 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def listening_url(sock: socket.socket) -> str:
+    """The URL a bound socket answers on, for the ready line."""
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def tune_gc() -> None:
+    """The collector's settings for a process that holds thousands of requests."""
+    # Each held request allocates a few dozen objects; with thousands in flight the
+    # default young-generation threshold (700) runs a collection every few requests.
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
+def uvicorn_config(
+    app: ASGIApp, *, lifespan: Literal["on", "off"], access_log: bool, backlog: int
+) -> uvicorn.Config:
+    """How the proxy is served; the bench's floor serves its raw app the same way."""
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan=lifespan,
+        log_config=None,
+        access_log=access_log,
+        backlog=backlog,
+        timeout_graceful_shutdown=CLOSE_GRACE,
+        # Per answer, these cost a header each (and a date format) or a pass over the
+        # client's address: the proxy answers machines, not browsers, and trusts no
+        # X-Forwarded-* header it does not use.
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+    )
 
 
 class ProxyServer(uvicorn.Server):
@@ -78,9 +116,7 @@ class ProxyServer(uvicorn.Server):
         # of every collection, which otherwise walks them again for each held request.
         gc.freeze()
         if self.started and sockets:
-            host, port = sockets[0].getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            logger.info("jobproxy listening on http://%s:%d", host, port)
+            logger.info("jobproxy listening on %s", listening_url(sockets[0]))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # 1. Drain while still listening: the callbacks of the held requests must still
@@ -103,27 +139,14 @@ class ProxyServer(uvicorn.Server):
 
 def serve(settings: Settings) -> bool:
     """Run the proxy until SIGTERM or SIGINT; False if it never started."""
-    # Each held request allocates a few dozen objects; with thousands in flight the
-    # default young-generation threshold (700) runs a collection every few requests.
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
+    tune_gc()
     sock = bind_socket(settings.host, settings.port)
     settings = settings.with_public_url(sock.getsockname()[1])
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
+    config = uvicorn_config(
+        create_app(settings),
         lifespan="on",
-        log_config=None,
         access_log=settings.access_log,
         backlog=settings.backlog,
-        timeout_graceful_shutdown=CLOSE_GRACE,
-        # Per answer, these cost a header each (and a date format) or a pass over the
-        # client's address: the proxy answers machines, not browsers, and trusts no
-        # X-Forwarded-* header it does not use.
-        server_header=False,
-        date_header=False,
-        proxy_headers=False,
     )
     server = ProxyServer(config, settings)
     server.run(sockets=[sock])

@@ -55,8 +55,6 @@ from bench.stats import (
 )
 from bench.system import files_needed, raise_open_file_limit
 from bench.targets import PROXY_CPU_PER_1000_LIMIT, Target, evaluate_targets
-from proxy.config import Settings
-from proxy.server import GC_THRESHOLD
 
 PROOF = "0123456789ABCDEF0123456789ABCDEF01234567"
 STARTED_AT = "2024-01-02T03:04:05.678Z"
@@ -564,10 +562,8 @@ async def test_floor_app_answers_a_job_the_generator_counts_as_done() -> None:
     assert judge(HttpAnswer(503, body["body"]), wait=True).outcome == "http-503:hold_timeout"
 
 
-def test_floor_is_served_like_the_proxy() -> None:
-    """The floor uses the proxy's GC threshold and backlog, and rejects a batch size of 0."""
-    assert floor.GC_THRESHOLD == GC_THRESHOLD
-    assert Settings().backlog == floor.BACKLOG
+def test_floor_rejects_an_empty_batch() -> None:
+    """A batch size of 0 is a usage error."""
     with pytest.raises(SystemExit) as exit_info:
         floor.parse_args(["--hold", "0"])
     assert exit_info.value.code == USAGE_ERROR
