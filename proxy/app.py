@@ -81,6 +81,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             resources.push_async_callback(_cancel, watching)
             upstream = Upstream(client, settings)
             results: ResultStore = bus or LocalResults(settings.result_ttl)
+            metrics = Metrics.create(lambda: len(waiters))
             services = Services(
                 settings=settings,
                 client=client,
@@ -89,8 +90,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 results=results,
                 bus=bus,
                 watch=watch,
-                keyed=KeyedRequests(results, upstream, watch, settings),
-                metrics=Metrics.create(lambda: len(waiters)),
+                keyed=KeyedRequests(results, upstream, watch, settings, metrics),
+                metrics=metrics,
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
                 else None,
@@ -196,7 +197,8 @@ async def _held(services: Services, scope: Scope, receive: Receive, send: Send) 
                 await send_answer(send, json_answer(answer.raw, answer.status_code))
                 outcome = Outcome.FORWARDED
                 return
-            waiter.bind(job_id_of(job))
+            if dropped := waiter.bind(job_id_of(job)):
+                services.metrics.callback(Outcome.EARLY_MISMATCH, dropped)
             if is_terminal(job):  # a job server may finish the job before answering
                 waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
             waiter.send = send
@@ -230,52 +232,41 @@ async def _start_unless_client_leaves(
     deadline: float,
     receive: Receive,
 ) -> UpstreamAnswer:
-    """Start the job upstream; a client that leaves while its start still waits in the
-    proxy cancels it (it is never sent). Watching costs a task, so it begins only when
-    the start has to wait."""
-    watch = ClientWatch(receive)
-    start = services.upstream.start(
-        job_request.upstream_body(callback), deadline=deadline, on_wait=watch.begin
-    )
-    return await watch.run(start)
+    """Start the job upstream; a client that leaves meanwhile withdraws it: a start still
+    waiting in the proxy is never sent, one under way has its connection closed."""
+    start = services.upstream.start(job_request.upstream_body(callback), deadline=deadline)
+    return await until_client_leaves(receive, start)
 
 
-class ClientWatch:
-    """Cancels what :meth:`run` runs as soon as the client disconnects (then ClientGone),
-    once :meth:`begin` was called: the disconnect arrives as the next ASGI message once
-    the body is read, so watching for it takes a task of its own."""
+async def until_client_leaves(receive: Receive, serving: Coroutine[Any, Any, T]) -> T:
+    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone).
 
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._watcher: asyncio.Future[Any] | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._running = True
-        self._left = False
+    The disconnect arrives as the next ASGI message once the body is read, so watching
+    for it takes a task of its own, kept only while ``serving`` runs (a held request
+    itself then waits on ``receive()``).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    running, left = True, False
 
-    def begin(self) -> None:
-        if self._watcher is None:
-            self._task = asyncio.current_task()
-            self._watcher = asyncio.ensure_future(self._receive())
-            self._watcher.add_done_callback(self._client_left)
+    def client_left(watcher: asyncio.Future[Any]) -> None:
+        nonlocal left
+        if running and not watcher.cancelled():
+            left = True
+            task.cancel()
 
-    def _client_left(self, watcher: asyncio.Future[Any]) -> None:
-        if not watcher.cancelled() and self._running and self._task is not None:
-            self._left = True
-            self._task.cancel()
-
-    async def run(self, serving: Coroutine[Any, Any, T]) -> T:
-        try:
-            return await serving
-        except asyncio.CancelledError:
-            if not self._left:
-                raise
-            if self._task is not None:
-                self._task.uncancel()
-            raise ClientGone() from None
-        finally:
-            self._running = False
-            if self._watcher is not None:
-                self._watcher.cancel()
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(client_left)
+    try:
+        return await serving
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()
+        raise ClientGone() from None
+    finally:
+        running = False
+        watcher.cancel()
 
 
 def _observe(services: Services, waiter: Waiter) -> None:
@@ -305,9 +296,9 @@ async def start_with_key(request: Request) -> Response:
         with services.waiters.hold() as waiter:
             waiter.keyed = True
             waiter.future = asyncio.get_running_loop().create_future()
-            watch = ClientWatch(request.receive)
-            watch.begin()
-            answer = await watch.run(services.keyed.serve(waiter, job_request, key))
+            answer = await until_client_leaves(
+                request.receive, services.keyed.serve(waiter, job_request, key)
+            )
             _observe(services, waiter)
         outcome = waiter.outcome or Outcome.FORWARDED
         return as_response(answer)

@@ -6,6 +6,11 @@ the ordinary handler :func:`receive_callback`. Either way the job must be finish
 must be the waiter's own; a late duplicate of a request that had an Idempotency-Key
 is kept for the key's retries.
 
+A callback is answered at once, whatever the job server's answer to ``/start`` is
+doing: some job servers deliver a quick job's callback, and await its answer, before
+they answer ``/start``. One that comes before that answer is kept and answered ``200``;
+the waiter takes it only if ``/start`` names the same job (``proxy.waiters``).
+
 With a callback secret configured, a callback must carry a Standard Webhooks signature:
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>``
 with a timestamp within five minutes of now. The key is the base64-decoded part after
@@ -28,11 +33,18 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import parse_object, read_body, receive_body
-from proxy.errors import BadRequest, BadSignature, JobMismatch, ProxyError, UnknownCallback
+from proxy.errors import (
+    BadRequest,
+    BadSignature,
+    JobMismatch,
+    ProxyError,
+    Unavailable,
+    UnknownCallback,
+)
 from proxy.jobs import Job, is_terminal
 from proxy.metrics import Outcome
 from proxy.services import Services, services_of
-from proxy.waiters import Delivery
+from proxy.waiters import Delivery, Spent
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +88,7 @@ def parse_job(body: bytes) -> Job:
 
 RECEIPTS = {
     delivery: json_answer(encode({"status": delivery.value}))
-    for delivery in (Delivery.OK, Delivery.STORED)
+    for delivery in (Delivery.OK, Delivery.STORED, Delivery.EARLY)
 }
 IGNORED = json_answer(encode({"status": "ignored", "detail": "the job is not finished"}))
 
@@ -140,6 +152,11 @@ def _refuse(delivery: Delivery, job: Job) -> None:
     """Raise the error a callback gets when its result was not taken."""
     if delivery is Delivery.MISMATCH:
         raise JobMismatch(f"job {job['id']} is not the job of this callback token")
+    if delivery is Delivery.CROWDED:
+        raise Unavailable(
+            "this callback token already has results waiting for the job server to name "
+            "its job: send it again once /start is answered"
+        )
     if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
         logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
         raise UnknownCallback()
@@ -149,6 +166,10 @@ async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Del
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
     delivery = await services.waiters.deliver(token, job, body)
-    if delivery is Delivery.DUPLICATE and services.waiters.was_keyed(token):
-        delivery = await services.keyed.keep(token, job, delivery)
+    if delivery is Delivery.DUPLICATE:
+        spent = services.waiters.spent(token)
+        if Spent.POLLED in spent:
+            services.watch.polled_too_soon()
+        if Spent.KEYED in spent:
+            delivery = await services.keyed.keep(token, job, delivery)
     return delivery

@@ -79,10 +79,12 @@ class Settings(LayeredSettings):
     poll_k: float = Field(
         default=2.0,
         ge=0,
-        description="a job is due after mean + poll_k standard deviations of durations",
+        description="callbacks are expected within mean + poll_k deviations of their lateness",
     )
     poll_initial: float = Field(
-        default=1.0, gt=0, description="seconds until a job is due before two durations were seen"
+        default=1.0,
+        gt=0,
+        description="seconds a callback is expected within before two callbacks were seen",
     )
     poll_backoff_base: float = Field(
         default=0.05, gt=0, description="shortest pause between status polls of a job, seconds"
@@ -95,8 +97,14 @@ class Settings(LayeredSettings):
         ge=0,
         description="seconds after acceptance from which a 404 poll means job_lost",
     )
-    poll_max_failures: int = Field(
-        default=5, ge=1, description="unusable poll answers in a row that make a job job_lost"
+    poll_lost_after: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds without a usable status answer (failing all along) that make a "
+        "polled job job_lost",
+    )
+    poll_max_in_flight: int = Field(
+        default=32, ge=1, description="status polls under way at once, over all jobs"
     )
     poll_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for one poll's answer"

@@ -37,6 +37,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.jobs import Job, is_terminal, job_id_of
+from proxy.metrics import Metrics, Outcome
 from proxy.overdue import OverdueWatch
 from proxy.polling import PollSchedule
 from proxy.upstream import Upstream
@@ -164,8 +165,14 @@ class KeyedRequests:
     """Requests with an ``Idempotency-Key``: each key's job runs once, retries follow it."""
 
     def __init__(
-        self, results: ResultStore, upstream: Upstream, watch: OverdueWatch, settings: Settings
+        self,
+        results: ResultStore,
+        upstream: Upstream,
+        watch: OverdueWatch,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._results = results
         self._upstream = upstream
         self._watch = watch
@@ -198,7 +205,8 @@ class KeyedRequests:
         if not job_request.wait:
             await _quietly(results.put_result(waiter.token, job))
             return json_answer(answer.raw, answer.status_code)
-        waiter.bind(job_id_of(job))
+        if dropped := waiter.bind(job_id_of(job)):
+            self._metrics.callback(Outcome.EARLY_MISMATCH, dropped)
         if is_terminal(job):
             waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
         if not waiter.settled:

@@ -28,6 +28,8 @@ class Outcome(str, Enum):
     FORWARDED = "forwarded"
     #: A callback for a job that is not finished yet: taken, nothing to do.
     NOT_FINAL = "not_final"
+    #: A callback that came before /start answered, and then was another job's: dropped.
+    EARLY_MISMATCH = "early_mismatch"
     #: Anything the proxy did not foresee (its log says what).
     INTERNAL_ERROR = "internal_error"
 
@@ -64,8 +66,8 @@ class Metrics:
     def request(self, outcome: str) -> None:
         self.requests(outcome).inc()
 
-    def callback(self, outcome: str) -> None:
-        self.callbacks(outcome).inc()
+    def callback(self, outcome: str, count: int = 1) -> None:
+        self.callbacks(outcome).inc(count)
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors(kind).inc()

@@ -1,9 +1,8 @@
 """Learned poll schedules and status polling of the job server.
 
 The proxy normally answers a held request when the job server's callback arrives. If a
-callback is lost, it polls ``GET {base_url}/status/{id}`` once the job has run for its
-expected duration (learned from observed durations as mean + k·stddev), with capped
-exponential backoff and full jitter, and answers from whichever comes first.
+callback is presumed lost (``proxy.overdue``), it polls ``GET {base_url}/status/{id}``
+with capped exponential backoff and full jitter, and answers from whichever comes first.
 
 The poller is usable on its own::
 
@@ -12,7 +11,7 @@ The poller is usable on its own::
     async with httpx.AsyncClient() as client:
         job = await wait_for_job(
             client, "http://127.0.0.1:8001", "3f2a...", deadline=time.monotonic() + 30,
-            schedule=PollSchedule(first_delay=1.0),  # the job's expected duration
+            schedule=PollSchedule(first_delay=0.5),  # about the job's duration
         )
     print(job["state"])  # "completed" or "failed"
 """
@@ -37,50 +36,8 @@ from proxy.jobs import FINAL_STATES, JOB_STATES, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
-MIN_SAMPLES_FOR_ESTIMATE = 2
 # A hung connection should not eat the whole budget; later polls get a fresh chance.
 MAX_POLL_TIMEOUT = 10.0
-
-
-class DurationStats:
-    """Running mean and sample standard deviation of job durations (Welford, O(1) memory).
-
-    Negative and non-finite samples are ignored.
-    """
-
-    __slots__ = ("_m2", "_mean", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._mean = 0.0
-        self._m2 = 0.0
-
-    def add(self, seconds: float) -> None:
-        """Record one observed duration in seconds."""
-        if not math.isfinite(seconds) or seconds < 0:
-            return
-        self.count += 1
-        delta = seconds - self._mean
-        self._mean += delta / self.count
-        self._m2 += delta * (seconds - self._mean)
-
-    @property
-    def mean(self) -> float:
-        """The mean duration; 0.0 before any observation."""
-        return self._mean
-
-    @property
-    def stddev(self) -> float:
-        """The sample standard deviation (n - 1, like ``statistics.stdev``); 0.0 below 2."""
-        if self.count < 2:
-            return 0.0
-        return math.sqrt(self._m2 / (self.count - 1))
-
-    def expected(self, k: float, initial: float) -> float:
-        """``initial`` until MIN_SAMPLES_FOR_ESTIMATE observations, then mean + k·stddev."""
-        if self.count < MIN_SAMPLES_FOR_ESTIMATE:
-            return initial
-        return max(0.0, self._mean + k * self.stddev)
 
 
 @dataclass(frozen=True)
@@ -105,20 +62,6 @@ class PollSchedule:
         if self.base == 0 or self.cap == 0 or self.factor < 1:
             raise ValueError(f"PollSchedule needs base > 0, cap > 0 and factor >= 1: {self!r}")
 
-    @classmethod
-    def from_stats(
-        cls,
-        stats: DurationStats,
-        k: float = 2.0,
-        initial: float = 0.5,
-        *,
-        base: float = 0.05,
-        cap: float = 2.0,
-        factor: float = 2.0,
-    ) -> PollSchedule:
-        """A schedule whose first poll comes after the learned expected duration."""
-        return cls(stats.expected(k, initial), base=base, cap=cap, factor=factor)
-
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """Yield the successive delays between polls, forever."""
         rng = random.Random() if rng is None else rng
@@ -131,18 +74,21 @@ class PollSchedule:
 
 @dataclass(frozen=True)
 class LostJob:
-    """When a polled job counts as lost (:class:`JobLost`) rather than polled to the deadline.
+    """When a polled job counts as lost (:class:`JobLost`) rather than polled to the deadline:
+    only on evidence, never on a few failures in a row (a flaky status endpoint fails
+    so by chance).
 
     ``known_since`` is when (on the poller's clock) the job server acknowledged the job:
-    a ``404`` more than ``grace`` seconds later means it no longer knows the job.
-    ``max_failures`` failed polls in a row (no answer, a 5xx other than 503, a malformed
-    answer; never a 404 or a 429/503 that asks to come back later) mean it cannot be
-    asked about the job.
+    a ``404`` more than ``grace`` seconds later means it no longer knows the job. Failed
+    polls (no answer, a 5xx other than 503, a malformed answer; never a 404 or a 429/503
+    that asks to come back later) with no usable answer between them for ``after``
+    seconds mean it cannot be asked about the job; a 404 within the grace or a busy
+    answer is the job server answering, and ends such a run.
     """
 
     known_since: float
     grace: float = 1.0
-    max_failures: int = 5
+    after: float = 10.0
 
 
 class _Failure(NamedTuple):
@@ -170,6 +116,7 @@ async def wait_for_job(
     rng: random.Random | None = None,
     lost: LostJob | None = None,
     poll_timeout: float = MAX_POLL_TIMEOUT,
+    slots: asyncio.Semaphore | None = None,
 ) -> dict[str, Any]:
     """Poll the job's status until it is completed or failed, and return that answer.
 
@@ -178,8 +125,10 @@ async def wait_for_job(
     polling goes on; ``Retry-After`` on 429/503 is honoured. With ``lost``, a job the
     job server no longer knows, or cannot be asked about, raises ``JobLost`` instead
     (see :class:`LostJob`). ``on_update`` sees every well-formed answer, running or final
-    (its exceptions propagate). Each poll waits at most ``poll_timeout`` for its answer.
-    Raises ``JobTimeout`` when the deadline passes; never sleeps past it.
+    (its exceptions propagate). Each poll waits at most ``poll_timeout`` for its answer;
+    with ``slots``, each holds one of them while it is under way (so that many jobs polled
+    at once send only so many requests at a time). Raises ``JobTimeout`` when the
+    deadline passes; never sleeps past it.
     """
     if not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
@@ -188,7 +137,8 @@ async def wait_for_job(
     schedule = schedule or PollSchedule()
     url = status_url(base_url, job_id)
     delays = schedule.delays(rng)
-    polls = failure_streak = 0
+    polls = 0
+    streak = FailureStreak()
     last_answer = "none yet"
 
     def time_left() -> float:
@@ -204,20 +154,29 @@ async def wait_for_job(
     while True:
         if pause > 0:
             await sleep(min(pause, time_left()))
-        outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
+        if slots is None:
+            outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
+        else:
+            async with slots:
+                outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
         polls += 1
         if isinstance(outcome, _Failure):
+            time_left()  # a poll the deadline cut short is no failure of the job server's
+            # A 404 or a busy answer is the job server answering: not a failure to ask it.
             counted = not (outcome.not_found or outcome.busy)
-            failure_streak += counted
+            if counted:
+                streak.failed(clock())
+            else:
+                streak = FailureStreak()
             last_answer = outcome.reason
             if lost is not None:
-                _check_lost(lost, outcome, failure_streak, job_id, clock())
-            quiet = not counted or failure_streak > 1
+                _check_lost(lost, outcome, streak, job_id, clock())
+            quiet = not counted or streak.count > 1
             level = logging.DEBUG if quiet else logging.WARNING
             logger.log(level, "status poll %d of job %s failed: %s", polls, job_id, last_answer)
             pause = max(next(delays), outcome.retry_after)
             continue
-        failure_streak = 0
+        streak = FailureStreak()
         last_answer = f"state {outcome['state']}"
         if on_update is not None:
             on_update(outcome)
@@ -227,17 +186,32 @@ async def wait_for_job(
         pause = next(delays)
 
 
-def _check_lost(lost: LostJob, failure: _Failure, streak: int, job_id: str, now: float) -> None:
+@dataclass(slots=True)
+class FailureStreak:
+    """Failed polls with no usable answer between them, and since when."""
+
+    count: int = 0
+    since: float = 0.0
+
+    def failed(self, now: float) -> None:
+        if not self.count:
+            self.since = now
+        self.count += 1
+
+
+def _check_lost(
+    lost: LostJob, failure: _Failure, streak: FailureStreak, job_id: str, now: float
+) -> None:
     if failure.not_found and now - lost.known_since > lost.grace:
         raise JobLost(
             f"job {job_id} is lost: the job server no longer knows it "
             f"(404 {now - lost.known_since:.1f} s after accepting it)",
             job_id=job_id,
         )
-    if streak >= lost.max_failures:
+    if streak.count and now - streak.since >= lost.after:
         raise JobLost(
-            f"job {job_id} is lost: its status could not be read in {streak} attempts "
-            f"in a row (last: {failure.reason})",
+            f"job {job_id} is lost: no usable status answer for {now - streak.since:.1f} s "
+            f"({streak.count} attempts; last: {failure.reason})",
             job_id=job_id,
         )
 

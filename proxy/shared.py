@@ -265,7 +265,7 @@ class RedisBus:
             waiter = self._waiters.get(token)
             if waiter is not None:
                 self._waiters.respond_soon(waiter)
-        elif delivery is not Delivery.HELD:
+        elif delivery is not Delivery.EARLY:
             logger.debug("dropped the result of job %s: %s", job.get("id"), delivery.value)
         return delivery is Delivery.OK
 

@@ -26,8 +26,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import httpx
@@ -38,7 +39,6 @@ from proxy.config import Settings
 from proxy.errors import (
     JobTimeout,
     UpstreamBadResponse,
-    UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -103,19 +103,57 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))
 
 
-class _Lane:
-    """One account's starts: how many are in flight, who waits, whether it is paused."""
+class Fate(str, Enum):
+    """What the job server made of one ``/start`` that left its lane."""
 
-    __slots__ = ("account", "in_flight", "limit", "paused_until", "queued", "timer", "waiting")
+    #: It answered (any status): it is done with the request.
+    ANSWERED = "answered"
+    #: It never got the request (no connection): nothing to wait for.
+    NOT_SENT = "not_sent"
+    #: Unknown: the request may be queued or handled there still (the client left, the
+    #: deadline passed, the connection failed after sending).
+    UNKNOWN = "unknown"
+
+
+class _Lane:
+    """One account's starts: how many are out, who waits, whether it is paused.
+
+    ``in_flight`` counts the starts on the wire and the *withdrawn* ones: starts that
+    were sent and then given up without an answer, which the job server may still be
+    working on behind its account gate. Each keeps its place until a start of the
+    account sent after it is answered (the gate serves an account's requests in order,
+    so the job server is done with it by then) or until ``withdrawn_ttl`` has passed.
+    """
+
+    __slots__ = (
+        "account",
+        "expiry",
+        "in_flight",
+        "limit",
+        "paused_until",
+        "queued",
+        "sent",
+        "timer",
+        "waiting",
+        "withdrawn",
+    )
 
     def __init__(self, account: str, limit: int) -> None:
         self.account = account
         self.limit = limit
         self.in_flight = 0
+        self.sent = 0  # sequence number of the next start that leaves the lane
         self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.withdrawn: collections.deque[tuple[int, float]] = collections.deque()  # (seq, when)
         self.paused_until = -math.inf
         self.timer: asyncio.TimerHandle | None = None  # set while the lane is paused
+        self.expiry: asyncio.TimerHandle | None = None  # set while starts are withdrawn
         self.queued = False  # in the queue of lanes waiting for a free connection
+
+    def has_room(self) -> bool:
+        """Whether one more start may go: below the limit, or none of those out is live
+        (withdrawn starts must not block an account for good)."""
+        return self.in_flight < self.limit or self.in_flight == len(self.withdrawn)
 
 
 class AccountLanes:
@@ -126,14 +164,17 @@ class AccountLanes:
     A waiting call is a plain future in its account's FIFO. When the pool is full,
     accounts take turns for the connections that free up (round robin), so one
     account's burst does not hold back the others. A cancelled waiter (its client left)
-    is skipped when its turn comes: a start that was never sent is never sent. A lane
-    lives only while it has calls in flight, waiters or a pause.
+    is skipped when its turn comes: a start that was never sent is never sent. A start
+    withdrawn after it was sent keeps its place in its account's limit (see
+    :class:`_Lane`), so clients that hang up cannot pile starts up at the job server. A
+    lane lives only while it has calls out, waiters, withdrawn starts or a pause.
     """
 
-    def __init__(self, per_account: int, total: int) -> None:
+    def __init__(self, per_account: int, total: int, withdrawn_ttl: float = 30.0) -> None:
         self._per_account = per_account
         self._total = total
-        self._in_flight = 0
+        self._withdrawn_ttl = withdrawn_ttl
+        self._in_flight = 0  # starts on the wire, all accounts (withdrawn ones are not)
         self._lanes: dict[str, _Lane] = {}
         self._ready: collections.deque[_Lane] = collections.deque()
 
@@ -144,51 +185,49 @@ class AccountLanes:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def limit_of(self, account: str) -> int:
-        lane = self._lanes.get(account)
-        return self._per_account if lane is None else lane.limit
-
-    async def enter(
-        self, account: str, *, first: bool = False, on_wait: Callable[[], None] | None = None
-    ) -> _Lane:
+    async def enter(self, account: str, *, first: bool = False) -> tuple[_Lane, int]:
         """Wait for a place in the account's lane; ``first`` puts a retry ahead of the
-        queue; ``on_wait`` is called when the call has to wait (not when it goes at once)."""
+        queue. Returns the lane and the start's sequence number in it."""
         lane = self._lanes.get(account)
         if lane is None:
             lane = self._lanes[account] = _Lane(account, self._per_account)
         if (
-            lane.in_flight < lane.limit
+            lane.has_room()
             and not lane.waiting
             and lane.timer is None
             and self._in_flight < self._total
             and not self._ready
         ):
-            lane.in_flight += 1
-            self._in_flight += 1
-            return lane
-        place = asyncio.get_running_loop().create_future()
-        if first:
-            lane.waiting.appendleft(place)
+            self._take_place(lane)
         else:
-            lane.waiting.append(place)
-        self._schedule(lane)
-        self._pump()
-        if on_wait is not None and not place.done():
-            on_wait()
-        try:
-            await place
-        except asyncio.CancelledError:
-            if place.done() and not place.cancelled():
-                self._release(lane)  # the place came as we left: hand it on
+            place = asyncio.get_running_loop().create_future()
+            if first:
+                lane.waiting.appendleft(place)
             else:
-                self._tidy(lane)
-            raise
-        return lane
+                lane.waiting.append(place)
+            self._schedule(lane)
+            self._pump()
+            try:
+                await place
+            except asyncio.CancelledError:
+                if place.done() and not place.cancelled():
+                    self._release(lane)  # the place came as we left: hand it on
+                else:
+                    self._tidy(lane)
+                raise
+        lane.sent += 1
+        return lane, lane.sent - 1
 
-    def leave(self, lane: _Lane, *, accepted: bool) -> None:
-        """Give the place back; an accepted start lets the lane's limit grow by one."""
+    def leave(self, lane: _Lane, seq: int, fate: Fate, *, accepted: bool = False) -> None:
+        """Give the place of start ``seq`` back, or keep it while its fate is unknown;
+        an accepted start lets the lane's limit grow by one."""
         if accepted and lane.limit < self._per_account:
             lane.limit += 1
+        if fate is Fate.UNKNOWN:
+            self._withdraw(lane, seq)
+            return
+        if fate is Fate.ANSWERED:
+            self._answered_after(lane, seq)
         self._release(lane)
 
     def pause(self, lane: _Lane, seconds: float) -> None:
@@ -204,9 +243,48 @@ class AccountLanes:
                 lane.timer.cancel()
             lane.timer = loop.call_at(lane.paused_until, self._reopen, lane)
 
+    def _take_place(self, lane: _Lane) -> None:
+        lane.in_flight += 1
+        self._in_flight += 1
+
     def _release(self, lane: _Lane) -> None:
         lane.in_flight -= 1
         self._in_flight -= 1
+        self._schedule(lane)
+        self._pump()
+        self._tidy(lane)
+
+    def _withdraw(self, lane: _Lane, seq: int) -> None:
+        """Start ``seq`` went without an answer: its connection is free, its place is not."""
+        loop = asyncio.get_running_loop()
+        lane.withdrawn.append((seq, loop.time()))
+        self._in_flight -= 1
+        if lane.expiry is None:
+            lane.expiry = loop.call_later(self._withdrawn_ttl, self._expire_withdrawn, lane)
+        self._pump()  # a connection is free for another account
+
+    def _answered_after(self, lane: _Lane, seq: int) -> None:
+        """Start ``seq`` was answered: the job server is done with those sent before it."""
+        withdrawn = lane.withdrawn
+        while withdrawn and withdrawn[0][0] < seq:
+            withdrawn.popleft()
+            lane.in_flight -= 1
+        if not withdrawn and lane.expiry is not None:
+            lane.expiry.cancel()
+            lane.expiry = None
+
+    def _expire_withdrawn(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        lane.expiry = None
+        withdrawn = lane.withdrawn
+        too_old = loop.time() - self._withdrawn_ttl
+        while withdrawn and withdrawn[0][1] <= too_old:
+            withdrawn.popleft()
+            lane.in_flight -= 1
+        if withdrawn:
+            lane.expiry = loop.call_at(
+                withdrawn[0][1] + self._withdrawn_ttl, self._expire_withdrawn, lane
+            )
         self._schedule(lane)
         self._pump()
         self._tidy(lane)
@@ -219,7 +297,7 @@ class AccountLanes:
 
     def _schedule(self, lane: _Lane) -> None:
         """Queue the lane for a connection if it has waiters it may send now."""
-        if not lane.queued and lane.waiting and lane.in_flight < lane.limit and not lane.timer:
+        if not lane.queued and lane.waiting and lane.has_room() and not lane.timer:
             lane.queued = True
             self._ready.append(lane)
 
@@ -228,13 +306,12 @@ class AccountLanes:
         while self._ready and self._in_flight < self._total:
             lane = self._ready.popleft()
             lane.queued = False
-            if lane.timer is not None or lane.in_flight >= lane.limit:
+            if lane.timer is not None or not lane.has_room():
                 continue  # queued again when it reopens or a start of it ends
             while lane.waiting:
                 place = lane.waiting.popleft()
                 if not place.done():  # else its client left: never send that start
-                    lane.in_flight += 1
-                    self._in_flight += 1
+                    self._take_place(lane)
                     place.set_result(None)
                     break
             self._schedule(lane)
@@ -284,18 +361,18 @@ class Upstream:
         self._budget = settings.start_retry_budget
         self._rng = random.Random()
         self.lanes = AccountLanes(
-            settings.upstream_max_per_account, settings.upstream_max_connections
+            settings.upstream_max_per_account,
+            settings.upstream_max_connections,
+            withdrawn_ttl=settings.job_deadline,
         )
-        self.retries = 0
 
-    async def start(
-        self, body: Job, *, deadline: float, on_wait: Callable[[], None] | None = None
-    ) -> UpstreamAnswer:
+    async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
         """POST ``/start`` in the account's lane, retrying while it is safe.
 
         Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
-        call never goes past, the wait for a place in the lane included. ``on_wait`` is
-        called whenever the call has to wait in the proxy before being sent.
+        call never goes past, the wait for a place in the lane included. Cancelled (its
+        client left), a start not sent yet is never sent, and one under way is withdrawn:
+        its connection is closed, so a job server that honours disconnects starts nothing.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -303,15 +380,13 @@ class Upstream:
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self._start(body, deadline, on_wait)
+                return await self._start(body, deadline)
         except TimeoutError:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
-    async def _start(
-        self, body: Job, deadline: float, on_wait: Callable[[], None] | None
-    ) -> UpstreamAnswer:
+    async def _start(self, body: Job, deadline: float) -> UpstreamAnswer:
         content = encode(body)
         attempt = 0
         # Only time spent failing counts against the retry budget: the failed attempts
@@ -319,8 +394,8 @@ class Upstream:
         # failure is retried whenever its pause fits what is left of the budget.
         spent = 0.0
         while True:
-            lane = await self.lanes.enter(body["account"], first=attempt > 0, on_wait=on_wait)
-            accepted = False
+            lane, seq = await self.lanes.enter(body["account"], first=attempt > 0)
+            fate, accepted = Fate.UNKNOWN, False
             try:
                 sent_at = time.monotonic()
                 pause = 0.0
@@ -328,8 +403,9 @@ class Upstream:
                     with job_server_errors(self._start_url):
                         status, raw, retry_after = await self._post(content, deadline - sent_at)
                 except UpstreamUnavailable as unreachable:
-                    failure: UpstreamError = unreachable
+                    fate, failure = Fate.NOT_SENT, unreachable
                 else:
+                    fate = Fate.ANSWERED
                     if status not in RETRYABLE_STATUS:
                         accepted = 200 <= status < 300
                         return _answer(status, raw, sent_at)
@@ -345,9 +421,8 @@ class Upstream:
                 spent += failed_at - sent_at + delay
                 self.lanes.pause(lane, delay)
             finally:
-                self.lanes.leave(lane, accepted=accepted)
+                self.lanes.leave(lane, seq, fate, accepted=accepted)
             attempt += 1
-            self.retries += 1
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
 
     async def _post(self, content: bytes, remaining: float) -> tuple[int, bytes, bytes | None]:

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntFlag
 
 from starlette.types import Send
 
@@ -38,6 +38,9 @@ MAC_BYTES = 16  # a token's MAC, so that any replica can tell a forged one at on
 TOKEN_KEY_BYTES = 32
 REPLICA_ID_BYTES = 4
 SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
+# Results kept for a waiter whose job is not named yet: a job server sends one; a few
+# more (duplicates, another job's by mistake) are judged too, beyond that it must retry.
+MAX_EARLY_RESULTS = 4
 
 
 class AnsweredBy(str, Enum):
@@ -47,6 +50,8 @@ class AnsweredBy(str, Enum):
     CALLBACK = "callback"
     #: A status poll found the job finished (its callback was presumed lost).
     POLL = "poll"
+    #: Status polls showed the job lost (unknown, or not to be asked about): 502.
+    LOST = "lost"
     #: The answer to /start already carried the finished job.
     START = "start"
     #: The job did not finish within job_deadline: 504.
@@ -63,7 +68,18 @@ class Delivery(str, Enum):
     DUPLICATE = "duplicate"
     UNKNOWN = "unknown"
     MISMATCH = "mismatch"  # another job's result on this waiter's token: refused
-    HELD = "held"  # came before /start named the job: judged once the id is known
+    EARLY = "early"  # came before /start named the job: kept, judged once the id is known
+    CROWDED = "crowded"  # came early, but the waiter keeps no more early results: retry later
+
+
+class Spent(IntFlag):
+    """What is remembered of a waiter that is gone, by its token."""
+
+    GONE = 0
+    #: Its request had an Idempotency-Key: a late result is kept for the key's retries.
+    KEYED = 1
+    #: A status poll answered it: a callback that still comes shows the poll was early.
+    POLLED = 2
 
 
 def new_replica_id() -> str:
@@ -93,8 +109,9 @@ class Waiter:
     """One held request: its token, its job id once known, and its answer once decided.
 
     Only the job that ``/start`` named may settle it. A result that arrives before that
-    answer is held in ``early`` (with a verdict future for a callback that waits to
-    hear its fate) and judged in :meth:`bind`. Whoever settles the waiter (callback,
+    answer is kept in ``early`` and judged in :meth:`bind`; its callback is answered at
+    once, never after ``/start``: a job server may await that answer before it answers
+    ``/start``. Whoever settles the waiter (callback,
     status poll, deadline, drain) sends the answer with :meth:`respond`: on the held
     request's ASGI ``send``, or into ``future`` for a holder that awaits it instead.
     """
@@ -114,7 +131,7 @@ class Waiter:
     released: bool = False
     keyed: bool = False  # its request carried an Idempotency-Key
     poll: asyncio.Task[None] | None = None
-    early: list[tuple[Job, bytes, asyncio.Future[Delivery] | None]] | None = None
+    early: list[tuple[Job, bytes]] | None = None
 
     @property
     def settled(self) -> bool:
@@ -140,38 +157,43 @@ class Waiter:
         if send is not None and self.answer is not None:
             await send_answer(send, self.answer)
 
-    def offer(
-        self, job: Job, body: bytes, verdict: asyncio.Future[Delivery] | None = None
-    ) -> Delivery:
+    def offer(self, job: Job, body: bytes) -> Delivery:
         """A finished job from a callback (``body`` its bytes): taken only if it is this
-        waiter's job. Before the job is known it is held, and ``verdict`` (if any) learns
-        its fate later."""
+        waiter's job. Before the job is known it is kept (``EARLY``), a few at most."""
         if self.job_id is None:
-            self.early = [*(self.early or ()), (job, body, verdict)]
-            return Delivery.HELD
+            early = self.early or []
+            if len(early) >= MAX_EARLY_RESULTS:
+                return Delivery.CROWDED
+            self.early = [*early, (job, body)]
+            return Delivery.EARLY
         if job.get("id") != self.job_id:
             return Delivery.MISMATCH
         if self.settle(json_answer(body), AnsweredBy.CALLBACK, str(job.get("state"))):
             return Delivery.OK
         return Delivery.DUPLICATE
 
-    def bind(self, job_id: str) -> None:
-        """The job server named the job: judge the results that came before."""
+    def bind(self, job_id: str) -> int:
+        """The job server named the job: judge the results that came before, taking this
+        job's own; returns how many were another job's, and dropped."""
         self.job_id = job_id
         early, self.early = self.early, None
-        for job, body, verdict in early or ():
-            delivery = self.offer(job, body)
-            if verdict is not None and not verdict.done():
-                verdict.set_result(delivery)
+        dropped = 0
+        for job, body in early or ():
+            if self.offer(job, body) is Delivery.MISMATCH:
+                dropped += 1
+                logger.warning(
+                    "dropped the result of job %s: it came, before /start answered, on the "
+                    "callback token of job %s",
+                    job.get("id"),
+                    job_id,
+                )
+        return dropped
 
     def release(self) -> None:
-        """The waiter is gone: stop its poll; results held for it were for nobody."""
+        """The waiter is gone: stop its poll; results kept for it were for nobody."""
         self.released = True
         if self.poll is not None:
             self.poll.cancel()
-        for _, _, verdict in self.early or ():
-            if verdict is not None and not verdict.done():
-                verdict.set_result(Delivery.UNKNOWN)
         self.early = None
         if self.future is not None and not self.future.done():
             self.future.cancel()
@@ -210,7 +232,7 @@ class WaiterRegistry:
         self._waiters: dict[str, Waiter] = {}
         # Tokens of waiters gone, kept only to tell a late duplicate from a never-issued
         # token, and whose result an Idempotency-Key retry may still want.
-        self._spent: OrderedDict[str, bool] = OrderedDict()
+        self._spent: OrderedDict[str, Spent] = OrderedDict()
         self._deadlines: collections.deque[Waiter] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._emptied = asyncio.Event()
@@ -246,7 +268,7 @@ class WaiterRegistry:
     def release(self, waiter: Waiter) -> None:
         """Remove a waiter: its holder is done with it, whatever happened."""
         del self._waiters[waiter.token]
-        self._remember_spent(waiter.token, waiter.keyed)
+        self._remember_spent(waiter)
         waiter.release()
         deadlines = self._deadlines
         while deadlines and deadlines[0].released:
@@ -282,24 +304,21 @@ class WaiterRegistry:
 
     def resolve(self, token: str, job: Job, body: bytes) -> Delivery:
         """Hand a finished job (and its bytes) to the waiter holding ``token``
-        (``HELD``: judged later). An ``OK`` obliges the caller to :meth:`Waiter.respond`."""
+        (``EARLY``: judged later). An ``OK`` obliges the caller to :meth:`Waiter.respond`."""
         waiter = self._waiters.get(token)
         if waiter is None:
             return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
         return waiter.offer(job, body)
 
     async def deliver(self, token: str, job: Job, body: bytes) -> Delivery:
-        """:meth:`resolve` and answer the held request; a result that came before its job
-        was named waits for the verdict (the holder then answers)."""
-        waiter = self._waiters.get(token)
-        if waiter is None or waiter.job_id is not None:
-            delivery = self.resolve(token, job, body)
-            if delivery is Delivery.OK and waiter is not None:
+        """:meth:`resolve`, and answer the held request when the result was taken. Never
+        waits for the job server's answer to ``/start``."""
+        delivery = self.resolve(token, job, body)
+        if delivery is Delivery.OK:
+            waiter = self._waiters.get(token)
+            if waiter is not None:
                 await waiter.respond()
-            return delivery
-        verdict: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        waiter.offer(job, body, verdict)
-        return await verdict
+        return delivery
 
     def respond_soon(self, waiter: Waiter) -> None:
         """Send a waiter's answer from a task of the registry's (for settling done in a
@@ -331,11 +350,14 @@ class WaiterRegistry:
         """Return once no waiter is held (at once when none is)."""
         await self._emptied.wait()
 
-    def was_keyed(self, token: str) -> bool:
-        """Whether ``token`` was a gone waiter's whose request had an Idempotency-Key."""
-        return self._spent.get(token, False)
+    def spent(self, token: str) -> Spent:
+        """What is remembered of the gone waiter of ``token`` (``GONE``: nothing more)."""
+        return self._spent.get(token, Spent.GONE)
 
-    def _remember_spent(self, token: str, keyed: bool) -> None:
-        self._spent[token] = keyed
+    def _remember_spent(self, waiter: Waiter) -> None:
+        spent = Spent.KEYED if waiter.keyed else Spent.GONE
+        if waiter.answered_by is AnsweredBy.POLL:
+            spent |= Spent.POLLED
+        self._spent[waiter.token] = spent
         if len(self._spent) > SPENT_TOKENS_KEPT:
             self._spent.popitem(last=False)

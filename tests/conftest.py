@@ -8,14 +8,24 @@
   ``--port 0``, the same command lines the demo, the benchmarks and the Docker image
   use; the process is stopped when the block ends.
 - :func:`loopback_socket` and :func:`closed_port` are the one way to get a port.
+- :func:`eventually` is the one way to wait for a condition that no event announces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import pytest
@@ -45,6 +55,25 @@ def closed_port() -> Iterator[int]:
     with loopback_socket() as sock:
         port: int = sock.getsockname()[1]
         yield port
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.01,
+) -> None:
+    """Return once ``condition()`` (a plain or async predicate) holds; TimeoutError when
+    it still does not after ``timeout`` seconds. For what no event announces, such as
+    another process's counters; where an event exists, wait on it instead."""
+    async with asyncio.timeout(timeout):
+        while True:
+            holds = condition()
+            if inspect.isawaitable(holds):
+                holds = await holds
+            if holds:
+                return
+            await asyncio.sleep(interval)
 
 
 class _ServerInTest(uvicorn.Server):

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from proxy.app import create_app
 from proxy.config import Settings
-from proxy.waiters import Delivery, Waiter
-from tests.conftest import app_lifespan, closed_port
-from tests.proxy.conftest import PROXY_URL, FakeJobServer, ProxyFactory, ProxyUnderTest
+from proxy.waiters import MAX_EARLY_RESULTS
+from tests.conftest import app_lifespan, closed_port, eventually, run_server
+from tests.proxy.conftest import (
+    PROXY_URL,
+    FakeJobServer,
+    ProxyFactory,
+    ProxyUnderTest,
+    post_and_leave,
+    sample,
+)
 
 
 async def test_held_request_answers_with_the_callback_job(proxy: ProxyUnderTest) -> None:
@@ -62,108 +69,108 @@ async def test_failed_job_is_a_200_with_state_failed(proxy: ProxyUnderTest) -> N
     assert response.json()["error"] == "it broke"
 
 
-@dataclass
-class EarlyCallbacks:
-    """Callbacks a fake job server sends before it answers /start, and their answers."""
-
-    answers: list[httpx.Response] = field(default_factory=list)
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _calling_back_first(
-    upstream: FakeJobServer, monkeypatch: pytest.MonkeyPatch, *jobs: dict[str, Any]
-) -> EarlyCallbacks:
-    """Make the fake call back with ``jobs`` before it answers /start (job id ``EARLY_ID``):
-    it answers once the proxy holds every one of them."""
-    early = EarlyCallbacks()
-    held = asyncio.Semaphore(0)
-    offer = Waiter.offer
-
-    def offering(waiter: Waiter, *args: Any) -> Delivery:
-        delivery = offer(waiter, *args)
-        if delivery is Delivery.HELD:
-            held.release()
-        return delivery
-
-    monkeypatch.setattr(Waiter, "offer", offering)
-    sent: set[asyncio.Task[None]] = set()
-
-    async def call_back(url: str, job: dict[str, Any]) -> None:
-        assert upstream.to_proxy is not None
-        early.answers.append(await upstream.to_proxy.post(url, json=job))
-        if len(early.answers) == len(jobs):
-            early.answered.set()
+def _calling_back_first(upstream: FakeJobServer, *jobs: dict[str, Any]) -> list[httpx.Response]:
+    """Make the fake deliver ``jobs`` to the callback URL, awaiting each answer, before
+    it answers /start (job id ``EARLY_ID``), as job servers that finish quick jobs inline
+    do; returns the answers its callbacks got."""
+    answers: list[httpx.Response] = []
 
     async def call_back_first(body: dict[str, Any]) -> Response:
+        assert upstream.to_proxy is not None
         for job in jobs:
-            task = asyncio.create_task(call_back(body["callback"], job))
-            sent.add(task)
-            task.add_done_callback(sent.discard)
-        async with asyncio.timeout(5):
-            for _ in jobs:
-                await held.acquire()
+            # A callback whose answer waited for /start would wait forever: bounded here.
+            async with asyncio.timeout(5):
+                answers.append(await upstream.to_proxy.post(body["callback"], json=job))
         return JSONResponse({"state": "running", "id": EARLY_ID})
 
     upstream.on_start = call_back_first
-    return early
+    return answers
+
+
+def _bound(proxy: ProxyUnderTest) -> bool:
+    """Whether the held request's job was named by the answer to its /start."""
+    return any(waiter.job_id is not None for waiter in proxy.services.waiters)
 
 
 EARLY_ID = "1234567890abc"
 EARLY_JOB = {"id": EARLY_ID, "state": "completed", "startedAt": "x", "proof": "B" * 40}
 
 
-async def test_callback_before_start_answer_resolves(
-    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+async def test_callback_before_start_answer_is_answered_at_once_and_resolves(
+    proxy_factory: ProxyFactory,
 ) -> None:
-    """A callback that arrives before the start response still resolves the waiter; it is
-    answered 200 once the start response has named its job."""
+    """A callback that arrives before the start response is answered 200 at once (the job
+    server may await it before answering /start) and answers the client."""
     upstream = FakeJobServer()
-    callbacks = _calling_back_first(upstream, monkeypatch, EARLY_JOB)
+    answers = _calling_back_first(upstream, EARLY_JOB)
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
+        metrics = (await proxy.client.get("/metrics")).text
     assert response.status_code == 200
     assert response.json() == EARLY_JOB
-    assert [answer.status_code for answer in callbacks.answers] == [200]
+    assert [(answer.status_code, answer.json()) for answer in answers] == [
+        (200, {"status": "early"})
+    ]
+    assert sample(metrics, 'jobproxy_callbacks_total{outcome="early"}') == 1
 
 
-async def test_early_callback_of_another_job_is_refused(
-    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+async def test_early_callback_of_another_job_is_dropped_and_counted(
+    proxy_factory: ProxyFactory,
 ) -> None:
-    """A callback that comes before /start answered, carrying another job's id, is held,
-    then refused with 400 job_mismatch: the client gets its own job."""
+    """A callback that comes before /start answered, carrying another job's id, is
+    answered at once, then dropped and counted: the client gets its own job."""
     upstream = FakeJobServer()
     other = {**EARLY_JOB, "id": "fedcba9876543", "proof": "C" * 40}
-    callbacks = _calling_back_first(upstream, monkeypatch, other, EARLY_JOB)
+    answers = _calling_back_first(upstream, other, EARLY_JOB)
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
+        metrics = (await proxy.client.get("/metrics")).text
     assert response.json() == EARLY_JOB
-    statuses = sorted(answer.status_code for answer in callbacks.answers)
-    refused = next(answer for answer in callbacks.answers if answer.status_code == 400)
-    assert statuses == [200, 400]
-    assert refused.json()["error"] == "job_mismatch"
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert sample(metrics, 'jobproxy_callbacks_total{outcome="early_mismatch"}') == 1
 
 
 async def test_early_callback_alone_of_another_job_leaves_the_client_waiting(
-    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+    proxy_factory: ProxyFactory,
 ) -> None:
     """An early callback with the wrong id never answers the client: its own job does."""
     upstream = FakeJobServer()
     other = {**EARLY_JOB, "id": "fedcba9876543"}
-    callbacks = _calling_back_first(upstream, monkeypatch, other)
+    answers = _calling_back_first(upstream, other)
     async with proxy_factory(upstream) as proxy:
         request = asyncio.ensure_future(
             proxy.client.post("/proxy", json={"account": "a", "wait": True})
         )
-        async with asyncio.timeout(5):
-            await callbacks.answered.wait()
+        await eventually(lambda: bool(proxy.services.waiters) and _bound(proxy))
         assert not request.done()
         upstream.jobs[EARLY_ID] = EARLY_JOB
         assert upstream.to_proxy is not None
         token_url = upstream.starts[0]["callback"]
         delivered = await upstream.to_proxy.post(token_url, json=EARLY_JOB)
         response = await request
-    assert callbacks.answers[0].status_code == 400
+    assert answers[0].status_code == 200
     assert delivered.status_code == 200
+    assert response.json() == EARLY_JOB
+
+
+async def test_early_callbacks_beyond_the_few_kept_are_asked_to_come_back(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """A job server that floods one token with results before answering /start gets 503
+    for those beyond the few kept, still at once; the client gets its own job."""
+    upstream = FakeJobServer()
+    others = [{**EARLY_JOB, "id": f"fedcba987654{n}"} for n in range(MAX_EARLY_RESULTS)]
+    answers = _calling_back_first(upstream, *others, EARLY_JOB)
+    async with proxy_factory(upstream) as proxy:
+        request = asyncio.ensure_future(
+            proxy.client.post("/proxy", json={"account": "a", "wait": True})
+        )
+        await eventually(lambda: _bound(proxy))
+        assert upstream.to_proxy is not None
+        again = await upstream.to_proxy.post(upstream.starts[0]["callback"], json=EARLY_JOB)
+        response = await request
+    assert [answer.status_code for answer in answers] == [200] * MAX_EARLY_RESULTS + [503]
+    assert again.status_code == 200
     assert response.json() == EARLY_JOB
 
 
@@ -387,3 +394,35 @@ async def test_readyz_is_503_while_draining(proxy: ProxyUnderTest) -> None:
     response = await proxy.client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["detail"] == "the proxy is shutting down"
+
+
+async def test_a_client_that_leaves_withdraws_its_start_under_way() -> None:
+    """A client that hangs up while its start is at the job server (sent, not answered)
+    has that start's connection closed, and is no longer pending, at once."""
+    arrived, disconnected = asyncio.Event(), asyncio.Event()
+
+    async def held_start(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        arrived.set()
+        if (await receive())["type"] == "http.disconnect":  # held until the proxy hangs up
+            disconnected.set()
+
+    leave = asyncio.Event()
+    async with run_server(held_start, lifespan="off") as url:
+        settings = Settings(upstream_url=url, public_url=PROXY_URL)
+        async with app_lifespan(create_app(settings)) as (app, state):
+            client = asyncio.ensure_future(
+                post_and_leave(app, "/proxy", {"account": "a", "wait": True}, leave)
+            )
+            async with asyncio.timeout(5):
+                await arrived.wait()
+            assert len(state["services"].waiters) == 1
+            leave.set()
+            async with asyncio.timeout(5):  # not at the job's deadline (30 s)
+                await client
+            assert len(state["services"].waiters) == 0
+            async with asyncio.timeout(5):
+                await disconnected.wait()

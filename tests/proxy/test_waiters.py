@@ -12,7 +12,9 @@ import pytest
 
 from proxy.errors import AtCapacity, ShuttingDown
 from proxy.waiters import (
+    MAX_EARLY_RESULTS,
     TOKEN_BYTES,
+    AnsweredBy,
     Delivery,
     Waiter,
     WaiterRegistry,
@@ -305,31 +307,39 @@ async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
     assert list(registry) == []
 
 
-async def test_a_result_before_the_job_is_named_is_held_then_judged() -> None:
-    """A result for a waiter whose job id is not known yet is held: taken when the id
-    matches, refused as a mismatch when it does not."""
+async def test_a_result_before_the_job_is_named_is_kept_then_judged() -> None:
+    """A result for a waiter whose job id is not known yet is kept at once (never waiting
+    for the id): taken when the id matches, dropped and counted when it does not."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         other = {"id": "other", "state": "completed"}
-        mine = asyncio.ensure_future(registry.deliver(waiter.token, JOB, BODY))
-        theirs = asyncio.ensure_future(registry.deliver(waiter.token, other, b"{}"))
-        await asyncio.sleep(0)
-        assert not (mine.done() or theirs.done())
+        assert await registry.deliver(waiter.token, other, b"{}") is Delivery.EARLY
+        assert await registry.deliver(waiter.token, JOB, BODY) is Delivery.EARLY
         assert not waiter.settled
-        waiter.bind("abc")
-        assert await mine is Delivery.OK
-        assert await theirs is Delivery.MISMATCH
+        assert waiter.bind("abc") == 1
+        assert waiter.answered_by is AnsweredBy.CALLBACK
         assert waiter.answer is not None
         assert waiter.answer[2] == BODY
 
 
-async def test_a_result_held_for_a_waiter_that_leaves_is_for_nobody() -> None:
-    """A held early result whose waiter goes away before its job is named is unknown."""
+async def test_only_a_few_early_results_are_kept() -> None:
+    """Beyond MAX_EARLY_RESULTS, results before the job is named are CROWDED, not kept."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
-        early = asyncio.ensure_future(registry.deliver(waiter.token, JOB, BODY))
-        await asyncio.sleep(0)
-    assert await early is Delivery.UNKNOWN
+        for _ in range(MAX_EARLY_RESULTS):
+            assert registry.resolve(waiter.token, JOB, BODY) is Delivery.EARLY
+        assert registry.resolve(waiter.token, JOB, BODY) is Delivery.CROWDED
+        assert waiter.early is not None
+        assert len(waiter.early) == MAX_EARLY_RESULTS
+
+
+async def test_results_kept_for_a_waiter_that_leaves_are_for_nobody() -> None:
+    """Early results of a waiter that goes away before its job is named are let go."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        assert await registry.deliver(waiter.token, JOB, BODY) is Delivery.EARLY
+    assert waiter.early is None
+    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.DUPLICATE
 
 
 async def test_a_result_of_another_job_is_a_mismatch() -> None:
