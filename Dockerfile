@@ -15,6 +15,7 @@ RUN pip install -r requirements.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
 COPY jobserver ./jobserver
+COPY infra ./infra
 COPY config ./config
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --no-create-home jobproxy

@@ -25,8 +25,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m bench.demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check proxy jobserver bench tests
-	$(BIN)/ruff format --check proxy jobserver bench tests
+	$(BIN)/ruff check proxy jobserver infra bench tests
+	$(BIN)/ruff format --check proxy jobserver infra bench tests
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.installed-test

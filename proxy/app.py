@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -80,8 +81,14 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
             resources.push_async_callback(_cancel, watching)
             upstream = Upstream(client, settings)
-            results: ResultStore = bus or LocalResults(settings.result_ttl)
-            metrics = Metrics.create(lambda: len(waiters))
+            results: ResultStore
+            local: LocalResults | None = None
+            if bus is None:
+                results = local = LocalResults(settings.result_ttl, settings.idempotency_max_keys)
+                resources.callback(local.close)
+            else:
+                results = bus
+            metrics = Metrics.create(lambda: len(waiters), local)
             services = Services(
                 settings=settings,
                 client=client,
@@ -105,7 +112,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             )
             yield {"services": services}
 
-    return Starlette(
+    prefixes = callback_prefixes(settings.public_url)
+    app = Starlette(
         # Most requests to /proxy (and its aliases) and /callback never get this far:
         # HotPaths serves them. These routes take the rest (Idempotency-Key, signed
         # callbacks, other replicas' tokens) and answer other methods with 405.
@@ -113,13 +121,13 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             Route("/proxy", start_with_key, methods=["POST"]),
             Route("/start", start_with_key, methods=["POST"]),
             Route("/", start_with_key, methods=["POST"]),
-            Route("/callback/{token}", receive_callback, methods=["POST"]),
+            *(Route(prefix + "{token}", receive_callback, methods=["POST"]) for prefix in prefixes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        middleware=[Middleware(HotPaths)],
+        middleware=[Middleware(HotPaths, callback_prefixes=prefixes)],
         lifespan=lifespan,
         exception_handlers={
             ProxyError: proxy_error_response,
@@ -127,6 +135,16 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             Exception: unexpected_error_response,
         },
     )
+    # /proxy/ is not /proxy: a redirect would be built from the client's Host header.
+    app.router.redirect_slashes = False
+    return app
+
+
+def callback_prefixes(public_url: str) -> tuple[str, ...]:
+    """Where callbacks arrive: ``/callback/``, and below ``public_url``'s path if it has one
+    (a load balancer may pass that path on, or strip it)."""
+    base = urlsplit(public_url).path.rstrip("/")
+    return (CALLBACK_PREFIX, f"{base}{CALLBACK_PREFIX}") if base else (CALLBACK_PREFIX,)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -150,8 +168,9 @@ class HotPaths:
     use. Everything else goes on to the app's routes and ordinary handlers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, callback_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.callback_prefixes = callback_prefixes or (CALLBACK_PREFIX,)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -161,10 +180,13 @@ class HotPaths:
                 if path in HELD_PATHS and not _has_header(scope, b"idempotency-key"):
                     await _held(services, scope, receive, send)
                     return
-                token = path[len(CALLBACK_PREFIX) :]
-                if path.startswith(CALLBACK_PREFIX) and is_plain(services, token):
-                    await receive_plain(services, token, scope, receive, send)
-                    return
+                for prefix in self.callback_prefixes:
+                    if path.startswith(prefix):
+                        token = path[len(prefix) :]
+                        if is_plain(services, token):
+                            await receive_plain(services, token, scope, receive, send)
+                            return
+                        break
             except ProxyError as exc:  # always raised before anything was sent
                 await send_answer(send, exc.answer())
                 return

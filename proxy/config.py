@@ -68,6 +68,14 @@ class Settings(LayeredSettings):
     max_body_size: int = Field(
         default=65_536, ge=1, description="largest request or callback body, bytes (413 beyond)"
     )
+    max_head_size: int = Field(
+        default=16_384,
+        ge=1_024,
+        description="largest request head (request line and headers), bytes (431 beyond)",
+    )
+    max_headers: int = Field(
+        default=100, ge=8, description="most header lines of a request (431 beyond)"
+    )
     start_timeout: float = Field(
         default=5.0, gt=0, description="seconds to connect to the job server for one /start attempt"
     )
@@ -110,7 +118,16 @@ class Settings(LayeredSettings):
         default=2.0, gt=0, description="seconds to wait for one poll's answer"
     )
     result_ttl: float = Field(
-        default=300.0, ge=0, description="shared mode: seconds a result is kept in Redis"
+        default=300.0,
+        ge=0,
+        description="seconds an Idempotency-Key's claim and result are kept (in Redis in "
+        "shared mode, where results of held requests are kept as long)",
+    )
+    idempotency_max_keys: int = Field(
+        default=100_000,
+        ge=1,
+        description="Idempotency-Key claims (and as many results) kept in this process at "
+        "most; the oldest leave first",
     )
     drain_timeout: float = Field(
         default=25.0,
@@ -149,6 +166,16 @@ class Settings(LayeredSettings):
         ):
             raise ValueError(f"must be an absolute URL ({', '.join(schemes)})")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, value: str) -> str:
+        # Callbacks go to <public_url>/callback/<token>: a trailing slash would double it,
+        # and a query or fragment would end up in the middle of the URL.
+        parts = urlsplit(value)
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise ValueError("must be a base URL: no query (?) and no fragment (#)")
+        return value.rstrip("/")
 
     @field_validator("replica_id")
     @classmethod

@@ -33,14 +33,12 @@ from proxy.errors import (
     BusUnavailable,
     IdempotencyConflict,
     JobTimeout,
-    UpstreamRejected,
-    UpstreamUnavailable,
 )
 from proxy.jobs import Job, is_terminal, job_id_of
 from proxy.metrics import Metrics, Outcome
 from proxy.overdue import OverdueWatch
 from proxy.polling import PollSchedule
-from proxy.upstream import Upstream
+from proxy.upstream import StartProgress, Upstream
 from proxy.waiters import AnsweredBy, Delivery, Waiter
 
 logger = logging.getLogger(__name__)
@@ -61,6 +59,11 @@ def check_key(value: str) -> str:
     if not 0 < len(value) <= MAX_KEY_LENGTH or not value.isascii() or not value.isprintable():
         raise BadRequest(f"Idempotency-Key: 1 to {MAX_KEY_LENGTH} printable ASCII characters")
     return value
+
+
+def scoped_key(account: str, key: str) -> str:
+    """The key as stored: scoped to its account, so that tenants' keys never meet."""
+    return f"{hashlib.sha256(account.encode()).hexdigest()[:32]}:{key}"
 
 
 def fingerprint(fields: dict[str, Any]) -> str:
@@ -88,44 +91,83 @@ class _Record:
 
 
 class ExpiringMap:
-    """A dict whose entries all live ``ttl`` seconds; expired ones leave from the front."""
+    """A dict whose entries all live ``ttl`` seconds, ``max_entries`` at most.
 
-    def __init__(self, ttl: float) -> None:
+    Entries leave in the order they came (every one lives as long): on a timer armed for
+    the oldest, so that memory is given back even when no request comes, and the oldest
+    first when the map is full.
+    """
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
         self._ttl = ttl
+        self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._timer: asyncio.TimerHandle | None = None
+        self.evicted = 0  # entries that left early to make room
 
     def get(self, key: str) -> Any:
-        self._expire()
         entry = self._entries.get(key)
-        return None if entry is None else entry[1]
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
 
     def put(self, key: str, value: Any) -> None:
-        self._expire()
         self._entries.pop(key, None)
         self._entries[key] = (time.monotonic() + self._ttl, value)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+            self.evicted += 1
+        if self._timer is None:
+            self._arm()
 
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
 
     def __len__(self) -> int:
-        self._expire()
         return len(self._entries)
 
+    def close(self) -> None:
+        """Stop the expiry timer (the map is no longer used)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        if self._entries:
+            expires, _ = next(iter(self._entries.values()))
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, expires - time.monotonic()), self._expire)
+
     def _expire(self) -> None:
+        self._timer = None
         now = time.monotonic()
-        while self._entries:
-            key, (expires, _) = next(iter(self._entries.items()))
+        entries = self._entries
+        while entries:
+            key, (expires, _) = next(iter(entries.items()))
             if expires > now:
                 break
-            del self._entries[key]
+            del entries[key]
+        self._arm()
 
 
 class LocalResults:
-    """The in-process store: claims and results live as long as ``ttl``."""
+    """The in-process store: claims and results live ``ttl`` seconds, ``max_keys`` of each
+    at most (the oldest leave first)."""
 
-    def __init__(self, ttl: float) -> None:
-        self._claims = ExpiringMap(ttl)
-        self._results = ExpiringMap(ttl)
+    def __init__(self, ttl: float, max_keys: int) -> None:
+        self._claims = ExpiringMap(ttl, max_keys)
+        self._results = ExpiringMap(ttl, max_keys)
+
+    def __len__(self) -> int:
+        return len(self._claims) + len(self._results)
+
+    @property
+    def evicted(self) -> int:
+        return self._claims.evicted + self._results.evicted
+
+    def close(self) -> None:
+        self._claims.close()
+        self._results.close()
 
     async def claim(self, key: str, digest: str, token: str) -> Claim:
         record: _Record | None = self._claims.get(key)
@@ -133,7 +175,7 @@ class LocalResults:
             self._claims.put(key, _Record(digest, token))
             return Claim(owner=True, token=token)
         if record.digest != digest:
-            raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another body")
+            raise IdempotencyConflict("this Idempotency-Key was used with another body")
         return Claim(owner=False, token=record.token, job_id=record.job_id)
 
     async def bind_job(self, key: str, job_id: str) -> None:
@@ -187,19 +229,23 @@ class KeyedRequests:
         """Run the client's job, or follow the one its Idempotency-Key names."""
         results = self._results
         digest = fingerprint(dataclasses.asdict(job_request))
+        key = scoped_key(job_request.account, key)
         claim = await results.claim(key, digest, waiter.token)
         if not claim.owner:
             return await self._follow(waiter, key, claim, job_request)
         callback = job_request.callback
         if job_request.wait:
             callback = f"{self._settings.public_url}/callback/{waiter.token}"
+        progress = StartProgress()
         try:
             answer = await self._upstream.start(
-                job_request.upstream_body(callback), deadline=waiter.deadline
+                job_request.upstream_body(callback), deadline=waiter.deadline, progress=progress
             )
-        except (UpstreamUnavailable, UpstreamRejected):
-            # Surely no job was started for this key: let a retry start one.
-            await _quietly(results.release(key, waiter.token))
+        except BaseException:
+            # The client left, the deadline passed or the job server refused: when surely
+            # no job was started for this key, a retry must start one.
+            if not progress.job_may_exist:
+                await _quietly(results.release(key, waiter.token))
             raise
         job = answer.job()
         if not job_request.wait:
@@ -251,7 +297,7 @@ class KeyedRequests:
                         poll = asyncio.ensure_future(polling)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise JobTimeout(f"the job of Idempotency-Key {key!r} did not finish in time")
+                    raise JobTimeout("the job of this Idempotency-Key did not finish in time")
                 watched: set[asyncio.Future[Any]] = {waiter.future, *([poll] if poll else [])}
                 timeout = min(next(delays), remaining)
                 await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

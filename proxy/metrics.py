@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -76,7 +76,9 @@ class Metrics:
         self.poll_fallbacks(answered_by).inc()
 
     @classmethod
-    def create(cls, pending: Callable[[], float]) -> Metrics:
+    def create(cls, pending: Callable[[], float], keyed: Sized | None = None) -> Metrics:
+        """The metrics of one app: ``pending`` counts its held requests, ``keyed`` is the
+        in-process store of Idempotency-Keys (none in shared mode: Redis keeps them)."""
         # A *_created series beside every counter only doubles the scrape: Prometheus
         # reads a counter's resets from its values.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
@@ -86,6 +88,13 @@ class Metrics:
             "jobproxy_pending_jobs", "Client requests held open for a job.", registry=registry
         )
         gauge.set_function(pending)
+        if keyed is not None:
+            entries = Gauge(
+                "jobproxy_idempotency_entries",
+                "Idempotency-Key claims and results kept in this process.",
+                registry=registry,
+            )
+            entries.set_function(lambda: len(keyed))
         return cls(
             registry=registry,
             requests=Labelled(

@@ -22,6 +22,7 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
+from infra.head import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADERS, bounded_head_protocol
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
@@ -63,13 +64,23 @@ def tune_gc() -> None:
 
 
 def uvicorn_config(
-    app: ASGIApp, *, lifespan: Literal["on", "off"], access_log: bool, backlog: int
+    app: ASGIApp,
+    *,
+    lifespan: Literal["on", "off"],
+    access_log: bool,
+    backlog: int,
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
 ) -> uvicorn.Config:
-    """How the proxy is served; the bench's floor serves its raw app the same way."""
+    """How the proxy is served; the bench's floor serves its raw app the same way.
+
+    httptools parses, with the request head bounded (``infra.head``): over its size or
+    header count, a request is answered 431 before the app sees it.
+    """
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=bounded_head_protocol(max_head_size, max_headers),
         lifespan=lifespan,
         log_config=None,
         access_log=access_log,
@@ -147,6 +158,8 @@ def serve(settings: Settings) -> bool:
         lifespan="on",
         access_log=settings.access_log,
         backlog=settings.backlog,
+        max_head_size=settings.max_head_size,
+        max_headers=settings.max_headers,
     )
     server = ProxyServer(config, settings)
     server.run(sockets=[sock])

@@ -305,10 +305,10 @@ class RedisBus:
                     continue
                 their_token, _, their_digest = str(existing).partition(" ")
                 if their_digest != digest:
-                    raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another body")
+                    raise IdempotencyConflict("this Idempotency-Key was used with another body")
                 job_id = await self._redis.get(_job_key(key))
                 return Claim(False, their_token, str(job_id) if job_id else None)
-        raise BusUnavailable(f"Idempotency-Key {key!r} kept expiring while being claimed")
+        raise BusUnavailable("the Idempotency-Key kept expiring while being claimed")
 
     async def bind_job(self, key: str, job_id: str) -> None:
         with _bus_errors("bind job"):

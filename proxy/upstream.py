@@ -326,6 +326,16 @@ class AccountLanes:
             del self._lanes[lane.account]
 
 
+@dataclass(slots=True)
+class StartProgress:
+    """What the caller of :meth:`Upstream.start` may learn of it, even when it is cut short."""
+
+    #: A request went out that the job server may have made a job of: it was answered
+    #: other than 4xx, 429 or 503, or its fate is unknown (given up under way, failed
+    #: after sending). False: surely no job exists.
+    job_may_exist: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
     """A job server answer that is passed on to the client as it is: ``raw`` its bytes,
@@ -366,13 +376,16 @@ class Upstream:
             withdrawn_ttl=settings.job_deadline,
         )
 
-    async def start(self, body: Job, *, deadline: float) -> UpstreamAnswer:
+    async def start(
+        self, body: Job, *, deadline: float, progress: StartProgress | None = None
+    ) -> UpstreamAnswer:
         """POST ``/start`` in the account's lane, retrying while it is safe.
 
         Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
         call never goes past, the wait for a place in the lane included. Cancelled (its
         client left), a start not sent yet is never sent, and one under way is withdrawn:
         its connection is closed, so a job server that honours disconnects starts nothing.
+        ``progress`` learns whether a job may exist, however the call ends.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -380,13 +393,13 @@ class Upstream:
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self._start(body, deadline)
+                return await self._start(body, deadline, progress or StartProgress())
         except TimeoutError:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
-    async def _start(self, body: Job, deadline: float) -> UpstreamAnswer:
+    async def _start(self, body: Job, deadline: float, progress: StartProgress) -> UpstreamAnswer:
         content = encode(body)
         attempt = 0
         # Only time spent failing counts against the retry budget: the failed attempts
@@ -395,7 +408,7 @@ class Upstream:
         spent = 0.0
         while True:
             lane, seq = await self.lanes.enter(body["account"], first=attempt > 0)
-            fate, accepted = Fate.UNKNOWN, False
+            fate, accepted, maybe_job = Fate.UNKNOWN, False, True
             try:
                 sent_at = time.monotonic()
                 pause = 0.0
@@ -403,9 +416,11 @@ class Upstream:
                     with job_server_errors(self._start_url):
                         status, raw, retry_after = await self._post(content, deadline - sent_at)
                 except UpstreamUnavailable as unreachable:
-                    fate, failure = Fate.NOT_SENT, unreachable
+                    fate, failure, maybe_job = Fate.NOT_SENT, unreachable, False
                 else:
                     fate = Fate.ANSWERED
+                    # A refusal (4xx) or a busy answer made no job; any other answer may have.
+                    maybe_job = status not in RETRYABLE_STATUS and not 400 <= status < 500
                     if status not in RETRYABLE_STATUS:
                         accepted = 200 <= status < 300
                         return _answer(status, raw, sent_at)
@@ -422,6 +437,7 @@ class Upstream:
                 self.lanes.pause(lane, delay)
             finally:
                 self.lanes.leave(lane, seq, fate, accepted=accepted)
+                progress.job_may_exist |= maybe_job
             attempt += 1
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
 
@@ -430,18 +446,20 @@ class Upstream:
 
         Connecting is bounded by start_timeout (a dead job server is retried); once sent,
         a job server that queues the request behind the account's others may take as
-        long as the job's deadline allows.
+        long as the job's deadline allows. The deadline itself is the caller's to keep
+        (:meth:`start`): no timeout here may end the call at that same instant with
+        another answer.
         """
-        connect = min(self._timeout, remaining)
+        connect = self._timeout if self._timeout < remaining else None
         native = self._native
         # The prebuilt bytes go straight to the project's transport, past the client's
         # per-call work, only when the client would use that transport for this URL
         # (respx, in tests, puts its own in between: then the ordinary call is made).
         if native is not None and self._client._transport_for_url(self._start_url) is native:
             wire = native.prebuilt("POST", "/start", content)
-            raw = await native.exchange(wire, connect=connect, read=remaining, pool=remaining)
+            raw = await native.exchange(wire, connect=connect, read=None, pool=None)
             return raw.status, raw.body, raw.header(b"retry-after")
-        timeout = httpx.Timeout(remaining, connect=connect, pool=remaining)
+        timeout = httpx.Timeout(None, connect=connect)
         # A request built here and sent as it is skips the client's merging of URLs,
         # headers and cookies.
         request = httpx.Request(

@@ -285,7 +285,13 @@ class WaiterRegistry:
             self._timer = asyncio.get_running_loop().call_later(max(0.0, due), self._expire)
 
     def _expire(self) -> None:
-        """Answer 504 for every held job whose deadline has passed."""
+        """Answer 504 for every held job whose deadline has passed.
+
+        The one owner of every held request's deadline, whatever it is doing: a waiter
+        whose start is still under way is settled too, and answered as soon as its
+        holder has the means (the start ends at this same deadline by itself, or was
+        answered just before it and finds its waiter settled).
+        """
         self._timer = None
         now = time.monotonic()
         deadlines = self._deadlines
@@ -294,11 +300,13 @@ class WaiterRegistry:
             if not (waiter.released or waiter.settled) and waiter.deadline > now:
                 break
             deadlines.popleft()
-            # A start still under way ends at the same deadline by itself.
-            if waiter.released or waiter.job_id is None:
+            if waiter.released:
                 continue
-            late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
-            if waiter.fail(late, AnsweredBy.DEADLINE):
+            if waiter.job_id is None:
+                late = JobTimeout("the deadline passed before the job server accepted the job")
+            else:
+                late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
+            if waiter.fail(late, AnsweredBy.DEADLINE) and waiter.send is not None:
                 self.respond_soon(waiter)
         self._arm()
 

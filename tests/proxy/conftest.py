@@ -132,7 +132,7 @@ def proxy_factory() -> ProxyFactory:
     ) -> AsyncIterator[ProxyUnderTest]:
         """``transport`` replaces the way to the fake job server (a failing one, say)."""
         upstream = upstream or FakeJobServer()
-        settings = Settings(upstream_url=UPSTREAM_URL, public_url=PROXY_URL, **overrides)
+        settings = Settings(**{"upstream_url": UPSTREAM_URL, "public_url": PROXY_URL, **overrides})
         app = create_app(settings, transport=transport or httpx.ASGITransport(app=upstream.app()))
         async with app_lifespan(app) as (served, state):
             transport = httpx.ASGITransport(app=served)

@@ -426,3 +426,72 @@ async def test_a_client_that_leaves_withdraws_its_start_under_way() -> None:
             assert len(state["services"].waiters) == 0
             async with asyncio.timeout(5):
                 await disconnected.wait()
+
+
+async def test_a_start_answered_as_the_deadline_passes_is_answered_504(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """A /start whose answer comes only once the deadline has passed, with no callback
+    after it, still gets its client a 504 then, not an answer that never comes."""
+    upstream = FakeJobServer()
+    async with proxy_factory(upstream, job_deadline=0.3) as proxy:
+
+        async def answer_after_the_deadline(body: dict[str, Any]) -> Response | None:
+            await eventually(lambda: all(waiter.settled for waiter in proxy.services.waiters))
+            return None  # then answer as usual: the job is running
+
+        upstream.on_start = answer_after_the_deadline
+        async with asyncio.timeout(5):
+            response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
+    assert response.status_code == 504
+    assert response.json()["error"] == "job_timeout"
+
+
+async def test_a_job_server_that_never_answers_gives_every_client_the_same_504() -> None:
+    """Starts that the job server never answers all end in one kind of answer, 504, at
+    the deadline: no other timer answers some of them 502 at that same instant."""
+
+    async def never_answers(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await asyncio.Event().wait()
+
+    async with run_server(never_answers, lifespan="off") as url:
+        settings = Settings(upstream_url=url, public_url=PROXY_URL, job_deadline=0.5)
+        async with app_lifespan(create_app(settings)) as (app, _):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as client:
+                answers = await asyncio.gather(
+                    *(client.post("/proxy", json={"account": "a", "wait": True}) for _ in range(30))
+                )
+    assert {(answer.status_code, answer.json()["error"]) for answer in answers} == {
+        (504, "job_timeout")
+    }
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["path kept", "path stripped"])
+async def test_a_public_url_with_a_path_gets_its_callbacks(
+    proxy_factory: ProxyFactory, stripped: bool
+) -> None:
+    """With public_url below a path (behind a load balancer), callback URLs carry the path
+    and callbacks are taken with it or without it (a balancer that strips it)."""
+    async with proxy_factory(public_url=f"{PROXY_URL}/jobs/") as proxy:
+        request, job_id = await proxy.held_job()
+        url = proxy.upstream.callbacks[job_id]
+        assert url.startswith(f"{PROXY_URL}/jobs/callback/")
+        if stripped:
+            url = url.replace("/jobs/callback/", "/callback/")
+        assert proxy.upstream.to_proxy is not None
+        delivered = await proxy.upstream.to_proxy.post(url, json=proxy.upstream.finish(job_id))
+        assert delivered.status_code == 200
+        assert (await request).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/proxy/", "/callback/", "/healthz/"])
+async def test_a_trailing_slash_is_a_json_404_not_a_redirect(
+    proxy: ProxyUnderTest, path: str
+) -> None:
+    """A path with a trailing slash is answered JSON 404, never a redirect built from the
+    client's Host header."""
+    response = await proxy.client.post(path, json={"account": "a"}, headers={"host": "evil.test"})
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"

@@ -63,6 +63,12 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
             "callback_secret = 'whsec_!!!' (from JOBPROXY_CALLBACK_SECRET): the part after whsec_",
         ),
         (
+            {"JOBPROXY_PUBLIC_URL": "http://lb/?x=1"},
+            "public_url = 'http://lb/?x=1' (from JOBPROXY_PUBLIC_URL): must be a base URL",
+        ),
+        ({"JOBPROXY_PUBLIC_URL": "http://lb/#top"}, "public_url = 'http://lb/#top'"),
+        ({"JOBPROXY_MAX_HEAD_SIZE": "100"}, "max_head_size = '100'"),
+        (
             {"JOBPROXY_POLL_BACKOFF_CAP": "0.01"},
             "poll_backoff_cap = '0.01' (from JOBPROXY_POLL_BACKOFF_CAP): "
             "must not be below poll_backoff_base",
@@ -90,6 +96,19 @@ def test_file_values_must_have_the_right_type(tmp_path: Path) -> None:
     path.write_text('max_pending = "10"\n')
     with pytest.raises(ConfigError, match=f"max_pending = '10' \\(from {path}\\): must be an"):
         Settings.load(config_path=path)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://lb:8080/", "http://lb:8080"),
+        ("http://lb:8080", "http://lb:8080"),
+        ("https://lb/jobs/proxy//", "https://lb/jobs/proxy"),
+    ],
+)
+def test_public_url_loses_its_trailing_slashes(given: str, kept: str) -> None:
+    """A public_url given with a trailing slash still makes callback URLs without '//'."""
+    assert Settings(public_url=given).public_url == kept
 
 
 def test_public_url_defaults_to_the_bound_address() -> None:

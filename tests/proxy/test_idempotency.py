@@ -9,7 +9,8 @@ import pytest
 from starlette.responses import JSONResponse, Response
 
 from proxy.idempotency import LocalResults, fingerprint
-from tests.proxy.conftest import FakeJobServer, ProxyFactory, ProxyUnderTest
+from tests.conftest import eventually
+from tests.proxy.conftest import FakeJobServer, ProxyFactory, ProxyUnderTest, sample
 
 BODY = {"account": "acme", "wait": True}
 
@@ -47,7 +48,7 @@ async def test_same_key_other_body_is_422(proxy: ProxyUnderTest) -> None:
     """Reusing a key with a different body is refused with 422 JSON."""
     first = post(proxy, "k3")
     job_id = await proxy.upstream.next_job()
-    conflict = await post(proxy, "k3", {"account": "other", "wait": True})
+    conflict = await post(proxy, "k3", {"account": "acme", "wait": True, "callback": "h.test/x"})
     assert conflict.status_code == 422
     assert conflict.json()["error"] == "idempotency_conflict"
     await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
@@ -125,13 +126,50 @@ async def test_malformed_key_is_400(proxy: ProxyUnderTest, key: bytes) -> None:
     assert "Idempotency-Key" in response.json()["detail"]
 
 
-async def test_local_results_expire() -> None:
-    """Claims and results are forgotten after their time to live."""
-    results = LocalResults(ttl=0.0)
+async def test_the_same_key_of_another_account_is_another_key(proxy: ProxyUnderTest) -> None:
+    """Keys are scoped per account: another tenant's key neither conflicts nor follows."""
+    first = post(proxy, "shared-key")
+    first_job = await proxy.upstream.next_job()
+    other = post(proxy, "shared-key", {"account": "other", "wait": True})
+    other_job = await proxy.upstream.next_job()
+    for job_id in (first_job, other_job):
+        await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    answers = await asyncio.gather(first, other)
+    assert [answer.json()["id"] for answer in answers] == [first_job, other_job]
+
+
+async def test_local_results_expire_on_their_own() -> None:
+    """Claims and results are forgotten after their time to live, with no request coming."""
+    results = LocalResults(ttl=0.05, max_keys=10)
     await results.claim("k", fingerprint(BODY), "t")
     await results.put_result("t", {"id": "x"})
+    assert len(results) == 2
+    await eventually(lambda: len(results) == 0)
     assert await results.get_result("t") is None
     assert (await results.claim("k", fingerprint({"other": 1}), "u")).owner
+    results.close()
+
+
+async def test_local_results_are_bounded_in_number() -> None:
+    """Past max_keys, the oldest claims and results leave first."""
+    results = LocalResults(ttl=300, max_keys=3)
+    for n in range(5):
+        await results.claim(f"k{n}", fingerprint(BODY), f"t{n}")
+        await results.put_result(f"t{n}", {"id": str(n)})
+    assert len(results) == 6
+    assert results.evicted == 4
+    assert await results.get_result("t0") is None
+    assert await results.get_result("t4") == {"id": "4"}
+    assert not (await results.claim("k4", fingerprint(BODY), "new")).owner
+    assert (await results.claim("k0", fingerprint(BODY), "new")).owner
+    results.close()
+
+
+async def test_keyed_entries_are_a_metric(proxy: ProxyUnderTest) -> None:
+    """jobproxy_idempotency_entries counts the claims and results held in the process."""
+    await post(proxy, "k10", {"account": "acme", "wait": False})
+    metrics = (await proxy.client.get("/metrics")).text
+    assert sample(metrics, "jobproxy_idempotency_entries") == 2
 
 
 async def test_terminal_start_answer_is_returned_at_once(proxy_factory: ProxyFactory) -> None:
@@ -168,3 +206,36 @@ async def test_a_request_without_a_key_does_no_idempotency_work(
     answer = await request
     assert (delivered.status_code, duplicate.status_code, answer.status_code) == (200, 404, 200)
     assert calls == []
+
+
+async def test_a_client_gone_before_its_start_was_sent_releases_the_key(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """A keyed client that leaves while its start still waits in the proxy started no job:
+    its retry starts one at once rather than waiting for a job that does not exist."""
+    upstream = FakeJobServer()
+    lane_free = asyncio.Event()
+
+    async def hold_the_first(body: dict[str, Any]) -> Response | None:
+        if len(upstream.starts) == 1:
+            await lane_free.wait()
+        return None
+
+    upstream.on_start = hold_the_first
+    async with proxy_factory(upstream, upstream_max_per_account=1) as proxy:
+        plain = asyncio.ensure_future(proxy.client.post("/proxy", json=BODY))
+        await eventually(lambda: len(upstream.starts) == 1)
+        gone = post(proxy, "k9")
+        await eventually(lambda: len(proxy.services.waiters) == 2)
+        gone.cancel()
+        await eventually(lambda: len(proxy.services.waiters) == 1)
+        retry = post(proxy, "k9")
+        lane_free.set()
+        async with asyncio.timeout(5):
+            job_ids = [await upstream.next_job(), await upstream.next_job()]
+        for job_id in job_ids:
+            await upstream.callback(job_id, upstream.finish(job_id))
+        answers = await asyncio.gather(plain, retry)
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert {answer.json()["id"] for answer in answers} == set(job_ids)
+    assert len(upstream.starts) == 2

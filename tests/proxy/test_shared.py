@@ -133,7 +133,7 @@ async def test_retry_on_another_replica_gets_the_same_job(redis_server: RedisSer
         retry = await client.post(f"{b.url}/proxy", json=body, headers=headers)
         again = await client.post(f"{b.url}/proxy", json=body, headers=headers)
         conflict = await client.post(
-            f"{b.url}/proxy", json={**body, "account": "other"}, headers=headers
+            f"{b.url}/proxy", json={**body, "callback": "h.test/x"}, headers=headers
         )
         started = await jobs_started(jobserver)
     assert retry.status_code == 200

@@ -1,0 +1,6 @@
+"""What both servers need and neither owns: serving infrastructure, never protocol rules.
+
+``proxy`` and ``jobserver`` never import each other; both may import this package. The
+job protocol's rules (request bodies, job ids, callback checks) are not here: each
+server keeps its own reading of them.
+"""
