@@ -13,20 +13,18 @@ names the TOML file when ``--config`` is not given.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import gc
 import logging
 import math
 import os
-import signal
 import socket
 import sys
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
 
+from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
 from jobserver.app import begin_drain, create_app
 from jobserver.config import ConfigError, Settings
 from jobserver.proofs import InvalidBundle, check_bundle, decode_bundle
@@ -41,7 +39,6 @@ USAGE_ERROR = 2  # argparse's own exit code
 STARTUP_FAILURE = 3  # as uvicorn's
 GC_THRESHOLD = 7_000
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 USAGE = """\
 jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
@@ -143,9 +140,8 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
             file=sys.stderr,
         )
         return STARTUP_FAILURE
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    logger.info("settings: %s", _describe(settings))
+    url = listening_url(sock)
+    logger.info("settings: %s", changed_settings(settings))
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
@@ -168,26 +164,12 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     return EXIT_OK if server.started else STARTUP_FAILURE
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so that ``--port 0`` yields a port to announce."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class JobServerProcess(uvicorn.Server):
-    """uvicorn's server with the job server's ready line and drain.
-
-    The proxy's server has the same two overrides (``proxy/server.py``): signals handled
-    on the loop, so an orderly stop exits 0, and a drain before uvicorn's own shutdown,
-    reached through the lifespan's state.
+class JobServerProcess(OrderlyServer):
+    """uvicorn's server with the job server's ready line and drain, stopped in order
+    (``infra.serving``): held requests are answered before uvicorn's own shutdown.
     """
+
+    name = "jobserver"
 
     def __init__(self, config: uvicorn.Config, url: str) -> None:
         super().__init__(config)
@@ -204,32 +186,6 @@ class JobServerProcess(uvicorn.Server):
         begin_drain(self.lifespan.state)
         # 2. Then uvicorn's own shutdown, each of its steps once.
         await super().shutdown(sockets=sockets)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # uvicorn's own re-raises the caught signal after its graceful shutdown, so the
-        # process would die of it; handled on the loop, an orderly stop exits 0. The
-        # other server of the project has this same method (a test checks they match).
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-
-
-def _describe(settings: Settings) -> str:
-    """The settings that differ from the defaults (secrets masked), for the start-up log."""
-    defaults = Settings()
-    changed = []
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value != getattr(defaults, name):
-            shown = "***" if "secret" in name else repr(value)
-            changed.append(f"{name}={shown}")
-    return ", ".join(changed) or "all defaults"
 
 
 if __name__ == "__main__":

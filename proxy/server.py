@@ -10,19 +10,17 @@ shutdown (which closes the outbound client).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import socket
 import time
-from collections.abc import Generator
 from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from infra.head import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADERS, bounded_head_protocol
+from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
@@ -31,29 +29,7 @@ logger = logging.getLogger(__name__)
 
 # After the drain every held request has its answer; this bounds sending them.
 CLOSE_GRACE = 5
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GC_THRESHOLD = 7_000
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so ``--port 0`` resolves to a real port up front."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def listening_url(sock: socket.socket) -> str:
-    """The URL a bound socket answers on, for the ready line."""
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
 
 
 def tune_gc() -> None:
@@ -95,31 +71,21 @@ def uvicorn_config(
     )
 
 
-class ProxyServer(uvicorn.Server):
-    """uvicorn's server with the proxy's ready line and drain.
-
-    The job server has the same two overrides (``jobserver/__main__.py``): signals
-    handled on the loop, so an orderly stop exits 0, and a drain before uvicorn's own
-    shutdown, reached through the lifespan's state.
+class ProxyServer(OrderlyServer):
+    """uvicorn's server with the proxy's ready line and drain, stopped in order
+    (``infra.serving``): a drain before uvicorn's own shutdown, reached through the
+    lifespan's state, which a second stop signal cuts short.
     """
+
+    name = "jobproxy"
 
     def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
         super().__init__(config)
         self._settings = settings
+        self._hurry = asyncio.Event()
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # uvicorn's own re-raises the caught signal after its graceful shutdown, so the
-        # process would die of it; handled on the loop, an orderly stop exits 0. The
-        # other server of the project has this same method (a test checks they match).
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+    def hurry(self) -> None:
+        self._hurry.set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -135,7 +101,9 @@ class ProxyServer(uvicorn.Server):
         services: Services = self.lifespan.state["services"]
         began = time.monotonic()
         held = len(services.waiters)
-        finished, failed = await services.waiters.drain(self._settings.drain_timeout)
+        finished, failed = await services.waiters.drain(
+            self._settings.drain_timeout, hurry=self._hurry
+        )
         logger.info(
             "drained %d held requests in %.1f s: %d finished, %d answered 503",
             held,
@@ -151,6 +119,7 @@ class ProxyServer(uvicorn.Server):
 def serve(settings: Settings) -> bool:
     """Run the proxy until SIGTERM or SIGINT; False if it never started."""
     tune_gc()
+    logger.info("settings: %s", changed_settings(settings))
     sock = bind_socket(settings.host, settings.port)
     settings = settings.with_public_url(sock.getsockname()[1])
     config = uvicorn_config(

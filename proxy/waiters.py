@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, IntFlag
+from typing import Any
 
 from starlette.types import Send
 
@@ -341,16 +341,22 @@ class WaiterRegistry:
         await asyncio.gather(*(waiter.respond() for waiter in failed))
         return len(failed)
 
-    async def drain(self, timeout: float) -> tuple[int, int]:
-        """Refuse new waiters, wait up to ``timeout`` for held ones, fail the rest.
+    async def drain(self, timeout: float, *, hurry: asyncio.Event | None = None) -> tuple[int, int]:
+        """Refuse new waiters, wait up to ``timeout`` (or until ``hurry`` is set) for held
+        ones, fail the rest.
 
         Returns (answered while draining, failed with 503).
         """
         self.closing = True
         held = len(self._waiters)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self.wait_until_empty()
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.wait_until_empty())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         failed = await self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
         return held - failed, failed
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from bench.harness import ServerProcess
-from tests.conftest import run_program
+from tests.conftest import eventually, run_program
 from tests.proxy.processes import metric, run_jobclient, system, wait_for_metric
 
 ROOT = Path(__file__).parents[2]
@@ -140,6 +140,62 @@ async def test_drain_timeout_answers_the_rest_with_503() -> None:
     assert [a.status_code for a in answers] == [503] * 10
     assert all(a.json()["error"] == "shutting_down" for a in answers)
     assert all("retry-after" in a.headers for a in answers)
+
+
+async def test_a_second_stop_signal_cuts_the_drain_short_and_still_stops_cleanly() -> None:
+    """SIGTERM, then SIGINT while jobs outlast the drain: every held request is answered
+    503 at once, the process exits 0, and nothing is logged as a traceback."""
+    async with system(["--job-duration", "30"]) as (_, proxy):
+        async with httpx.AsyncClient(timeout=30) as client:
+            held = [
+                asyncio.ensure_future(
+                    client.post(f"{proxy.url}/proxy", json={"account": f"x{n}", "wait": True})
+                )
+                for n in range(10)
+            ]
+            await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 10)
+            proxy.process.send_signal(signal.SIGTERM)
+            await eventually(lambda: "stopping in order" in proxy.log_tail())
+            began = time.monotonic()
+            proxy.process.send_signal(signal.SIGINT)
+            answers = await asyncio.gather(*held)
+            took = time.monotonic() - began
+        async with asyncio.timeout(10):
+            code = await proxy.process.wait()
+    assert [answer.json()["error"] for answer in answers] == ["shutting_down"] * 10
+    assert took < 5  # not the 25 s drain
+    assert code == 0
+    assert "Traceback" not in proxy.log_tail()
+    assert "cutting the drain short" in proxy.log_tail()
+
+
+async def test_sighup_and_sigusr1_are_logged_and_change_nothing() -> None:
+    """SIGHUP and SIGUSR1 leave the proxy serving (they would kill a plain process)."""
+    async with system() as (_, proxy):
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            proxy.process.send_signal(sig)
+        await eventually(lambda: "SIGUSR1 ignored" in proxy.log_tail())
+        code, report = await run_jobclient(f"{proxy.url}/proxy", "--jobs", "5")
+        assert proxy.process.returncode is None
+    assert (code, report["result"]) == (0, "PASSED")
+    assert "SIGHUP ignored" in proxy.log_tail()
+
+
+async def test_a_head_over_the_limit_is_431_on_every_route() -> None:
+    """The running proxy refuses a request head over max_head_size with 431 JSON, on the
+    held path and the callback path alike, and keeps serving."""
+    async with system((), ["--max-head-size", "4096"]) as (_, proxy):
+        host, port = proxy.url.removeprefix("http://").split(":")
+        for path in ("/proxy", "/callback/a.b.c", "/healthz"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"POST {path} HTTP/1.1\r\nhost: x\r\nx-big: {'a' * 5000}\r\n\r\n".encode())
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 431"), (path, answer[:80])
+            assert b'"request_head_too_large"' in answer
+        code, report = await run_jobclient(f"{proxy.url}/proxy", "--jobs", "5")
+    assert (code, report["result"]) == (0, "PASSED")
 
 
 def test_docker_cmd_is_the_command_the_tests_start() -> None:
