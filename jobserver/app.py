@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypedDict
 
@@ -35,6 +36,7 @@ from jobserver.errors import (
     RequestTimeout,
     ShuttingDown,
     StartRefused,
+    StatusFailed,
 )
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import AccountGate, Job, JobRunner, JobStore
@@ -54,10 +56,19 @@ class JSONAnswer(JSONResponse):
     media_type = "application/json; charset=utf-8"
 
 
+@dataclass(slots=True)
+class RequestCounts:
+    """Counts of requests that ``/healthz`` shows, besides those of jobs and callbacks."""
+
+    #: GET /status requests answered, whatever the answer.
+    status_polls: int = 0
+
+
 class AppState(TypedDict):
     """What the lifespan yields; handlers reach it as ``request.state``."""
 
     settings: Settings
+    counts: RequestCounts
     store: JobStore
     gate: AccountGate
     runner: JobRunner
@@ -165,8 +176,12 @@ async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:
 
 async def status(request: Request[AppState]) -> Response:
     """``GET /status/{job_id}``: the job as it stands."""
+    state = request.state
+    state["counts"].status_polls += 1
+    if state["faults"].status_error():
+        raise StatusFailed("injected fault: status_error_rate")
     job_id = request.path_params["job_id"]
-    job = request.state["store"].get(job_id)
+    job = state["store"].get(job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}: unknown, or finished longer than status_ttl ago")
     return JSONAnswer(job.to_json())
@@ -212,6 +227,7 @@ async def healthz(request: Request[AppState]) -> Response:
             "jobs_queued": runner.admitted - runner.running,
             "callbacks_pending": request.state["callbacks"].pending,
             "start_queue_peak": request.state["gate"].peak,
+            "status_polls": request.state["counts"].status_polls,
         }
     )
 
@@ -261,6 +277,7 @@ def create_app(
             try:
                 yield AppState(
                     settings=settings,
+                    counts=RequestCounts(),
                     store=store,
                     gate=AccountGate(travel=settings.latency),
                     runner=runner,

@@ -106,6 +106,9 @@ class Settings(LayeredSettings):
     start_latency: float = Field(
         default=0.0, ge=0, description="seconds spent in the account gate per /start"
     )
+    status_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of GET /status answered 500"
+    )
     # Network
     latency: float = Field(
         default=0.0,

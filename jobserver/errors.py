@@ -8,6 +8,7 @@ No handler builds an error response by hand.
     ├── BadRequest              400 bad_request: the body is not a valid request
     ├── BodyTooLarge            413 body_too_large
     ├── JobNotFound             404 not_found
+    ├── StatusFailed            500 status_failed: an injected GET /status fault
     ├── AccountUnknown          422 unknown_account: /verify without an account, for jobs
     │                               this server does not know
     ├── InvalidProof            422 invalid_proof: the body also lists each failed job
@@ -58,6 +59,11 @@ class BodyTooLarge(ApiError):
 class JobNotFound(ApiError):
     status = 404
     error = "not_found"
+
+
+class StatusFailed(ApiError):
+    status = 500
+    error = "status_failed"
 
 
 class AccountUnknown(ApiError):

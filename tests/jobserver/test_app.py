@@ -293,6 +293,21 @@ async def test_healthz_counts_jobs() -> None:
     assert health["jobs_running"] <= 1
 
 
+async def test_healthz_counts_every_status_poll_answered() -> None:
+    """/healthz status_polls counts GET /status answers of every kind: the job, 404 and 500."""
+    async with jobserver_client(job_duration=5.0) as client:
+        health = (await client.get("/healthz")).json()
+        assert health["status_polls"] == 0
+        job_id = (await start(client, "acme")).json()["id"]
+        await client.get(f"/status/{job_id}")
+        await client.get(f"/status/{job_id}")
+        await client.get("/status/abc")
+        assert (await client.get("/healthz")).json()["status_polls"] == 3
+    async with jobserver_client(status_error_rate=1.0) as client:
+        assert (await client.get("/status/abc")).status_code == 500
+        assert (await client.get("/healthz")).json()["status_polls"] == 1
+
+
 async def test_openapi_document_describes_every_route() -> None:
     """/openapi.json is an OpenAPI 3 document with the routes and the request constraints."""
     async with jobserver_client() as client:
