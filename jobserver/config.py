@@ -24,6 +24,7 @@ ENV_PREFIX = "JOBSERVER_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+CallbackOrder = Literal["in_order", "shuffled"]
 
 
 class Settings(LayeredSettings):
@@ -82,6 +83,16 @@ class Settings(LayeredSettings):
     callback_backoff_max: float = Field(default=10.0, ge=0, description="cap of the retry delay, s")
     callback_connections: int = Field(
         default=1000, ge=1, description="callback requests in flight at once (pooled connections)"
+    )
+    callback_order: CallbackOrder = Field(
+        default="in_order",
+        description=(
+            "in_order: each callback sent as its job ends; shuffled: from one pending pool, "
+            "in random order, by callback_senders senders"
+        ),
+    )
+    callback_senders: int = Field(
+        default=8, ge=1, description="senders of the pending pool (callback_order shuffled)"
     )
     # Faults
     failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of jobs that fail")
