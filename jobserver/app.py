@@ -8,6 +8,7 @@ one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -143,6 +144,12 @@ async def start(request: Request[AppState]) -> Response:
 
 
 async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
+    job = await _create_job(state, start_request)
+    return await _answer(state, start_request, job)
+
+
+async def _create_job(state: AppState, start_request: StartRequest) -> Job:
+    """What /start does in the account's gate before its job exists, then the job."""
     if state["draining"].is_set():
         raise ShuttingDown
     faults = state["faults"]
@@ -151,11 +158,41 @@ async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[s
     refusal = faults.start_refusal()
     if refusal is not None:
         raise StartRefused(*refusal)
-    job = state["runner"].submit(start_request.account, start_request.callback)
+    return state["runner"].submit(start_request.account, start_request.callback)
+
+
+async def _answer(state: AppState, start_request: StartRequest, job: Job) -> dict[str, str]:
+    """The answer to /start once its job exists: at once, or when the job ends."""
     if not start_request.wait:
+        window = state["settings"].callback_before_answer
+        if window > 0:
+            await _call_back_before_answer(job, window, state["callbacks"])
         return {"state": "running", "id": job.id}
     await _wait_until_finished(job, state["draining"])
     return job.to_json()
+
+
+async def _call_back_before_answer(job: Job, window: float, callbacks: CallbackSender) -> None:
+    """Hold the answer up to ``window`` s for the job: one done by then is called back
+    (the callback sent and its answer awaited) before /start answers, as a job server
+    that finishes quick jobs inline does. A job still running is called back when it ends.
+    """
+    job.callback_inline = True
+    delivery = None
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window):
+                await job.finished.wait()
+    finally:
+        # Decided here, with nothing awaited since the job's state was read: the job ended
+        # and is this handler's to call back (sent even when this handler is cancelled:
+        # the sender owns the delivery), or it is the runner's when it ends.
+        job.callback_inline = False
+        if job.finished.is_set():
+            delivery = callbacks.send_now(job)
+    if delivery is not None:
+        # Waited, not shielded: a cancelled request leaves the delivery going, to the sender.
+        await asyncio.wait((delivery,))
 
 
 async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:

@@ -114,8 +114,8 @@ class CallbackSender:
         self._latency = settings.latency
         # json.dumps with any option builds a new encoder per call.
         self._encode_json = json.JSONEncoder(separators=(",", ":")).encode
-        # Deliveries of their own (in_order) and callbacks on their way to the pool
-        # (callback_delay).
+        # Deliveries of their own (in_order), callbacks on their way to the pool
+        # (callback_delay) and callbacks sent before a /start answers.
         self._tasks: set[asyncio.Task[None]] = set()
         # callback_order shuffled: the pending pool, a count of it to wait on, and the
         # senders (started with the first callback).
@@ -142,8 +142,8 @@ class CallbackSender:
         return len(self._queued)
 
     def job_finished(self, job: Job) -> None:
-        """Send the finished job to its callback URL, if it has one."""
-        if job.callback is not None:
+        """Send the finished job to its callback URL, if it has one (and its /start does not)."""
+        if job.callback is not None and not job.callback_inline:
             self.schedule(job.callback, job.to_json(), job.id)
 
     def schedule(self, url: httpx.URL, payload: dict[str, str], job_id: str) -> None:
@@ -163,6 +163,18 @@ class CallbackSender:
                 self._own(self._queue_late(callback, job_id), f"callback-{job_id}")
             else:
                 self._queue(callback, job_id)
+
+    def send_now(self, job: Job) -> asyncio.Task[None] | None:
+        """Deliver the finished job's callback at once, every copy and attempt, in one task
+        (whatever ``callback_order``): a /start awaits it before it answers. None when
+        there is nothing to send."""
+        if job.callback is None:
+            return None
+        prepared = self._prepare(job.callback, job.to_json(), job.id)
+        if prepared is None:
+            return None
+        callback, copies = prepared
+        return self._own(self._deliver_copies(callback, job.id, copies), f"callback-{job.id}")
 
     async def drain(self, timeout: float) -> int:
         """Wait (at most ``timeout``) for the deliveries under way; return how many are left."""
@@ -246,6 +258,10 @@ class CallbackSender:
             finally:
                 self._sending -= 1
                 self._settle()
+
+    async def _deliver_copies(self, callback: Callback, job_id: str, copies: int) -> None:
+        for _ in range(copies):
+            await self._deliver_late(callback, job_id)
 
     async def _deliver_late(self, callback: Callback, job_id: str) -> None:
         delay = self._faults.callback_delay

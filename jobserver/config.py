@@ -94,6 +94,14 @@ class Settings(LayeredSettings):
     callback_senders: int = Field(
         default=8, ge=1, description="senders of the pending pool (callback_order shuffled)"
     )
+    callback_before_answer: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "s a wait: false /start holds for its job; a job done by then is called back "
+            "before /start answers; 0 = off"
+        ),
+    )
     # Faults
     failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of jobs that fail")
     callback_drop_rate: float = Field(
