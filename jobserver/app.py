@@ -24,14 +24,17 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive
 
 from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool
+from jobserver.disconnects import abandon_on_disconnect
 from jobserver.errors import (
     AccountUnknown,
     ApiError,
+    ClientGone,
     InvalidProof,
     JobNotFound,
     RequestTimeout,
@@ -63,6 +66,8 @@ class RequestCounts:
 
     #: GET /status requests answered, whatever the answer.
     status_polls: int = 0
+    #: /start requests whose client left before their job was created (honour_disconnects).
+    starts_abandoned: int = 0
 
 
 class AppState(TypedDict):
@@ -132,8 +137,12 @@ async def start(request: Request[AppState]) -> Response:
     start_request = parse_start_request(await read_body(request, settings.max_body_size))
     deadline = asyncio.timeout(settings.request_timeout)
     try:
-        async with deadline, state["gate"].hold(start_request.account):
-            body = await _start_in_gate(state, start_request)
+        async with deadline:
+            if settings.honour_disconnects:
+                body = await _start_unless_abandoned(state, start_request, request.receive)
+            else:
+                async with state["gate"].hold(start_request.account):
+                    body = await _start_in_gate(state, start_request)
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -146,6 +155,24 @@ async def start(request: Request[AppState]) -> Response:
 async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
     job = await _create_job(state, start_request)
     return await _answer(state, start_request, job)
+
+
+async def _start_unless_abandoned(
+    state: AppState, start_request: StartRequest, receive: Receive
+) -> dict[str, str]:
+    """As :func:`_start_in_gate` in the account's gate, but a client that leaves before its
+    job is created (on the way to the gate, at it, or in it) gives up its place at once
+    and starts nothing."""
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            async with abandon_on_disconnect(receive):
+                await held.enter_async_context(state["gate"].hold(start_request.account))
+                job = await _create_job(state, start_request)
+            return await _answer(state, start_request, job)
+    except ClientGone:
+        state["counts"].starts_abandoned += 1
+        logger.debug("a /start of %r abandoned: its client left", start_request.account)
+        raise
 
 
 async def _create_job(state: AppState, start_request: StartRequest) -> Job:
@@ -265,6 +292,7 @@ async def healthz(request: Request[AppState]) -> Response:
             "callbacks_pending": request.state["callbacks"].pending,
             "start_queue_peak": request.state["gate"].peak,
             "status_polls": request.state["counts"].status_polls,
+            "starts_abandoned": request.state["counts"].starts_abandoned,
         }
     )
 

@@ -128,6 +128,10 @@ class Settings(LayeredSettings):
     status_error_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of GET /status answered 500"
     )
+    honour_disconnects: bool = Field(
+        default=False,
+        description="a /start whose client leaves before its job is created starts none",
+    )
     # Network
     latency: float = Field(
         default=0.0,

@@ -177,6 +177,14 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "description": "GET /status requests answered, whatever the answer.",
                 },
+                "starts_abandoned": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": (
+                        "/start requests whose client left before their job was created "
+                        "(honour_disconnects)."
+                    ),
+                },
             },
         },
         "Error": {
