@@ -98,8 +98,8 @@ class Settings(LayeredSettings):
         default=0.0,
         ge=0,
         description=(
-            "s a wait: false /start holds for its job; a job done by then is called back "
-            "before /start answers; 0 = off"
+            "seconds a wait: false /start holds for its job; a job done by then is called "
+            "back before /start answers; 0 = off"
         ),
     )
     # Faults
