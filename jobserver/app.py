@@ -8,10 +8,12 @@ one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypedDict
 
@@ -22,19 +24,23 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive
 
 from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool
+from jobserver.disconnects import abandon_on_disconnect
 from jobserver.errors import (
     AccountUnknown,
     ApiError,
+    ClientGone,
     InvalidProof,
     JobNotFound,
     RequestTimeout,
     ShuttingDown,
     StartRefused,
+    StatusFailed,
 )
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import AccountGate, Job, JobRunner, JobStore
@@ -54,10 +60,21 @@ class JSONAnswer(JSONResponse):
     media_type = "application/json; charset=utf-8"
 
 
+@dataclass(slots=True)
+class RequestCounts:
+    """Counts of requests that ``/healthz`` shows, besides those of jobs and callbacks."""
+
+    #: GET /status requests answered, whatever the answer.
+    status_polls: int = 0
+    #: /start requests whose client left before their job was created (honour_disconnects).
+    starts_abandoned: int = 0
+
+
 class AppState(TypedDict):
     """What the lifespan yields; handlers reach it as ``request.state``."""
 
     settings: Settings
+    counts: RequestCounts
     store: JobStore
     gate: AccountGate
     runner: JobRunner
@@ -120,8 +137,12 @@ async def start(request: Request[AppState]) -> Response:
     start_request = parse_start_request(await read_body(request, settings.max_body_size))
     deadline = asyncio.timeout(settings.request_timeout)
     try:
-        async with deadline, state["gate"].hold(start_request.account):
-            body = await _start_in_gate(state, start_request)
+        async with deadline:
+            if settings.honour_disconnects:
+                body = await _start_unless_abandoned(state, start_request, request.receive)
+            else:
+                async with state["gate"].hold(start_request.account):
+                    body = await _start_in_gate(state, start_request)
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -132,6 +153,30 @@ async def start(request: Request[AppState]) -> Response:
 
 
 async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
+    job = await _create_job(state, start_request)
+    return await _answer(state, start_request, job)
+
+
+async def _start_unless_abandoned(
+    state: AppState, start_request: StartRequest, receive: Receive
+) -> dict[str, str]:
+    """As :func:`_start_in_gate` in the account's gate, but a client that leaves before its
+    job is created (on the way to the gate, at it, or in it) gives up its place at once
+    and starts nothing."""
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            async with abandon_on_disconnect(receive):
+                await held.enter_async_context(state["gate"].hold(start_request.account))
+                job = await _create_job(state, start_request)
+            return await _answer(state, start_request, job)
+    except ClientGone:
+        state["counts"].starts_abandoned += 1
+        logger.debug("a /start of %r abandoned: its client left", start_request.account)
+        raise
+
+
+async def _create_job(state: AppState, start_request: StartRequest) -> Job:
+    """What /start does in the account's gate before its job exists, then the job."""
     if state["draining"].is_set():
         raise ShuttingDown
     faults = state["faults"]
@@ -140,11 +185,41 @@ async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[s
     refusal = faults.start_refusal()
     if refusal is not None:
         raise StartRefused(*refusal)
-    job = state["runner"].submit(start_request.account, start_request.callback)
+    return state["runner"].submit(start_request.account, start_request.callback)
+
+
+async def _answer(state: AppState, start_request: StartRequest, job: Job) -> dict[str, str]:
+    """The answer to /start once its job exists: at once, or when the job ends."""
     if not start_request.wait:
+        window = state["settings"].callback_before_answer
+        if window > 0:
+            await _call_back_before_answer(job, window, state["callbacks"])
         return {"state": "running", "id": job.id}
     await _wait_until_finished(job, state["draining"])
     return job.to_json()
+
+
+async def _call_back_before_answer(job: Job, window: float, callbacks: CallbackSender) -> None:
+    """Hold the answer up to ``window`` s for the job: one done by then is called back
+    (the callback sent and its answer awaited) before /start answers, as a job server
+    that finishes quick jobs inline does. A job still running is called back when it ends.
+    """
+    job.callback_inline = True
+    delivery = None
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window):
+                await job.finished.wait()
+    finally:
+        # Decided here, with nothing awaited since the job's state was read: the job ended
+        # and is this handler's to call back (sent even when this handler is cancelled:
+        # the sender owns the delivery), or it is the runner's when it ends.
+        job.callback_inline = False
+        if job.finished.is_set():
+            delivery = callbacks.send_now(job)
+    if delivery is not None:
+        # Waited, not shielded: a cancelled request leaves the delivery going, to the sender.
+        await asyncio.wait((delivery,))
 
 
 async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:
@@ -165,8 +240,12 @@ async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:
 
 async def status(request: Request[AppState]) -> Response:
     """``GET /status/{job_id}``: the job as it stands."""
+    state = request.state
+    state["counts"].status_polls += 1
+    if state["faults"].status_error():
+        raise StatusFailed("injected fault: status_error_rate")
     job_id = request.path_params["job_id"]
-    job = request.state["store"].get(job_id)
+    job = state["store"].get(job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}: unknown, or finished longer than status_ttl ago")
     return JSONAnswer(job.to_json())
@@ -212,6 +291,8 @@ async def healthz(request: Request[AppState]) -> Response:
             "jobs_queued": runner.admitted - runner.running,
             "callbacks_pending": request.state["callbacks"].pending,
             "start_queue_peak": request.state["gate"].peak,
+            "status_polls": request.state["counts"].status_polls,
+            "starts_abandoned": request.state["counts"].starts_abandoned,
         }
     )
 
@@ -261,6 +342,7 @@ def create_app(
             try:
                 yield AppState(
                     settings=settings,
+                    counts=RequestCounts(),
                     store=store,
                     gate=AccountGate(travel=settings.latency),
                     runner=runner,

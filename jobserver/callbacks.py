@@ -8,6 +8,13 @@ attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body
 Connection errors, timeouts and 5xx answers are retried with capped exponential backoff
 and jitter, up to ``callback_attempts`` attempts; any other answer is final.
 
+In the order ``callback_order`` says: ``in_order`` (the default) sends each callback in
+a task of its own as soon as its job ends; ``shuffled`` puts it in one pending pool, from
+which ``callback_senders`` sender tasks each take a callback at random (a seeded stream)
+and deliver it, as a job server that sends from a bounded pool does: under a burst,
+callbacks come late and out of order. The pool is a list a sender swap-removes from, so
+a burst of any size costs O(1) per callback.
+
 This module decides what to send and when; each callback's request is built here as
 bytes once, and :mod:`jobserver.connections` carries them to the receiver. Given an
 ``httpx.AsyncClient`` instead of a pool (an app built with a ``callback_transport``, as
@@ -19,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -105,48 +114,160 @@ class CallbackSender:
         self._latency = settings.latency
         # json.dumps with any option builds a new encoder per call.
         self._encode_json = json.JSONEncoder(separators=(",", ":")).encode
+        # Deliveries of their own (in_order), callbacks on their way to the pool
+        # (callback_delay) and callbacks sent before a /start answers.
         self._tasks: set[asyncio.Task[None]] = set()
+        # callback_order shuffled: the pending pool, a count of it to wait on, and the
+        # senders (started with the first callback).
+        self._shuffled = settings.callback_order == "shuffled"
+        self._sender_count = settings.callback_senders
+        self._queued: list[tuple[Callback, str]] = []
+        self._queued_count = asyncio.Semaphore(0)
+        self._senders: set[asyncio.Task[None]] = set()
+        self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.delivered = 0
         self.rejected = 0
         self.abandoned = 0
 
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        """Callbacks not yet delivered, rejected or abandoned: sending, waiting, or in the pool."""
+        return len(self._tasks) + len(self._queued) + self._sending
+
+    @property
+    def queued(self) -> int:
+        """Callbacks in the pending pool that no sender has taken yet (shuffled)."""
+        return len(self._queued)
 
     def job_finished(self, job: Job) -> None:
-        """Send the finished job to its callback URL, if it has one."""
-        if job.callback is not None:
+        """Send the finished job to its callback URL, if it has one (and its /start does not)."""
+        if job.callback is not None and not job.callback_inline:
             self.schedule(job.callback, job.to_json(), job.id)
 
     def schedule(self, url: httpx.URL, payload: dict[str, str], job_id: str) -> None:
-        """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults).
+        """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults),
+        in the order ``callback_order`` says.
 
         Raises :class:`ValueError` for a URL that is not http or https.
         """
+        prepared = self._prepare(url, payload, job_id)
+        if prepared is None:
+            return
+        callback, copies = prepared
+        for _ in range(copies):
+            if not self._shuffled:
+                self._own(self._deliver_late(callback, job_id), f"callback-{job_id}")
+            elif self._faults.callback_delay > 0:
+                self._own(self._queue_late(callback, job_id), f"callback-{job_id}")
+            else:
+                self._queue(callback, job_id)
+
+    def send_now(self, job: Job) -> asyncio.Task[None] | None:
+        """Deliver the finished job's callback at once, every copy and attempt, in one task
+        (whatever ``callback_order``): a /start awaits it before it answers. None when
+        there is nothing to send."""
+        if job.callback is None:
+            return None
+        prepared = self._prepare(job.callback, job.to_json(), job.id)
+        if prepared is None:
+            return None
+        callback, copies = prepared
+        return self._own(self._deliver_copies(callback, job.id, copies), f"callback-{job.id}")
+
+    async def drain(self, timeout: float) -> int:
+        """Wait (at most ``timeout``) for the deliveries under way; return how many are left."""
+        if self.pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+        return self.pending
+
+    async def close(self, timeout: float) -> int:
+        """Cancel every unfinished delivery and wait (at most ``timeout``); return the count."""
+        unfinished = self.pending
+        self._queued.clear()
+        self._queued_count = asyncio.Semaphore(0)
+        await cancel_all(self._tasks | self._senders, timeout)
+        return unfinished
+
+    def _prepare(
+        self, url: httpx.URL, payload: dict[str, str], job_id: str
+    ) -> tuple[Callback, int] | None:
+        """The callback to send and how many times, or None when the drop fault takes it."""
         copies = self._faults.callback_copies()
         if copies == 0:
             logger.debug("job %s: callback to %s dropped (injected fault)", job_id, url)
-            return
+            return None
         body = self._encode_json(payload).encode()
         message_id = "msg_" + self._streams.token_hex("message-ids", MESSAGE_ID_BYTES)
         callback = Callback(
             url, callback_origin(url), request_head(url, len(body)), body, message_id
         )
+        return callback, copies
+
+    def _own(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self.pending:
+            self._idle.set()
+
+    def _queue(self, callback: Callback, job_id: str) -> None:
+        """Put a callback in the pending pool, for a sender to take."""
+        if not self._senders:
+            for number in range(self._sender_count):
+                sender = asyncio.create_task(
+                    self._send_from_pool(), name=f"callback-sender-{number}"
+                )
+                self._senders.add(sender)
+                sender.add_done_callback(self._senders.discard)
+        self._queued.append((callback, job_id))
+        self._idle.clear()
+        self._queued_count.release()
+
+    async def _queue_late(self, callback: Callback, job_id: str) -> None:
+        await asyncio.sleep(self._faults.callback_delay)
+        self._queue(callback, job_id)
+
+    async def _send_from_pool(self) -> None:
+        """One sender: take a pending callback at random, deliver it, again."""
+        rng = self._streams.stream("callback-order")
+        queued = self._queued
+        while True:
+            # One permit per callback in the pool, taken just before the callback.
+            await self._queued_count.acquire()
+            index = rng.randrange(len(queued))
+            queued[index], queued[-1] = queued[-1], queued[index]
+            callback, job_id = queued.pop()
+            self._sending += 1
+            try:
+                await self._deliver(callback, job_id)
+            except Exception:
+                # A sender outlives a failed delivery: the pool keeps its size.
+                logger.exception("job %s: callback to %s failed", job_id, callback.url)
+            finally:
+                self._sending -= 1
+                self._settle()
+
+    async def _deliver_copies(self, callback: Callback, job_id: str, copies: int) -> None:
         for _ in range(copies):
-            task = asyncio.create_task(self._deliver(callback, job_id), name=f"callback-{job_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            await self._deliver_late(callback, job_id)
 
-    async def drain(self, timeout: float) -> int:
-        """Wait (at most ``timeout``) for the deliveries under way; return how many are left."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
-        return len(self._tasks)
-
-    async def close(self, timeout: float) -> int:
-        """Cancel every unfinished delivery and wait (at most ``timeout``); return the count."""
-        return await cancel_all(self._tasks, timeout)
+    async def _deliver_late(self, callback: Callback, job_id: str) -> None:
+        delay = self._faults.callback_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self._deliver(callback, job_id)
 
     def request(self, callback: Callback) -> bytes:
         """The bytes of one attempt, signed (with the attempt's timestamp) when a secret is set."""
@@ -176,9 +297,6 @@ class CallbackSender:
 
     async def _deliver(self, callback: Callback, job_id: str) -> None:
         url = callback.url
-        delay = self._faults.callback_delay
-        if delay > 0:
-            await asyncio.sleep(delay)
         for attempt in range(1, self._attempts + 1):
             if self._latency > 0:
                 await asyncio.sleep(self._latency)  # on its way to the receiver

@@ -24,6 +24,7 @@ ENV_PREFIX = "JOBSERVER_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+CallbackOrder = Literal["in_order", "shuffled"]
 
 
 class Settings(LayeredSettings):
@@ -83,6 +84,24 @@ class Settings(LayeredSettings):
     callback_connections: int = Field(
         default=1000, ge=1, description="callback requests in flight at once (pooled connections)"
     )
+    callback_order: CallbackOrder = Field(
+        default="in_order",
+        description=(
+            "in_order: each callback sent as its job ends; shuffled: from one pending pool, "
+            "in random order, by callback_senders senders"
+        ),
+    )
+    callback_senders: int = Field(
+        default=8, ge=1, description="senders of the pending pool (callback_order shuffled)"
+    )
+    callback_before_answer: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "seconds a wait: false /start holds for its job; a job done by then is called "
+            "back before /start answers; 0 = off"
+        ),
+    )
     # Faults
     failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of jobs that fail")
     callback_drop_rate: float = Field(
@@ -105,6 +124,13 @@ class Settings(LayeredSettings):
     )
     start_latency: float = Field(
         default=0.0, ge=0, description="seconds spent in the account gate per /start"
+    )
+    status_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of GET /status answered 500"
+    )
+    honour_disconnects: bool = Field(
+        default=False,
+        description="a /start whose client leaves before its job is created starts none",
     )
     # Network
     latency: float = Field(

@@ -8,6 +8,7 @@ No handler builds an error response by hand.
     ├── BadRequest              400 bad_request: the body is not a valid request
     ├── BodyTooLarge            413 body_too_large
     ├── JobNotFound             404 not_found
+    ├── StatusFailed            500 status_failed: an injected GET /status fault
     ├── AccountUnknown          422 unknown_account: /verify without an account, for jobs
     │                               this server does not know
     ├── InvalidProof            422 invalid_proof: the body also lists each failed job
@@ -15,6 +16,9 @@ No handler builds an error response by hand.
     ├── QueueFull               503 busy, with Retry-After: max_running jobs run and
     │                               queue_size more wait
     ├── ShuttingDown            503 shutting_down: the server stops before the job ends
+    ├── ClientGone              499 client_closed: the client of a /start left before its
+    │                               job was created (honour_disconnects); nobody reads
+    │                               it, the access log shows it, as nginx's 499
     └── RequestTimeout          504 timeout: /start did not end within request_timeout
 
 The table answers three more: ``proofs.InvalidBundle`` (422 bad_bundle: not a bundle in
@@ -58,6 +62,11 @@ class BodyTooLarge(ApiError):
 class JobNotFound(ApiError):
     status = 404
     error = "not_found"
+
+
+class StatusFailed(ApiError):
+    status = 500
+    error = "status_failed"
 
 
 class AccountUnknown(ApiError):
@@ -113,6 +122,14 @@ class ShuttingDown(ApiError):
 
     def __init__(self) -> None:
         super().__init__("the job server is shutting down", retry_after=1)
+
+
+class ClientGone(ApiError):
+    status = 499
+    error = "client_closed"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before its job was created")
 
 
 class RequestTimeout(ApiError):

@@ -65,6 +65,7 @@ class FaultInjector:
             "callback_drop": 0,
             "callback_duplicate": 0,
             "start_error": 0,
+            "status_error": 0,
         }
 
     @property
@@ -107,3 +108,10 @@ class FaultInjector:
             self.injected["start_error"] += 1
             return settings.start_error_status, "injected fault: start_error_rate"
         return None
+
+    def status_error(self) -> bool:
+        """True when this ``GET /status`` must be answered 500 instead of the job."""
+        if not _roll(self._streams.stream("status-error"), self._settings.status_error_rate):
+            return False
+        self.injected["status_error"] += 1
+        return True

@@ -75,6 +75,9 @@ class Job:
     proof: str | None = None
     error: str | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set while its /start waits to call it back before answering (callback_before_answer):
+    # the callback is that handler's to send, not the runner's.
+    callback_inline: bool = False
 
     def to_json(self) -> dict[str, str]:
         """The job as ``/status``, ``wait: true`` and callbacks show it."""

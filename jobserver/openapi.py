@@ -172,6 +172,19 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "description": "Most /start requests of one account at its gate at once.",
                 },
+                "status_polls": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "GET /status requests answered, whatever the answer.",
+                },
+                "starts_abandoned": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": (
+                        "/start requests whose client left before their job was created "
+                        "(honour_disconnects)."
+                    ),
+                },
             },
         },
         "Error": {
@@ -261,6 +274,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("Job"), "the job"),
                         "404": _error("no such job, or it expired"),
+                        "500": _error("an injected fault (status_error_rate), or a bug"),
                     },
                 }
             },

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import socket
 import ssl
 import time
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from jobserver.app import create_app
+from jobserver.app import AppState, create_app
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import IDLE_EXPIRY, ConnectionPool
@@ -59,14 +60,52 @@ async def jobserver_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking in-process to a job server built from ``overrides``
     (its callbacks through ``callback_transport`` when one is given)."""
+    async with jobserver_inside(callback_transport, **overrides) as (client, _):
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def jobserver_inside(
+    callback_transport: httpx.AsyncBaseTransport | None = None, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+    """As :func:`jobserver_client`, with the app's lifespan state, for tests that wait
+    on its parts (the callback sender's drain)."""
     app = create_app(fast_settings(**overrides), callback_transport)
     async with (
-        app_lifespan(app) as (served, _),
+        app_lifespan(app) as (served, state),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(served), base_url="http://jobserver"
         ) as client,
     ):
-        yield client
+        yield client, cast(AppState, state)
+
+
+class HeldReceiver:
+    """A callback receiver (an ASGI app, for a ``callback_transport``) that holds every
+    answer until :meth:`release`; ``arrived`` gets each callback's job as it comes."""
+
+    def __init__(self) -> None:
+        self.arrived: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self.jobs: list[dict[str, str]] = []
+        self._released = asyncio.Event()
+
+    def transport(self) -> httpx.ASGITransport:
+        async def hook(request: Request) -> Response:
+            job = json.loads(await request.body())
+            self.jobs.append(job)
+            self.arrived.put_nowait(job)
+            await self._released.wait()
+            return Response()
+
+        return httpx.ASGITransport(Starlette(routes=[Route("/hook", hook, methods=["POST"])]))
+
+    async def next(self, timeout: float = DELIVERY_TIMEOUT) -> dict[str, str]:
+        """The next callback's job, waiting at most ``timeout`` seconds."""
+        return await asyncio.wait_for(self.arrived.get(), timeout)
+
+    def release(self) -> None:
+        """Answer every held callback, and the later ones at once."""
+        self._released.set()
 
 
 @dataclass(frozen=True)

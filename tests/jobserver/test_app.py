@@ -18,11 +18,14 @@ from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_p
 from tests.jobserver.servers import (
     ORIGINAL_ACCOUNT,
     ORIGINAL_BUNDLE,
+    HeldReceiver,
     callback_receiver,
     jobserver_client,
+    jobserver_inside,
 )
 
 SECRET = "test-secret"
+WAIT = 10.0
 STARTED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 # As the real server's: 13 to 16 lowercase hex digits, no leading zero.
 JOB_ID = re.compile(r"^[1-9a-f][0-9a-f]{12,15}$")
@@ -293,6 +296,21 @@ async def test_healthz_counts_jobs() -> None:
     assert health["jobs_running"] <= 1
 
 
+async def test_healthz_counts_every_status_poll_answered() -> None:
+    """/healthz status_polls counts GET /status answers of every kind: the job, 404 and 500."""
+    async with jobserver_client(job_duration=5.0) as client:
+        health = (await client.get("/healthz")).json()
+        assert (health["status_polls"], health["starts_abandoned"]) == (0, 0)
+        job_id = (await start(client, "acme")).json()["id"]
+        await client.get(f"/status/{job_id}")
+        await client.get(f"/status/{job_id}")
+        await client.get("/status/abc")
+        assert (await client.get("/healthz")).json()["status_polls"] == 3
+    async with jobserver_client(status_error_rate=1.0) as client:
+        assert (await client.get("/status/abc")).status_code == 500
+        assert (await client.get("/healthz")).json()["status_polls"] == 1
+
+
 async def test_openapi_document_describes_every_route() -> None:
     """/openapi.json is an OpenAPI 3 document with the routes and the request constraints."""
     async with jobserver_client() as client:
@@ -465,3 +483,97 @@ async def test_finished_jobs_are_labelled_json_in_utf8() -> None:
         response = await start(client, "acme", wait=True)
     assert response.status_code == 200
     assert response.headers["content-type"] == JSON_CONTENT_TYPE
+
+
+HELD_HOOK = "http://receiver.test/hook"
+
+
+async def test_a_quick_job_is_called_back_before_its_start_is_answered() -> None:
+    """callback_before_answer: a done job is called back before its /start answers running."""
+    receiver = HeldReceiver()
+    events: list[str] = []
+
+    async def start_and_note() -> httpx.Response:
+        response = await start(client, "acme", callback=HELD_HOOK)
+        events.append("answered")
+        return response
+
+    async with jobserver_inside(
+        receiver.transport(), job_duration=0.0, callback_before_answer=30.0
+    ) as (client, state):
+        answering = asyncio.create_task(start_and_note())
+        job = await receiver.next()
+        events.append("called back")
+        receiver.release()
+        response = await asyncio.wait_for(answering, WAIT)
+        assert await state["callbacks"].drain(WAIT) == 0
+    assert events == ["called back", "answered"]
+    assert response.status_code == 200
+    assert response.json() == {"state": "running", "id": job["id"]}
+    assert job["state"] == "completed"
+    assert receiver.jobs == [job]
+
+
+async def test_every_quick_job_is_called_back_before_its_start_is_answered() -> None:
+    """With jobs shorter than the window, each /start answer comes after its job's callback."""
+    receiver = HeldReceiver()
+    receiver.release()
+    async with jobserver_inside(
+        receiver.transport(), job_duration=0.0, callback_before_answer=30.0
+    ) as (client, state):
+        for _ in range(10):
+            job_id = (await start(client, "acme", callback=HELD_HOOK)).json()["id"]
+            assert [job["id"] for job in receiver.jobs][-1] == job_id
+        assert await state["callbacks"].drain(WAIT) == 0
+    assert len({job["id"] for job in receiver.jobs}) == len(receiver.jobs) == 10
+
+
+async def test_a_job_still_running_after_the_window_is_called_back_when_it_ends() -> None:
+    """A job that outlasts callback_before_answer: /start answers at the window, the callback
+    comes once, when the job ends."""
+    receiver = HeldReceiver()
+    async with jobserver_inside(
+        receiver.transport(), job_duration=0.5, callback_before_answer=0.05
+    ) as (client, state):
+        # The receiver holds its answers: a /start that waited for the callback would hang.
+        response = await asyncio.wait_for(start(client, "acme", callback=HELD_HOOK), WAIT)
+        job = await receiver.next()
+        receiver.release()
+        assert await state["callbacks"].drain(WAIT) == 0
+    assert response.json() == {"state": "running", "id": job["id"]}
+    assert receiver.jobs == [job]
+
+
+async def test_the_duplicate_fault_sends_a_callback_twice_before_the_answer_and_no_more() -> None:
+    """callback_before_answer with callback_duplicate_rate 1: both copies come before the
+    answer, and no third."""
+    receiver = HeldReceiver()
+    receiver.release()
+    async with jobserver_inside(
+        receiver.transport(),
+        job_duration=0.0,
+        callback_before_answer=30.0,
+        callback_duplicate_rate=1.0,
+    ) as (client, state):
+        job_id = (await start(client, "acme", callback=HELD_HOOK)).json()["id"]
+        assert [job["id"] for job in receiver.jobs] == [job_id, job_id]
+        assert await state["callbacks"].drain(WAIT) == 0
+    assert len(receiver.jobs) == 2
+
+
+async def test_the_window_holds_the_account_gate() -> None:
+    """While a /start holds for its callback, the account's next /start waits; others do not."""
+    receiver = HeldReceiver()
+    async with jobserver_inside(
+        receiver.transport(), job_duration=0.0, callback_before_answer=30.0
+    ) as (client, state):
+        holding = asyncio.create_task(start(client, "acme", callback=HELD_HOOK))
+        await receiver.next()
+        other = await asyncio.wait_for(start(client, "other"), WAIT)
+        queued = asyncio.create_task(start(client, "acme"))
+        assert other.status_code == 200
+        receiver.release()
+        await asyncio.wait_for(asyncio.gather(holding, queued), WAIT)
+        assert await state["callbacks"].drain(WAIT) == 0
+    # The account's second start came to the gate while the first still held it.
+    assert state["gate"].peak == 2

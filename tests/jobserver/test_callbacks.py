@@ -29,9 +29,11 @@ from jobserver.faults import FaultInjector, RandomStreams
 from tests.jobserver.servers import (
     CallbackReceiver,
     Delivery,
+    HeldReceiver,
     callback_receiver,
     expected_signature,
     jobserver_client,
+    jobserver_inside,
     raw_receiver,
     sender_over,
 )
@@ -40,6 +42,7 @@ WAIT = 5.0
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 PAYLOAD = {"id": "0123456789abcdef", "state": "completed"}
 RECEIVER = httpx.URL("http://receiver/cb")
+HELD_URL = httpx.URL("http://receiver.test/hook")
 
 Answer = Callable[[httpx.Request], httpx.Response]
 
@@ -331,3 +334,104 @@ async def test_many_concurrent_callbacks_are_delivered() -> None:
         paths = {(await receiver.next()).path for _ in range(100)}
         assert await sender.drain(WAIT) == 0
     assert len(paths) == 100
+
+
+async def test_shuffled_callbacks_go_in_a_seeded_random_order(sender_with: SenderWith) -> None:
+    """callback_order shuffled: each callback once, not in the order the jobs ended, in the
+    same order for the same seed and in another for another seed."""
+
+    async def order(seed: int = 3) -> list[str]:
+        shuffled = {"callback_order": "shuffled", "callback_senders": 1, "seed": seed}
+        async with sender_with(answers(), **shuffled) as (sender, requests):
+            for index in range(50):
+                sender.schedule(RECEIVER, {"id": str(index)}, str(index))
+            assert await sender.drain(WAIT) == 0
+        return [json.loads(request.content)["id"] for request in requests]
+
+    first = await order()
+    assert sorted(first, key=int) == [str(index) for index in range(50)]
+    assert first != sorted(first, key=int)
+    assert first == await order()
+    assert first != await order(seed=4)
+
+
+def held_client(receiver: HeldReceiver) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=receiver.transport())
+
+
+async def test_shuffled_senders_bound_the_callbacks_in_flight() -> None:
+    """With callback_senders 3, three callbacks are in flight and the rest wait in the pool."""
+    receiver = HeldReceiver()
+    settings = Settings(callback_order="shuffled", callback_senders=3, seed=1)
+    streams = RandomStreams(settings.seed)
+    async with held_client(receiver) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        for index in range(10):
+            sender.schedule(HELD_URL, {"id": str(index)}, str(index))
+        for _ in range(3):
+            await receiver.next()
+        # Each sender holds one callback (its receiver has not answered): 7 wait.
+        assert (sender.queued, sender.pending) == (7, 10)
+        receiver.release()
+        assert await sender.drain(WAIT) == 0
+    assert sorted(int(job["id"]) for job in receiver.jobs) == list(range(10))
+    assert sender.delivered == 10
+
+
+async def test_closing_cancels_the_senders_and_empties_the_pool() -> None:
+    """close() counts the callbacks in flight and in the pool, and leaves no sender running."""
+    receiver = HeldReceiver()
+    settings = Settings(callback_order="shuffled", callback_senders=2, seed=1)
+    streams = RandomStreams(settings.seed)
+    async with held_client(receiver) as client:
+        sender = CallbackSender(client, settings, FaultInjector(settings, streams), streams)
+        for index in range(5):
+            sender.schedule(HELD_URL, {"id": str(index)}, str(index))
+        await receiver.next()
+        await receiver.next()
+        assert await sender.close(WAIT) == 5
+    assert sender.pending == 0
+    alive = [task.get_name() for task in asyncio.all_tasks() if not task.done()]
+    assert not [name for name in alive if name.startswith("callback-sender")]
+
+
+async def test_shuffled_callbacks_of_a_burst_each_arrive_once_over_http() -> None:
+    """A burst of jobs called back shuffled reaches a real receiver, each job's callback once."""
+    async with (
+        callback_receiver() as receiver,
+        jobserver_inside(
+            callback_order="shuffled", callback_senders=4, seed=5, job_duration=0.0
+        ) as (client, state),
+    ):
+        started = await asyncio.gather(
+            *(
+                client.post("/start", json={"account": f"a{index}", "callback": receiver.url})
+                for index in range(40)
+            )
+        )
+        ids = sorted([json.loads((await receiver.next()).body)["id"] for _ in range(40)])
+        assert await state["callbacks"].drain(WAIT) == 0
+        assert receiver.deliveries.empty()
+    assert ids == sorted(response.json()["id"] for response in started)
+
+
+async def test_healthz_counts_the_callbacks_in_the_pending_pool() -> None:
+    """callbacks_pending counts the callback a sender holds and those waiting in the pool."""
+    receiver = HeldReceiver()
+    async with jobserver_inside(
+        receiver.transport(), callback_order="shuffled", callback_senders=1
+    ) as (client, state):
+        # wait: true answers once the job has ended, so its callback is pending by then.
+        await asyncio.gather(
+            *(
+                client.post(
+                    "/start", json={"account": f"a{index}", "wait": True, "callback": str(HELD_URL)}
+                )
+                for index in range(4)
+            )
+        )
+        assert (await client.get("/healthz")).json()["callbacks_pending"] == 4
+        receiver.release()
+        assert await state["callbacks"].drain(WAIT) == 0
+        assert (await client.get("/healthz")).json()["callbacks_pending"] == 0
+    assert len(receiver.jobs) == 4

@@ -157,3 +157,37 @@ def test_seeded_streams_are_independent_per_purpose() -> None:
         busy.stream("failure").random()
     assert quiet.token_hex("message-ids", 12) == busy.token_hex("message-ids", 12)
     assert draw_job_id(quiet) == draw_job_id(busy)
+
+
+async def test_status_error_rate_one_answers_500_json() -> None:
+    """status_error_rate 1: GET /status of a known job is 500 status_failed, as JSON."""
+    async with jobserver_client(status_error_rate=1.0, job_duration=5.0) as client:
+        job_id = (await start(client, "acme")).json()["id"]
+        response = await client.get(f"/status/{job_id}")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert response.json() == {
+        "error": "status_failed",
+        "detail": "injected fault: status_error_rate",
+    }
+
+
+async def test_seeded_status_error_rate_fails_some_polls_the_same_way_each_run() -> None:
+    """status_error_rate 0.5 with a seed answers some polls 500 and others the job, reproducibly."""
+
+    async def statuses() -> list[int]:
+        async with jobserver_client(seed=4, status_error_rate=0.5, job_duration=5.0) as client:
+            job_id = (await start(client, "acme")).json()["id"]
+            return [(await client.get(f"/status/{job_id}")).status_code for _ in range(30)]
+
+    run = await statuses()
+    assert run == await statuses()
+    assert set(run) == {200, 500}
+
+
+def test_status_errors_are_counted_with_the_other_faults() -> None:
+    """Each injected /status error is counted in the faults' injected counts."""
+    faults = FaultInjector(Settings(status_error_rate=0.5, seed=6), RandomStreams(6))
+    failed = sum(faults.status_error() for _ in range(40))
+    assert 0 < failed < 40
+    assert faults.injected["status_error"] == failed
