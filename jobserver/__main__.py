@@ -24,6 +24,7 @@ from pathlib import Path
 
 import uvicorn
 
+from infra.head import bounded_head_protocol
 from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
 from jobserver.app import begin_drain, create_app
 from jobserver.config import ConfigError, Settings
@@ -145,7 +146,7 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
-        http="httptools",
+        http=bounded_head_protocol(settings.max_head_size, settings.max_headers),
         ws="none",
         lifespan="on",
         log_config=None,  # keep the logging configured above

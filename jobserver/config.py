@@ -45,6 +45,12 @@ class Settings(LayeredSettings):
     max_body_size: int = Field(
         default=65536, ge=1, description="largest /start body in bytes (else 413)"
     )
+    max_head_size: int = Field(
+        default=16384,
+        ge=1024,
+        description="largest request head (request line and headers) in bytes (else 431)",
+    )
+    max_headers: int = Field(default=100, ge=8, description="most header lines (else 431)")
     max_proof_size: int = Field(
         default=16 * 1024 * 1024, ge=1, description="largest /verify body in bytes (else 413)"
     )

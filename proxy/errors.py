@@ -2,7 +2,8 @@
 
 Library errors (httpx, Redis) are translated into these at one boundary each
 (``proxy.upstream`` and ``proxy.shared``); ``proxy.app`` maps them to JSON responses in
-one exception handler. Route handlers never build error responses by hand.
+one exception handler. Route handlers never build error responses by hand. An error
+about a job that the job server did start carries its ``job_id`` in the body.
 
     ProxyError                      500 internal_error
     ├── BadRequest                  400 bad_request
@@ -38,16 +39,22 @@ class ProxyError(Exception):
     status_code: int = 500
     error: str = "internal_error"
 
-    def __init__(self, detail: Any = None) -> None:
+    def __init__(self, detail: Any = None, *, job_id: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail if detail is not None else (self.__doc__ or "").strip()
+        #: The job server's job this error is about, when one was started: the client
+        #: can follow it (``GET /status/{id}``) instead of starting another.
+        self.job_id = job_id
 
     @property
     def headers(self) -> dict[str, str]:
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
+        body = {"error": self.error, "detail": self.detail}
+        if self.job_id is not None:
+            body["job_id"] = self.job_id
+        return body
 
     def answer(self) -> Answer:
         """The whole HTTP answer: status, headers and the JSON body."""
@@ -120,13 +127,6 @@ class JobLost(UpstreamError):
 
     error = "job_lost"
 
-    def __init__(self, detail: Any = None, *, job_id: str) -> None:
-        super().__init__(detail)
-        self.job_id = job_id
-
-    def body(self) -> dict[str, Any]:
-        return {**super().body(), "job_id": self.job_id}
-
 
 class UpstreamRejected(UpstreamError):
     """The job server refused the request; its status and answer are passed on."""
@@ -144,8 +144,10 @@ class Unavailable(ProxyError):
     status_code = 503
     error = "unavailable"
 
-    def __init__(self, detail: Any = None, *, retry_after: float = 1.0) -> None:
-        super().__init__(detail)
+    def __init__(
+        self, detail: Any = None, *, retry_after: float = 1.0, job_id: str | None = None
+    ) -> None:
+        super().__init__(detail, job_id=job_id)
         self.retry_after = retry_after
 
     @property

@@ -171,7 +171,7 @@ class OverdueWatch:
         lost_after: float | None = None  # the same for every job at this instant
         while self._queue:
             waiter, deadline = self._queue[0]
-            if waiter.settled:
+            if waiter.settled or waiter.released:  # answered, or its client has gone
                 self._queue.popleft()
                 continue
             if lost_after is None:

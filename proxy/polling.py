@@ -240,11 +240,8 @@ def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failu
         job = decode_json(response.content)
     except ValueError:
         return _Failure("an answer that is not JSON")
-    if (
-        not isinstance(job, dict)
-        or job.get("state") not in JOB_STATES
-        or job.get("id", job_id) != job_id
-    ):
+    # The answer must name the job asked about: any other is no answer about it.
+    if not isinstance(job, dict) or job.get("state") not in JOB_STATES or job.get("id") != job_id:
         return _Failure(f"a malformed status answer: {response.text[:200]!r}")
     return job
 

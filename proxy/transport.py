@@ -165,6 +165,11 @@ class _Connection(asyncio.Protocol):
             if self.received > self.pool.max_response_size + MAX_HEAD_SIZE:
                 raise self._too_large()
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols (or an upgrade): whatever follows is not HTTP/1.1.
+            self.fail(
+                httpx.RemoteProtocolError(f"{self.pool.origin} switched protocols: no answer")
+            )
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, httpx.TransportError):  # raised by a callback below

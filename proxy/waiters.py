@@ -20,7 +20,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, IntFlag
 from typing import Any
@@ -199,6 +199,15 @@ class Waiter:
             self.future.cancel()
 
 
+def _drained(job_id: str | None) -> ShuttingDown:
+    if job_id is None:
+        return ShuttingDown("the proxy shut down before the job server accepted the job")
+    return ShuttingDown(
+        f"the proxy shut down before job {job_id} finished; it goes on at the job server",
+        job_id=job_id,
+    )
+
+
 class Holding:
     """``with registry.hold() as waiter``: the waiter is released when the block ends."""
 
@@ -305,7 +314,9 @@ class WaiterRegistry:
             if waiter.job_id is None:
                 late = JobTimeout("the deadline passed before the job server accepted the job")
             else:
-                late = JobTimeout(f"job {waiter.job_id} did not finish within the deadline")
+                late = JobTimeout(
+                    f"job {waiter.job_id} did not finish within the deadline", job_id=waiter.job_id
+                )
             if waiter.fail(late, AnsweredBy.DEADLINE) and waiter.send is not None:
                 self.respond_soon(waiter)
         self._arm()
@@ -335,9 +346,13 @@ class WaiterRegistry:
         self._responders.add(task)
         task.add_done_callback(self._responders.discard)
 
-    async def fail_all(self, error: ProxyError) -> int:
-        """Answer every waiter still unanswered with ``error``; returns how many."""
-        failed = [w for w in self._waiters.values() if w.fail(error, AnsweredBy.DRAIN)]
+    async def fail_all(self, error: Callable[[str | None], ProxyError]) -> int:
+        """Answer every waiter still unanswered with ``error(its job id)``; returns how many."""
+        failed = [
+            waiter
+            for waiter in self._waiters.values()
+            if waiter.fail(error(waiter.job_id), AnsweredBy.DRAIN)
+        ]
         await asyncio.gather(*(waiter.respond() for waiter in failed))
         return len(failed)
 
@@ -357,7 +372,7 @@ class WaiterRegistry:
         finally:
             for waiting in waits:
                 waiting.cancel()
-        failed = await self.fail_all(ShuttingDown("the proxy shut down before the job finished"))
+        failed = await self.fail_all(_drained)
         return held - failed, failed
 
     async def wait_until_empty(self) -> None:

@@ -17,7 +17,7 @@ from jobserver.__main__ import EXIT_OK, PROOF_INVALID, STARTUP_FAILURE, main
 from jobserver.faults import RandomStreams
 from jobserver.jobs import draw_job_id
 from jobserver.proofs import PROOF_MISMATCH, CompletedJob, encode_bundle, make_proof
-from tests.conftest import loopback_socket, run_program
+from tests.conftest import eventually, loopback_socket, run_program
 from tests.jobserver.servers import (
     ORIGINAL_ACCOUNT,
     ORIGINAL_BUNDLE,
@@ -199,6 +199,34 @@ async def test_real_server_stops_cleanly_on_sigint() -> None:
     """SIGINT stops the server with exit 0 as well."""
     async with run_program("jobserver") as server:
         assert await server.stop(signal.SIGINT) == 0
+
+
+async def test_sighup_and_sigusr1_leave_the_server_serving() -> None:
+    """SIGHUP and SIGUSR1 are logged and ignored; a double SIGINT still stops it, exit 0,
+    with no traceback."""
+    async with run_program("jobserver", "--job-duration", "0.01") as server:
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            server.process.send_signal(sig)
+        await eventually(lambda: "SIGUSR1 ignored" in server.log_tail())
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as client:
+            job = (await client.post("/start", json={"account": "a", "wait": True})).json()
+        assert job["state"] == "completed"
+        server.process.send_signal(signal.SIGINT)
+        assert await server.stop(signal.SIGINT) == 0
+    assert "Traceback" not in server.log_tail()
+
+
+async def test_a_head_over_the_limit_is_431() -> None:
+    """The job server refuses a request head over max_head_size with 431 JSON."""
+    async with run_program("jobserver", "--max-head-size", "2048") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"POST /start HTTP/1.1\r\nhost: x\r\nx-big: {'a' * 3000}\r\n\r\n".encode())
+        async with asyncio.timeout(WAIT):
+            answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert b'"request_head_too_large"' in answer
 
 
 async def test_real_server_delivers_signed_callbacks_and_honours_env() -> None:

@@ -134,12 +134,19 @@ async def test_while_draining_callbacks_get_in_and_new_requests_get_503() -> Non
 
 
 async def test_drain_timeout_answers_the_rest_with_503() -> None:
-    """Jobs outlasting the drain timeout are answered 503 JSON, never a dropped socket."""
-    async with system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (_, proxy):
+    """Jobs outlasting the drain timeout are answered 503 JSON, never a dropped socket,
+    naming the job that goes on at the job server, so the client can follow it."""
+    async with system(["--job-duration", "5"], ["--drain-timeout", "0.2"]) as (jobserver, proxy):
         answers = await sigterm_while_held(proxy, [f"d{n}" for n in range(10)])
+        async with httpx.AsyncClient() as client:
+            statuses = [
+                (await client.get(f"{jobserver.url}/status/{answer.json()['job_id']}")).json()
+                for answer in answers
+            ]
     assert [a.status_code for a in answers] == [503] * 10
     assert all(a.json()["error"] == "shutting_down" for a in answers)
     assert all("retry-after" in a.headers for a in answers)
+    assert all(status["state"] == "running" for status in statuses)
 
 
 async def test_a_second_stop_signal_cuts_the_drain_short_and_still_stops_cleanly() -> None:

@@ -290,3 +290,12 @@ async def test_a_backlog_of_callbacks_none_lost_presumes_under_1_percent_lost(
     polled = [each for each in waiters if each.poll is not None]
     cleanup(*waiters)
     assert len(polled) < jobs / 100
+
+
+async def test_a_job_whose_client_left_is_never_polled(watch: OverdueWatch) -> None:
+    """A waiter released because its client went away is dropped, not polled."""
+    gone = waiter(started_at=100.0)
+    watch.track(gone, deadline=200.0)
+    gone.release()
+    assert watch.check(now=150.0) is None
+    assert gone.poll is None

@@ -432,6 +432,20 @@ async def test_busy_answers_and_successes_do_not_count_towards_lost(clock: FakeC
     assert answer["state"] == "completed"
 
 
+async def test_a_status_answer_without_the_jobs_id_is_no_answer(clock: FakeClock) -> None:
+    """A status answer that does not name the job asked about (no id, or another) is
+    not taken for it: polling goes on until the job's own answer."""
+    nameless = lambda request: httpx.Response(200, json={"state": "completed"})  # noqa: E731
+    other = lambda request: httpx.Response(200, json={"id": "other", "state": "failed"})  # noqa: E731
+    server = ScriptedJobServer(clock, nameless, other, job("completed", proof="p"))
+    async with server.client() as client:
+        answer = await wait_for_job(
+            client, BASE_URL, JOB_ID, deadline=clock() + 10, clock=clock, sleep=clock.sleep
+        )
+    assert answer == {"id": JOB_ID, "state": "completed", "proof": "p"}
+    assert len(server.requests) == 3
+
+
 async def test_without_lost_rules_404_is_polled_until_the_deadline(clock: FakeClock) -> None:
     """Used on its own without ``lost``, the poller treats 404 as not yet visible."""
     server = ScriptedJobServer(clock, status(404))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import select
 import shutil
 import socket
@@ -452,6 +453,19 @@ async def test_garbage_answer_is_remote_protocol_error() -> None:
         with pytest.raises(httpx.RemoteProtocolError, match="unparsable"):
             await get(transport)
         await server.until(lambda: server.closed == 1)
+
+
+async def test_switching_protocols_is_remote_protocol_error_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 101 Switching Protocols answer raises RemoteProtocolError and closes the
+    connection, without the event loop logging a fatal transport error."""
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nzz"
+    async with RawServer(answering(upgrade)) as server, pool_to(server.url) as transport:
+        with pytest.raises(httpx.RemoteProtocolError, match="switched protocols"):
+            await get(transport)
+        await server.until(lambda: server.closed == 1)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(

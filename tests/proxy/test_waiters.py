@@ -162,7 +162,7 @@ async def test_unread_failure_is_not_reported_as_never_retrieved() -> None:
         registry = WaiterRegistry("r", max_pending=10)
         with registry.hold() as waiter:
             waiter.future = loop.create_future()
-            await registry.fail_all(ShuttingDown())
+            await registry.fail_all(lambda job_id: ShuttingDown(job_id=job_id))
         assert waiter.settled
         assert waiter.future.done()
         del waiter
@@ -219,7 +219,10 @@ async def test_fail_all_fails_only_pending_waiters() -> None:
     answered, pending = HeldRequest(registry), HeldRequest(registry)
     registry.resolve((await answered.started()).token, JOB, BODY)
     await pending.started()
-    error = ShuttingDown("stop")
+
+    def error(job_id: str | None) -> ShuttingDown:
+        return ShuttingDown("stop", job_id=job_id)
+
     assert await registry.fail_all(error) == 1
     assert await answered.outcome() == JOB
     with pytest.raises(AnsweredWithError) as raised:
@@ -297,7 +300,7 @@ async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
         held.task.cancel()
     await asyncio.gather(*(held.task for held in answered + cancelled), return_exceptions=True)
     assert len(registry) == 5
-    assert await registry.fail_all(ShuttingDown()) == 5
+    assert await registry.fail_all(lambda job_id: ShuttingDown(job_id=job_id)) == 5
     outcomes = await asyncio.gather(*(held.task for held in failed), return_exceptions=True)
     assert all(
         isinstance(outcome, AnsweredWithError) and outcome.error == "shutting_down"
@@ -354,18 +357,22 @@ async def test_a_result_of_another_job_is_a_mismatch() -> None:
 
 
 async def test_held_jobs_past_their_deadline_are_answered_504_in_order() -> None:
-    """Every held job still unanswered at its deadline gets a 504 job_timeout answer; one
-    answered before it, or still starting, is left alone."""
+    """Every held job still unanswered at its deadline gets a 504 job_timeout answer, one
+    whose start is still under way included (its holder sends it); one answered before
+    is left alone."""
     registry = WaiterRegistry("r", max_pending=10, job_deadline=0.05)
     answered, late = HeldRequest(registry), HeldRequest(registry)
     await answered.started()
     registry.resolve((await answered.started()).token, JOB, BODY)
     await late.started()
-    with registry.hold() as starting:  # no job id yet: its start ends at the deadline itself
+    with registry.hold() as starting:  # no job id yet: its start is under way
         starting.future = asyncio.get_running_loop().create_future()
         with pytest.raises(AnsweredWithError) as raised:
             await late.outcome()
-        assert not starting.settled
+        await asyncio.wait_for(starting.future, 1)
+        assert starting.outcome == "job_timeout"
+        assert starting.answer is not None
+        assert b"before the job server accepted the job" in starting.answer[2]
     assert await answered.outcome() == JOB
     assert (raised.value.status, raised.value.error) == (504, "job_timeout")
     assert len(registry) == 0
