@@ -23,10 +23,10 @@ from rich.console import Console
 
 from bench.harness import ServerFailed
 from bench.load import LoadFailed
-from bench.options import SCENARIOS, TRANSPORTS, BenchOptions
+from bench.options import SCENARIOS, SHAPE_NAMES, TRANSPORTS, BenchOptions
 from bench.plot import PlotUnavailable, write_plot
 from bench.report import print_report, results_document
-from bench.scenarios import BenchResults, run_bench
+from bench.runs import BenchResults, run_bench
 from bench.servers import BENCH_PROXY_SETTINGS, proxy_environment
 from bench.system import files_needed, machine_info, raise_open_file_limit
 from proxy.config import ConfigError, Settings
@@ -46,6 +46,7 @@ QUICK = BenchOptions(
     network_accounts=4,
     warmup=4,
     request_timeout=20.0,
+    shapes=("inline", "leave-gate"),
 )
 
 Choice = TypeVar("Choice", bound=str)
@@ -137,9 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=lambda text: parse_choices(text, SCENARIOS, "scenario"),
         help=(
-            "fifty, scale, floor, network, fifty-direct (about 25 s), or all "
+            "fifty, scale, floor, network, shapes, fifty-direct (about 25 s), or all "
             f"(default {','.join(defaults.scenarios)})"
         ),
+    )
+    add(
+        "--shapes",
+        type=lambda text: parse_choices(text, SHAPE_NAMES, "job server shape"),
+        help=f"job server shapes of the shapes scenario (default {','.join(defaults.shapes)})",
     )
     add(
         "--transport",
@@ -217,6 +223,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         "job_duration": args.job_duration,
         "job_spread": args.job_spread,
         "scenarios": args.scenarios,
+        "shapes": args.shapes,
         "transports": args.transport,
         "fifty_jobs": args.fifty_jobs,
         "fifty_repeats": args.fifty_repeats,

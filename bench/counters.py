@@ -44,6 +44,20 @@ async def scrape_counters(base_url: str) -> dict[str, float]:
     return parse_counters(answer.body.decode(errors="replace"))
 
 
+async def scrape_sample(base_url: str, series: str) -> float | None:
+    """One sample of the proxy's ``/metrics`` now (a gauge, say); None when it cannot say."""
+    try:
+        answer = await fetch(f"{base_url}/metrics", SCRAPE_TIMEOUT)
+    except (OSError, TimeoutError, MalformedResponse):
+        return None
+    for line in answer.body.decode(errors="replace").splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            with contextlib.suppress(ValueError):
+                return float(value)
+    return None
+
+
 def answered_by_poll(counters: dict[str, float]) -> int:
     """Jobs whose status poll answered before their callback arrived."""
     series = 'jobproxy_status_poll_fallbacks_total{answered_by="poll"}'

@@ -10,6 +10,8 @@ matters is small: ``Content-Length`` bodies, chunked bodies, and bodies ended by
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -152,6 +154,15 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def reset(self) -> None:
+        """Hang up at once with a TCP reset, as a client that gives up does."""
+        if self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

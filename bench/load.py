@@ -3,7 +3,9 @@
 The bench spawns it (:func:`spawn_load`) so that the generator's CPU is not counted
 against the server it measures, and the proxy keeps a core to itself. It sends
 ``--jobs`` POSTs, all at once (each on its own connection, as held requests need) or
-one after another on one kept-alive connection (``--sequential``), and prints one JSON
+one after another on one kept-alive connection (``--sequential``); with
+``--leave-after S`` each client resets its connection S seconds after sending unless it
+was answered by then (outcome ``"left"``). It prints one JSON
 document on stdout: a :class:`LoadResult` with each request's latency, completion time
 and outcome (``"ok"`` or a short word saying what went wrong).
 """
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench.http import HttpConnection, MalformedResponse, build_post
-from bench.outcomes import Verdict, error_kind, failure, first_examples, judge
+from bench.outcomes import LEFT, Verdict, error_kind, failure, first_examples, judge
 from bench.system import files_needed, raise_open_file_limit
 
 # The generator needs a moment to start Python and to send its answer back.
@@ -47,6 +49,7 @@ class LoadPlan:
     wait: bool = True
     sequential: bool = False
     timeout: float = 40.0
+    leave_after: float | None = None  # seconds after sending; then the client resets
 
     def account(self, number: int) -> str:
         """Requests go round-robin over the accounts."""
@@ -59,6 +62,8 @@ class LoadPlan:
             flags.append("--no-wait")
         if self.sequential:
             flags.append("--sequential")
+        if self.leave_after is not None:
+            flags += ["--leave-after", str(self.leave_after)]
         return flags
 
 
@@ -136,7 +141,14 @@ async def _concurrent_request(
             _, connection = await loop.create_connection(HttpConnection, host, port)
             pending_answer = connection.send(request)
             written = time.perf_counter()
-            answer = await pending_answer
+            if plan.leave_after is None:
+                answer = await pending_answer
+            else:
+                done, _ = await asyncio.wait((pending_answer,), timeout=plan.leave_after)
+                if not done:
+                    connection.reset()
+                    return Sent(started, written, time.perf_counter(), Verdict(LEFT), None)
+                answer = pending_answer.result()
         verdict = judge(answer, wait=plan.wait)
     except (OSError, TimeoutError, MalformedResponse) as exc:
         verdict = failure(error_kind(exc, connected=connection is not None), exc)
@@ -267,9 +279,14 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
     parser.add_argument("--no-wait", dest="wait", action="store_false", help='send "wait":false')
     parser.add_argument("--sequential", action="store_true", help="one request at a time")
     parser.add_argument("--timeout", type=float, default=40.0, help="deadline of the run, s")
+    parser.add_argument(
+        "--leave-after", type=float, help="reset each connection unanswered this long, s"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.accounts < 1 or args.timeout <= 0:
         parser.error("--jobs and --accounts must be at least 1, --timeout above 0")
+    if args.leave_after is not None and not 0 <= args.leave_after < args.timeout:
+        parser.error("--leave-after must be at least 0 and below --timeout")
     return LoadPlan(
         url=args.url,
         jobs=args.jobs,
@@ -278,6 +295,7 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
         wait=args.wait,
         sequential=args.sequential,
         timeout=args.timeout,
+        leave_after=args.leave_after,
     )
 
 

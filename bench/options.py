@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 Transport = Literal["native", "httpx"]
-Scenario = Literal["fifty", "scale", "floor", "network", "fifty-direct"]
+Scenario = Literal["fifty", "scale", "floor", "network", "shapes", "fifty-direct"]
 TRANSPORTS: tuple[Transport, ...] = ("native", "httpx")
-SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "fifty-direct")
+SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "shapes", "fifty-direct")
+# The job server shapes of the "shapes" scenario (bench.shapes).
+SHAPE_NAMES: tuple[str, ...] = ("inline", "shuffled", "flaky-status", "leave-gate", "reset-burst")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +27,8 @@ class BenchOptions:
     rtts: tuple[float, ...] = (0.0, 20.0, 100.0, 200.0)
     network_jobs: int = 1_000
     network_accounts: int = 20
-    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network")
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "shapes")
+    shapes: tuple[str, ...] = SHAPE_NAMES
     transports: tuple[Transport, ...] = ("native",)
     # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
     proxy_settings: tuple[tuple[str, str], ...] = ()
@@ -46,6 +49,7 @@ class BenchOptions:
             "network_jobs": self.network_jobs,
             "network_accounts": self.network_accounts,
             "scenarios": list(self.scenarios),
+            "shapes": list(self.shapes),
             "transports": list(self.transports),
             "proxy_settings": dict(self.proxy_settings),
             "warmup": self.warmup,

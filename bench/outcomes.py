@@ -19,6 +19,7 @@ from typing import NamedTuple
 from bench.http import HttpAnswer, MalformedResponse, ResponseIncomplete
 
 OK = "ok"
+LEFT = "left"  # the client reset its connection before an answer, as the plan said
 PROOF = re.compile(r"[0-9A-F]{40}")
 ERROR_WORD = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 EXAMPLE_LENGTH = 300

@@ -14,7 +14,8 @@ from typing import Any
 
 from bench.load import LoadResult
 from bench.outcomes import OK
-from bench.scenarios import BenchResults, NetworkResult
+from bench.runs import BenchResults
+from bench.scenarios import NetworkResult
 
 SMALLEST_SHOWN_LATENCY = 1e-4  # s; the x axis is logarithmic
 LINE_STYLES = {"direct": "-", "native": "--", "httpx": ":"}

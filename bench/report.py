@@ -10,13 +10,15 @@ from rich.table import Table
 
 from bench.counters import answered_by_poll
 from bench.procfs import ProcessUsage
+from bench.report_shapes import shape_document, shapes_table
+from bench.runs import BenchResults
 from bench.scenarios import (
-    BenchResults,
     FiftyResult,
     FloorResult,
     MeasuredRun,
     NetworkResult,
     ScaleResult,
+    run_to_json,
 )
 from bench.stats import RunSummary, jobs_per_account
 from bench.targets import (
@@ -36,21 +38,6 @@ ERRORS_SHOWN = 3
 FLOOR_LABEL = "floor (raw ASGI under uvicorn)"
 
 
-def _usage(usage: ProcessUsage | None) -> dict[str, object] | None:
-    return usage.to_json() if usage is not None else None
-
-
-def run_document(run: MeasuredRun) -> dict[str, object]:
-    document = {
-        **run.summary.to_json(),
-        "jobserver": _usage(run.jobserver),
-        "proxy": _usage(run.proxy),
-    }
-    if run.proxy is not None:
-        document["proxy_counters"] = run.proxy_counters
-    return document
-
-
 def _number(value: float, digits: int = 4) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
@@ -67,19 +54,19 @@ def fifty_document(fifty: FiftyResult) -> dict[str, object]:
         "totals_of_repeats_s": [_number(run.summary.wall_s) for run in fifty.runs],
         "ratio": _number(fifty.ratio),
         "ratio_limit": FIFTY_RATIO_LIMIT,
-        "run": run_document(fifty.run),
+        "run": run_to_json(fifty.run),
     }
 
 
 def scale_document(scale: ScaleResult) -> dict[str, object]:
     proxied = {
-        transport: {**run_document(run), "ratio_to_direct": _number(scale.ratio(transport))}
+        transport: {**run_to_json(run), "ratio_to_direct": _number(scale.ratio(transport))}
         for transport, run in scale.proxied.items()
     }
     return {
         "size": scale.size,
         "accounts": scale.accounts,
-        "direct": run_document(scale.direct),
+        "direct": run_to_json(scale.direct),
         "proxied": proxied,
         "ratio_limit": SCALE_RATIO_LIMIT,
         "rss_per_held_request_limit_bytes": RSS_PER_REQUEST_LIMIT,
@@ -96,7 +83,7 @@ def floor_document(floor: FloorResult) -> dict[str, object]:
     }
 
 
-def network_run_document(network: NetworkResult) -> dict[str, object]:
+def network_run_to_json(network: NetworkResult) -> dict[str, object]:
     return {
         "rtt_ms": network.rtt_ms,
         "latency_s": network.rtt_ms / 2_000,
@@ -112,7 +99,7 @@ def network_run_document(network: NetworkResult) -> dict[str, object]:
         "ratio": _number(network.ratio),
         "total_limit_s": network_total_limit(network),
         "start_queue_peak": network.start_queue_peak,
-        "run": run_document(network.run),
+        "run": run_to_json(network.run),
     }
 
 
@@ -124,7 +111,7 @@ def network_document(results: BenchResults) -> dict[str, object] | None:
     return {
         "per_start_s": _number(starts.per_start_s, 6),
         "per_start_run": starts.summary.to_json(),
-        "runs": [network_run_document(network) for network in results.network],
+        "runs": [network_run_to_json(network) for network in results.network],
     }
 
 
@@ -141,10 +128,11 @@ def results_document(
         "machine": machine,
         "options": results.options.to_json(),
         "fifty": [fifty_document(fifty) for fifty in results.fifty],
-        "fifty_direct": run_document(fifty_direct) if fifty_direct is not None else None,
+        "fifty_direct": run_to_json(fifty_direct) if fifty_direct is not None else None,
         "scale": [scale_document(scale) for scale in results.scale],
         "floor": floor_document(results.floor) if results.floor is not None else None,
         "network": network_document(results),
+        "shapes": [shape_document(shape) for shape in results.shapes],
         "targets": [target.to_json() for target in targets],
         "passed": all(target.passed for target in targets),
     }
@@ -358,6 +346,7 @@ def _all_runs(results: BenchResults) -> list[tuple[str, RunSummary]]:
     if results.floor is not None:
         runs.append(("floor", results.floor.summary))
     runs += [(network_where(network), network.run.summary) for network in results.network]
+    runs += [(f"shape {shape.shape.name}", shape.run.summary) for shape in results.shapes]
     return runs
 
 
@@ -369,6 +358,8 @@ def print_report(results: BenchResults, console: Console) -> list[Target]:
         console.print(scale_table(results))
     if results.network:
         console.print(network_table(results))
+    if results.shapes:
+        console.print(shapes_table(results.shapes))
     for where, summary in _all_runs(results):
         if summary.listen_drops:
             console.print(

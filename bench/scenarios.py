@@ -39,7 +39,7 @@ WARMUP_STARTS = 5
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     pass
 
 
@@ -52,6 +52,18 @@ class MeasuredRun:
     jobserver: ProcessUsage | None = None
     proxy: ProcessUsage | None = None
     proxy_counters: dict[str, float] = field(default_factory=dict)
+
+
+def run_to_json(run: MeasuredRun) -> dict[str, object]:
+    """A run's summary and what each process spent on it, as the JSON document has it."""
+    document: dict[str, object] = {
+        **run.summary.to_json(),
+        "jobserver": run.jobserver.to_json() if run.jobserver is not None else None,
+        "proxy": run.proxy.to_json() if run.proxy is not None else None,
+    }
+    if run.proxy is not None:
+        document["proxy_counters"] = run.proxy_counters
+    return document
 
 
 def ratio_to_bound(run: MeasuredRun, lower_bound_s: float) -> float:
@@ -173,17 +185,6 @@ class NetworkResult:
         return ratio_to_bound(self.run, self.lower_bound_s)
 
 
-@dataclass
-class BenchResults:
-    options: BenchOptions
-    fifty: list[FiftyResult] = field(default_factory=list)
-    fifty_direct: MeasuredRun | None = None
-    scale: list[ScaleResult] = field(default_factory=list)
-    floor: FloorResult | None = None
-    network_starts: StartTiming | None = None
-    network: list[NetworkResult] = field(default_factory=list)
-
-
 async def measure(
     plan: LoadPlan,
     options: BenchOptions,
@@ -247,7 +248,7 @@ async def time_starts(jobserver: ServerProcess, jobs: int) -> LoadResult:
 
 
 async def run_fifty(
-    options: BenchOptions, transport: Transport, progress: Progress = _quiet
+    options: BenchOptions, transport: Transport, progress: Progress = quiet
 ) -> FiftyResult:
     """50 jobs on one account through the proxy; the per-start time from the same server."""
     jobs = options.fifty_jobs
@@ -276,7 +277,7 @@ async def run_fifty(
     )
 
 
-async def run_fifty_direct(options: BenchOptions, progress: Progress = _quiet) -> MeasuredRun:
+async def run_fifty_direct(options: BenchOptions, progress: Progress = quiet) -> MeasuredRun:
     """50 held requests on one account straight to the job server: they queue one by one."""
     jobs = options.fifty_jobs
     timeout = max(options.request_timeout, jobs * options.job_duration * 1.5 + 10)
@@ -286,7 +287,7 @@ async def run_fifty_direct(options: BenchOptions, progress: Progress = _quiet) -
         return await measure(plan, options, jobserver=jobserver)
 
 
-async def run_scale(options: BenchOptions, size: int, progress: Progress = _quiet) -> ScaleResult:
+async def run_scale(options: BenchOptions, size: int, progress: Progress = quiet) -> ScaleResult:
     """``size`` held requests: direct (one account each), then through each transport."""
     async with job_server(options) as jobserver:
         start_url = f"{jobserver.url}/start"
@@ -315,7 +316,7 @@ async def run_scale(options: BenchOptions, size: int, progress: Progress = _quie
     return result
 
 
-async def run_floor(options: BenchOptions, progress: Progress = _quiet) -> FloorResult:
+async def run_floor(options: BenchOptions, progress: Progress = quiet) -> FloorResult:
     """The largest size held by a raw ASGI app under the proxy's uvicorn configuration."""
     size = max(options.sizes)
     async with floor_server(size, options) as floor:
@@ -333,7 +334,7 @@ async def run_floor(options: BenchOptions, progress: Progress = _quiet) -> Floor
     return FloorResult(size=size, summary=summary, load=load, usage=usage[0])
 
 
-async def time_network_starts(options: BenchOptions, progress: Progress = _quiet) -> StartTiming:
+async def time_network_starts(options: BenchOptions, progress: Progress = quiet) -> StartTiming:
     """The ``/start`` handling time of every network run, timed once without latency."""
     jobs = max(options.fifty_jobs, jobs_per_account(options.network_jobs, options.network_accounts))
     async with job_server(options) as jobserver:
@@ -347,7 +348,7 @@ async def run_network(
     rtt_ms: float,
     transport: Transport,
     starts: StartTiming,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> list[NetworkResult]:
     """At one round trip: ``fifty_jobs`` on one account, then ``network_jobs`` over accounts.
 
@@ -383,26 +384,4 @@ async def run_network(
                 )
             )
             await asyncio.sleep(SETTLE)
-    return results
-
-
-async def run_bench(options: BenchOptions, progress: Progress = _quiet) -> BenchResults:
-    """Every scenario of ``options``, one after another (they would skew each other)."""
-    results = BenchResults(options)
-    if "fifty" in options.scenarios:
-        for transport in options.transports:
-            results.fifty.append(await run_fifty(options, transport, progress))
-    if "fifty-direct" in options.scenarios:
-        results.fifty_direct = await run_fifty_direct(options, progress)
-    if "scale" in options.scenarios:
-        for size in options.sizes:
-            results.scale.append(await run_scale(options, size, progress))
-    if "floor" in options.scenarios:
-        results.floor = await run_floor(options, progress)
-    if "network" in options.scenarios:
-        starts = await time_network_starts(options, progress)
-        results.network_starts = starts
-        for rtt_ms in options.rtts:
-            for transport in options.transports:
-                results.network += await run_network(options, rtt_ms, transport, starts, progress)
     return results

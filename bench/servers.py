@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from bench.harness import ServerProcess, run_server
@@ -33,15 +33,30 @@ BENCH_PROXY_SETTINGS = frozenset(
 
 
 @contextlib.asynccontextmanager
-async def job_server(options: BenchOptions, latency: float = 0.0) -> AsyncIterator[ServerProcess]:
-    """A job server; ``latency`` (s, one way) puts it across a simulated network."""
+async def job_server(
+    options: BenchOptions, latency: float = 0.0, flags: Sequence[str] = ()
+) -> AsyncIterator[ServerProcess]:
+    """A job server; ``latency`` (s, one way) puts it across a simulated network, and
+    ``flags`` give it more settings (they win over the bench's)."""
     argv = ["jobserver", "--host", HOST, "--port", "0"]
     argv += ["--job-duration", str(options.job_duration)]
     argv += ["--job-duration-spread", str(options.job_spread), "--seed", str(options.seed)]
     if latency > 0:
         argv += ["--latency", str(latency)]
-    async with run_server(argv, echo=options.echo) as server:
+    async with run_server([*argv, *flags], echo=options.echo) as server:
         yield server
+
+
+async def read_health(server: ServerProcess) -> dict[str, int]:
+    """A server's ``/healthz`` counts, by name; empty when it cannot say."""
+    try:
+        answer = await fetch(f"{server.url}/healthz", HEALTHZ_TIMEOUT)
+        document = json.loads(answer.body)
+    except (OSError, TimeoutError, MalformedResponse, ValueError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {name: value for name, value in document.items() if isinstance(value, int)}
 
 
 async def read_start_queue_peak(jobserver: ServerProcess) -> int | None:
@@ -51,12 +66,7 @@ async def read_start_queue_peak(jobserver: ServerProcess) -> int | None:
     the server started: near the run's jobs per account when the proxy lets an account's
     starts overlap, 1 when it sends them one after another.
     """
-    try:
-        answer = await fetch(f"{jobserver.url}/healthz", HEALTHZ_TIMEOUT)
-        peak = json.loads(answer.body).get("start_queue_peak")
-    except (OSError, TimeoutError, MalformedResponse, ValueError, AttributeError):
-        return None
-    return peak if isinstance(peak, int) else None
+    return (await read_health(jobserver)).get("start_queue_peak")
 
 
 @contextlib.asynccontextmanager

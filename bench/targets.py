@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.scenarios import BenchResults, NetworkResult
+from bench.runs import BenchResults
+from bench.scenarios import NetworkResult
+from bench.shapes import ShapeResult
 from bench.stats import RunSummary
 
 FIFTY_RATIO_LIMIT = 1.10
@@ -20,6 +22,13 @@ NETWORK_TOTAL_LIMITS: dict[tuple[float, int, int], float] = {
     (200.0, 50, 1): 1.10,
     (100.0, 1_000, 20): 2.0,
 }
+
+
+# The job server shapes (bench.shapes): what each run must show.
+INLINE_TOTAL_LIMIT = 1.0  # seconds for 50 jobs called back before /start answers
+SHUFFLED_POLLS_LIMIT = 100  # status polls for 10,000 jobs, none of them lost
+LEAVE_GATE_STARTED_LIMIT = 10  # jobs started for 100 clients that left at the gate
+UPSTREAM_MAX_PER_ACCOUNT = 100  # the proxy's default limit the reset burst must keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,36 @@ def network_total_limit(network: NetworkResult) -> float | None:
 
 def network_where(network: NetworkResult) -> str:
     return f"network {network.rtt_ms:g} ms, {network.label}, {network.transport}"
+
+
+def shape_targets(shape: ShapeResult, per_account_limit: int) -> list[Target]:
+    """What the run against one job server shape is judged on."""
+    where = f"shape {shape.shape.name}, {shape.shape.label}"
+    summary = shape.run.summary
+    targets: list[Target] = []
+    if shape.shape.leave_after is None:
+        failed = float(summary.jobs - summary.completed)
+        targets.append(Target("requests_failed", where, failed, 0, "requests"))
+
+    def figure(name: str, value: int | None, limit: float, unit: str) -> None:
+        targets.append(Target(name, where, math.nan if value is None else value, limit, unit))
+
+    match shape.shape.name:
+        case "inline":
+            total = summary.wall_s if summary.all_completed else math.nan
+            targets.append(Target("shape_total", where, total, INLINE_TOTAL_LIMIT, "s"))
+        case "shuffled":
+            figure("status_polls", shape.status_polls, SHUFFLED_POLLS_LIMIT, "polls")
+            if shape.run.proxy is not None:
+                cpu = shape.run.proxy.cpu_s_per_1000_jobs
+                limit = PROXY_CPU_PER_1000_LIMIT
+                targets.append(Target("proxy_cpu_per_1000_jobs", where, cpu, limit, "s"))
+        case "leave-gate":
+            figure("jobs_started", shape.jobs_started, LEAVE_GATE_STARTED_LIMIT, "jobs")
+            figure("pending_after_clients_left", shape.pending_after, 0, "requests")
+        case "reset-burst":
+            figure("start_queue_peak", shape.start_queue_peak, per_account_limit, "starts")
+    return targets
 
 
 def evaluate_targets(results: BenchResults) -> list[Target]:
@@ -100,4 +139,11 @@ def evaluate_targets(results: BenchResults) -> list[Target]:
             # A run cut short by errors would otherwise look fast.
             total = summary.wall_s if summary.all_completed else math.nan
             targets.append(Target("network_total", where, total, total_limit, "s"))
+    per_account = int(
+        dict(results.options.proxy_settings).get(
+            "upstream_max_per_account", UPSTREAM_MAX_PER_ACCOUNT
+        )
+    )
+    for shape in results.shapes:
+        targets += shape_targets(shape, per_account)
     return targets

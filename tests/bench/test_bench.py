@@ -41,7 +41,8 @@ from bench.procfs import (
     parse_memory,
     parse_status_kib,
 )
-from bench.scenarios import BenchResults, MeasuredRun, NetworkResult, ScaleResult
+from bench.runs import BenchResults
+from bench.scenarios import MeasuredRun, NetworkResult, ScaleResult
 from bench.servers import proxy_environment
 from bench.stats import (
     LatencySummary,
