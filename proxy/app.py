@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,24 +32,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.answers import as_response, encode, json_answer, send_answer
-from proxy.bodies import JobRequest, read_body, receive_body
+from proxy.answers import as_response, encode, send_answer
+from proxy.bodies import JobRequest, read_body
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
 from proxy.errors import (
-    ClientGone,
     NotReady,
     ProxyError,
     UpstreamError,
 )
+from proxy.holding import held, read_wishes, until_client_leaves
 from proxy.idempotency import KeyedRequests, LocalResults, ResultStore, check_key
-from proxy.jobs import is_terminal, job_id_of
 from proxy.metrics import Metrics, Outcome
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
+from proxy.resource import JOBS_PREFIX, job_resource
 from proxy.services import LifespanState, Services, services_of
 from proxy.shared import RedisBus, connect
-from proxy.upstream import Upstream, UpstreamAnswer, build_client
+from proxy.tracking import TrackedJobs
+from proxy.upstream import Upstream, build_client
 from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
@@ -84,11 +86,17 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             results: ResultStore
             local: LocalResults | None = None
             if bus is None:
-                results = local = LocalResults(settings.result_ttl, settings.idempotency_max_keys)
+                results = local = LocalResults(settings.result_ttl, settings.max_results)
                 resources.callback(local.close)
             else:
                 results = bus
-            metrics = Metrics.create(lambda: len(waiters), local)
+            tracked = TrackedJobs(settings.result_ttl, settings.max_results)
+            resources.callback(tracked.close)
+            heartbeats = asyncio.create_task(
+                tracked.send_heartbeats(settings.stream_heartbeat), name="stream-heartbeats"
+            )
+            resources.push_async_callback(_cancel, heartbeats)
+            metrics = Metrics.create(lambda: len(waiters), lambda: tracked.streams, local)
             services = Services(
                 settings=settings,
                 client=client,
@@ -102,7 +110,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
                 else None,
+                tracked=tracked,
             )
+            waiters.observer = functools.partial(observe, services)
             logger.info(
                 "replica %s proxying to %s, callbacks via %s, %s",
                 waiters.replica_id,
@@ -153,17 +163,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _has_header(scope: Scope, name: bytes) -> bool:
-    return any(key == name for key, _ in scope["headers"])
-
-
 class HotPaths:
     """The two hot endpoints, served ahead of Starlette's exception and routing layers.
 
-    ``POST /proxy`` (and ``/start``, ``/``) without an ``Idempotency-Key``, and ``POST
-    /callback/{token}`` for an unsigned callback on this replica's token with no kept
-    result, are served here: they are most of the traffic, and each layer skipped is
-    CPU per request and a frame kept for every held request. Their errors become
+    ``POST /proxy`` (and ``/start``, ``/``) without an ``Idempotency-Key``, ``POST
+    /callback/{token}`` for an unsigned callback on this replica's token, and ``GET
+    /jobs/{ref}`` are served here: they are most of the traffic, or held by the
+    thousand, and each layer skipped is CPU per request and a frame kept for every held
+    request. Their errors become
     answers through :meth:`ProxyError.answer`, the same mapping the exception handlers
     use. Everything else goes on to the app's routes and ordinary handlers.
     """
@@ -173,13 +180,26 @@ class HotPaths:
         self.callback_prefixes = callback_prefixes or (CALLBACK_PREFIX,)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            services: Services = scope["state"]["services"]
-            path: str = scope["path"]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if method == "GET" and path.startswith(JOBS_PREFIX) and "/" not in path[len(JOBS_PREFIX) :]:
+            services = scope["state"]["services"]
             try:
-                if path in HELD_PATHS and not _has_header(scope, b"idempotency-key"):
-                    await _held(services, scope, receive, send)
-                    return
+                await job_resource(services, path[len(JOBS_PREFIX) :], scope, receive, send)
+            except ProxyError as exc:  # always raised before anything was sent
+                await send_answer(send, exc.answer())
+            return
+        if method == "POST":
+            services = scope["state"]["services"]
+            try:
+                if path in HELD_PATHS:
+                    wishes = read_wishes(scope)
+                    if not wishes.keyed:
+                        await held(services, scope, receive, send, wishes)
+                        return
                 for prefix in self.callback_prefixes:
                     if path.startswith(prefix):
                         token = path[len(prefix) :]
@@ -197,101 +217,7 @@ HELD_PATHS = frozenset({"/proxy", "/start", "/"})
 CALLBACK_PREFIX = "/callback/"
 
 
-async def _held(services: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """Start a ``POST /proxy``'s job and hold the request until its answer was sent.
-
-    One coroutine for the whole life of a held request: every frame it keeps is kept
-    for each of thousands of held requests.
-    """
-    outcome: str = Outcome.INTERNAL_ERROR
-    try:
-        body = await receive_body(scope, receive, services.settings.max_body_size)
-        job_request = JobRequest.parse(body)
-        with services.waiters.hold() as waiter:
-            callback = job_request.callback
-            if job_request.wait:
-                callback = f"{services.settings.public_url}/callback/{waiter.token}"
-            answer = await _start_unless_client_leaves(
-                services, job_request, callback, waiter.deadline, receive
-            )
-            job = answer.job()
-            if not job_request.wait:
-                await send_answer(send, json_answer(answer.raw, answer.status_code))
-                outcome = Outcome.FORWARDED
-                return
-            if dropped := waiter.bind(job_id_of(job)):
-                services.metrics.callback(Outcome.EARLY_MISMATCH, dropped)
-            if is_terminal(job):  # a job server may finish the job before answering
-                waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
-            waiter.send = send
-            if waiter.settled:  # by the start's answer, or by a callback that came first
-                await waiter.respond()
-            else:
-                waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-                services.watch.track(waiter, waiter.deadline)
-                # Nothing of the start is kept while held.
-                del body, job_request, callback, answer, job
-                # The answer is sent by whoever decides it; receive() returns once it was
-                # sent (the response is complete) or the client has gone.
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                if waiter.settled:
-                    _observe(services, waiter)
-            outcome = waiter.outcome if waiter.settled else ClientGone.error
-    except ProxyError as exc:
-        outcome = exc.error
-        if isinstance(exc, UpstreamError):
-            services.metrics.upstream_error(exc.error)
-        raise
-    finally:
-        services.metrics.request(outcome)
-
-
-async def _start_unless_client_leaves(
-    services: Services,
-    job_request: JobRequest,
-    callback: str | None,
-    deadline: float,
-    receive: Receive,
-) -> UpstreamAnswer:
-    """Start the job upstream; a client that leaves meanwhile withdraws it: a start still
-    waiting in the proxy is never sent, one under way has its connection closed."""
-    start = services.upstream.start(job_request.upstream_body(callback), deadline=deadline)
-    return await until_client_leaves(receive, start)
-
-
-async def until_client_leaves(receive: Receive, serving: Coroutine[Any, Any, T]) -> T:
-    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone).
-
-    The disconnect arrives as the next ASGI message once the body is read, so watching
-    for it takes a task of its own, kept only while ``serving`` runs (a held request
-    itself then waits on ``receive()``).
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    running, left = True, False
-
-    def client_left(watcher: asyncio.Future[Any]) -> None:
-        nonlocal left
-        if running and not watcher.cancelled():
-            left = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(client_left)
-    try:
-        return await serving
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()
-        raise ClientGone() from None
-    finally:
-        running = False
-        watcher.cancel()
-
-
-def _observe(services: Services, waiter: Waiter) -> None:
+def observe(services: Services, waiter: Waiter) -> None:
     """Learn from an answered job: its duration, and how its answer came."""
     if waiter.answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
         return
@@ -321,7 +247,6 @@ async def start_with_key(request: Request) -> Response:
             answer = await until_client_leaves(
                 request.receive, services.keyed.serve(waiter, job_request, key)
             )
-            _observe(services, waiter)
         outcome = waiter.outcome or Outcome.FORWARDED
         return as_response(answer)
     except ProxyError as exc:

@@ -120,14 +120,19 @@ class Settings(LayeredSettings):
     result_ttl: float = Field(
         default=300.0,
         ge=0,
-        description="seconds an Idempotency-Key's claim and result are kept (in Redis in "
-        "shared mode, where results of held requests are kept as long)",
+        description="seconds a finished job is kept for GET /jobs/{ref}, and an "
+        "Idempotency-Key's claim and result for retries (in Redis in shared mode)",
     )
-    idempotency_max_keys: int = Field(
+    max_results: int = Field(
         default=100_000,
         ge=1,
-        description="Idempotency-Key claims (and as many results) kept in this process at "
-        "most; the oldest leave first",
+        description="finished jobs kept for GET /jobs/{ref}, and Idempotency-Key claims and "
+        "results, this process keeps at most, of each; the oldest leave first",
+    )
+    stream_heartbeat: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds between keep-alive comments on a quiet event stream",
     )
     drain_timeout: float = Field(
         default=25.0,

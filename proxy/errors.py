@@ -11,6 +11,7 @@ about a job that the job server did start carries its ``job_id`` in the body.
     │   └── JobMismatch             400 job_mismatch          (a callback of another job)
     ├── BadSignature                401 bad_signature
     ├── UnknownCallback             404 unknown_callback
+    ├── UnknownJob                  404 unknown_job            (GET /jobs/{ref})
     ├── IdempotencyConflict         422 idempotency_conflict
     ├── UpstreamError               502 upstream_error
     │   ├── UpstreamUnavailable     502 upstream_unavailable   (no job can have started)
@@ -94,6 +95,13 @@ class UnknownCallback(ProxyError):
 
     status_code = 404
     error = "unknown_callback"
+
+
+class UnknownJob(ProxyError):
+    """No job is known by this ref (never issued, or finished longer than result_ttl ago)."""
+
+    status_code = 404
+    error = "unknown_job"
 
 
 class IdempotencyConflict(ProxyError):

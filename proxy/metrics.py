@@ -26,6 +26,8 @@ class Outcome(str, Enum):
 
     #: A wait: false request, answered with the job server's own answer.
     FORWARDED = "forwarded"
+    #: A held request answered 202: its job goes on, its client comes back for it.
+    ACCEPTED = "accepted"
     #: A callback for a job that is not finished yet: taken, nothing to do.
     NOT_FINAL = "not_final"
     #: A callback that came before /start answered, and then was another job's: dropped.
@@ -76,9 +78,15 @@ class Metrics:
         self.poll_fallbacks(answered_by).inc()
 
     @classmethod
-    def create(cls, pending: Callable[[], float], keyed: Sized | None = None) -> Metrics:
-        """The metrics of one app: ``pending`` counts its held requests, ``keyed`` is the
-        in-process store of Idempotency-Keys (none in shared mode: Redis keeps them)."""
+    def create(
+        cls,
+        pending: Callable[[], float],
+        streams: Callable[[], float],
+        keyed: Sized | None = None,
+    ) -> Metrics:
+        """The metrics of one app: ``pending`` counts its held requests, ``streams`` its
+        open event streams, ``keyed`` is the in-process store of Idempotency-Keys (none in
+        shared mode: Redis keeps them)."""
         # A *_created series beside every counter only doubles the scrape: Prometheus
         # reads a counter's resets from its values.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
@@ -88,6 +96,11 @@ class Metrics:
             "jobproxy_pending_jobs", "Client requests held open for a job.", registry=registry
         )
         gauge.set_function(pending)
+        Gauge(
+            "jobproxy_open_streams",
+            "Event streams (text/event-stream) open now, held requests' and GET /jobs/{ref}'s.",
+            registry=registry,
+        ).set_function(streams)
         if keyed is not None:
             entries = Gauge(
                 "jobproxy_idempotency_entries",

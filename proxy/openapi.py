@@ -85,15 +85,30 @@ SCHEMAS: dict[str, Any] = {
             "state": {"type": "string"},
         },
     },
+    "RunningJob": {
+        "type": "object",
+        "required": ["ref", "id", "state"],
+        "description": "A tracked job still running: come back at /jobs/{ref}",
+        "properties": {
+            "ref": {"type": "string", "description": "the job's ref (128 random bits)"},
+            "id": {
+                "type": "string",
+                "nullable": True,
+                "description": "the job server's id; null before it accepted the job",
+            },
+            "state": {"type": "string", "enum": ["running"]},
+        },
+    },
     "CallbackReceipt": {
         "type": "object",
         "required": ["status"],
         "properties": {
             "status": {
                 "type": "string",
-                "enum": ["ok", "stored", "ignored"],
+                "enum": ["ok", "stored", "early", "ignored"],
                 "description": "ok: a held request got the job; stored: kept for an "
-                "Idempotency-Key retry; ignored: the job is not finished",
+                "Idempotency-Key retry; early: kept until /start names its job; ignored: "
+                "the job is not finished",
             },
         },
     },
@@ -135,6 +150,34 @@ _IDEMPOTENCY_KEY = {
     },
 }
 
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "RFC 7240: wait=N holds at most N seconds, then 202; respond-async "
+    "answers 202 once the job server accepted the job; others are ignored",
+    "schema": {"type": "string"},
+}
+_ACCEPT = {
+    "name": "Accept",
+    "in": "header",
+    "required": False,
+    "description": "text/event-stream: the job's events (accepted, retrying, polling, then "
+    "completed, failed or error) as Server-Sent Events",
+    "schema": {"type": "string"},
+}
+_EVENT_STREAM = {
+    "text/event-stream": {
+        "schema": {"type": "string", "description": "Server-Sent Events with ids per job"}
+    }
+}
+_LOCATION = {
+    "Location": {
+        "description": "<public_url>/jobs/{ref}, where the job can be read",
+        "schema": {"type": "string"},
+    },
+}
+
 _SIGNATURE_HEADERS = [
     {
         "name": name,
@@ -155,13 +198,23 @@ def _start_operation(operation_id: str, summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
         "operationId": operation_id,
-        "parameters": [_IDEMPOTENCY_KEY],
+        "parameters": [_IDEMPOTENCY_KEY, _PREFER, _ACCEPT],
         "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("JobRequest")}}},
         "responses": {
-            "200": _json(
-                _ref("Job"),
-                "wait true: the finished job (a failed job too, with state failed); "
-                "wait false: the job server's answer",
+            "200": {
+                "description": "wait true: the finished job (a failed job too, with state "
+                "failed), or its events with Accept: text/event-stream; wait false: the job "
+                "server's answer",
+                "content": {_JSON: {"schema": _ref("Job")}, **_EVENT_STREAM},
+            },
+            "202": _json(
+                _ref("RunningJob"),
+                "Prefer: the job goes on; come back at Location",
+                headers={
+                    **_LOCATION,
+                    "Retry-After": {"schema": {"type": "integer", "minimum": 1}},
+                    "Preference-Applied": {"schema": {"type": "string"}},
+                },
             ),
             "400": _error("the body is not a valid job request; the detail names the field"),
             "413": _error("the body is larger than max_body_size"),
@@ -226,6 +279,44 @@ OPENAPI: dict[str, Any] = {
                     "404": _error("unknown or already answered token"),
                     "413": _error("the body is larger than max_body_size"),
                     "503": _error("Redis is unreachable (shared mode)", retry_after=True),
+                },
+            }
+        },
+        "/jobs/{ref}": {
+            "get": {
+                "summary": "A job the client may come back to (after a 202, or a stream)",
+                "operationId": "job",
+                "parameters": [
+                    {
+                        "name": "ref",
+                        "in": "path",
+                        "required": True,
+                        "description": "the job's ref, from Location",
+                        "schema": {"type": "string"},
+                    },
+                    _PREFER,
+                    _ACCEPT,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "a stream sends the events after this one",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the finished job, the job still running (with "
+                        "Retry-After), or its events",
+                        "content": {
+                            _JSON: {"schema": {"oneOf": [_ref("Job"), _ref("RunningJob")]}},
+                            **_EVENT_STREAM,
+                        },
+                    },
+                    "404": _error("no job is known by this ref (never issued, or expired)"),
+                    "502": _error("the job ended in an upstream error"),
+                    "503": _error("the job ended when the proxy shut down", retry_after=True),
+                    "504": _error("the job did not finish within job_deadline"),
                 },
             }
         },

@@ -187,6 +187,8 @@ class OverdueWatch:
                 now - waiter.started_at,
                 lost_after,
             )
+            if waiter.tracked is not None:
+                waiter.tracked.emit("polling", {"ref": waiter.tracked.ref, "id": waiter.job_id})
             waiter.poll = asyncio.create_task(self._settle_by_poll(waiter, deadline))
         return None
 

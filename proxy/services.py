@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -13,6 +15,7 @@ from proxy.idempotency import KeyedRequests, ResultStore
 from proxy.metrics import Metrics
 from proxy.overdue import OverdueWatch
 from proxy.shared import RedisBus
+from proxy.tracking import TrackedJobs
 from proxy.upstream import Upstream
 from proxy.waiters import WaiterRegistry
 
@@ -31,6 +34,21 @@ class Services:
     keyed: KeyedRequests
     metrics: Metrics
     signing_key: bytes | None
+    tracked: TrackedJobs
+
+    def callback_url(self, token: str) -> str:
+        """Where the job server calls back the job of the waiter holding ``token``."""
+        return f"{self.settings.public_url}/callback/{token}"
+
+    def job_url(self, ref: str) -> str:
+        """Where a client comes back to a tracked job."""
+        return f"{self.settings.public_url}/jobs/{ref}"
+
+    def retry_after(self, started_at: float) -> int:
+        """Whole seconds until a job whose /start went out at ``started_at`` (0: not yet)
+        is expected to be done, at least 1."""
+        age = time.monotonic() - started_at if started_at else 0.0
+        return max(1, math.ceil(self.watch.expected() - age))
 
 
 class LifespanState(TypedDict):

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -334,6 +334,8 @@ class StartProgress:
     #: other than 4xx, 429 or 503, or its fate is unknown (given up under way, failed
     #: after sending). False: surely no job exists.
     job_may_exist: bool = False
+    #: Told of each retry to come: its number (1 for the first) and the pause before it.
+    on_retry: Callable[[int, float], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +437,8 @@ class Upstream:
                     raise failure
                 spent += failed_at - sent_at + delay
                 self.lanes.pause(lane, delay)
+                if progress.on_retry is not None:
+                    progress.on_retry(attempt + 1, delay)
             finally:
                 self.lanes.leave(lane, seq, fate, accepted=accepted)
                 progress.job_may_exist |= maybe_job

@@ -30,6 +30,7 @@ from starlette.types import Send
 from proxy.answers import Answer, json_answer, send_answer
 from proxy.errors import AtCapacity, JobTimeout, ProxyError, ShuttingDown
 from proxy.jobs import Job
+from proxy.tracking import TrackedJob
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ class Waiter:
     keyed: bool = False  # its request carried an Idempotency-Key
     poll: asyncio.Task[None] | None = None
     early: list[tuple[Job, bytes]] | None = None
+    #: The job as clients may come back to it (GET /jobs/{ref}), when they may.
+    tracked: TrackedJob | None = None
+    #: Held by nobody: its client has its ref. It lives until its answer is decided.
+    detached: bool = False
+    registry: WaiterRegistry | None = None
 
     @property
     def settled(self) -> bool:
@@ -145,6 +151,8 @@ class Waiter:
         self.answer, self.answered_by, self.outcome = answer, via, outcome
         if self.future is not None and not self.future.done():
             self.future.set_result(answer)
+        if self.registry is not None:
+            self.registry.settled(self)
         return True
 
     def fail(self, error: ProxyError, via: AnsweredBy) -> bool:
@@ -209,7 +217,8 @@ def _drained(job_id: str | None) -> ShuttingDown:
 
 
 class Holding:
-    """``with registry.hold() as waiter``: the waiter is released when the block ends."""
+    """``with registry.hold() as waiter``: the waiter is released when the block ends,
+    unless it was detached meanwhile (then it goes once its answer is decided)."""
 
     __slots__ = ("_registry", "_waiter")
 
@@ -220,7 +229,9 @@ class Holding:
         return self._waiter
 
     def __exit__(self, *exc_info: object) -> None:
-        self._registry.release(self._waiter)
+        waiter = self._waiter
+        if not waiter.detached or waiter.settled:
+            self._registry.release(waiter)
 
 
 class WaiterRegistry:
@@ -248,6 +259,8 @@ class WaiterRegistry:
         self._emptied.set()
         self._responders: set[asyncio.Task[None]] = set()
         self.closing = False
+        #: Learns from every answered waiter (the proxy's metrics and lateness).
+        self.observer: Callable[[Waiter], None] | None = None
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -266,7 +279,7 @@ class WaiterRegistry:
             raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
         stem = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
         token = f"{stem}.{token_mac(self.token_key, stem)}"
-        waiter = Waiter(token, deadline=time.monotonic() + self.job_deadline)
+        waiter = Waiter(token, deadline=time.monotonic() + self.job_deadline, registry=self)
         self._waiters[token] = waiter
         self._deadlines.append(waiter)
         if self._timer is None:
@@ -274,8 +287,28 @@ class WaiterRegistry:
         self._emptied.clear()
         return Holding(self, waiter)
 
+    def settled(self, waiter: Waiter) -> None:
+        """A waiter's answer was decided: tell its tracked job and the observer; a
+        detached waiter has nobody else to release it."""
+        if waiter.tracked is not None:
+            assert waiter.answer is not None
+            waiter.tracked.finish(waiter.answer, waiter.outcome)
+        if self.observer is not None:
+            self.observer(waiter)
+        if waiter.detached:
+            asyncio.get_running_loop().call_soon(self.release, waiter)
+
+    def detach(self, waiter: Waiter) -> None:
+        """Nobody holds ``waiter`` any more: it lives until its answer is decided (by its
+        callback, a poll, its deadline or the drain), which its tracked job keeps."""
+        waiter.detached = True
+        if waiter.settled:
+            self.release(waiter)
+
     def release(self, waiter: Waiter) -> None:
         """Remove a waiter: its holder is done with it, whatever happened."""
+        if self._waiters.get(waiter.token) is not waiter:
+            return  # already released
         del self._waiters[waiter.token]
         self._remember_spent(waiter)
         waiter.release()

@@ -33,7 +33,7 @@ from jobserver.jobclient.verdict import judge, render_json
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
-from tests.conftest import app_lifespan
+from tests.conftest import app_lifespan, run_server
 
 PROXY_URL = "http://proxy.test"
 UPSTREAM_URL = "http://jobserver.test"
@@ -108,6 +108,17 @@ class ProxyUnderTest:
     client: httpx.AsyncClient
     upstream: FakeJobServer
     services: Services
+    served: ASGIApp  # the app as a server calls it, with the lifespan's state
+
+    @contextlib.asynccontextmanager
+    async def on_a_port(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The proxy served by uvicorn on a real port (responses stream as they are
+        written, which ASGITransport does not do); yields a client to it."""
+        async with (
+            run_server(self.served, lifespan="off") as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            yield client
 
     async def held_job(self, account: str = "acme") -> tuple[asyncio.Task[httpx.Response], str]:
         """Start a wait:true request in the background; returns it and its upstream job id."""
@@ -142,7 +153,7 @@ def proxy_factory() -> ProxyFactory:
             ):
                 upstream.to_proxy = to_proxy
                 upstream.proxy_services = state["services"]
-                yield ProxyUnderTest(app, client, upstream, state["services"])
+                yield ProxyUnderTest(app, client, upstream, state["services"], served)
 
     return build
 

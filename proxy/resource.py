@@ -1,0 +1,76 @@
+"""``GET /jobs/{ref}``: a tracked job as a resource a client comes back to.
+
+* the job once final: its answer as a held request would have had it (``200`` with the
+  job JSON, or the proxy error that ended it, with that error's status);
+* while it runs: ``200 {"ref", "id", "state": "running"}`` with ``Retry-After``; with
+  ``Prefer: wait=N``, held (a long poll) until it ends or N seconds pass (at most
+  ``job_deadline``);
+* with ``Accept: text/event-stream``: its events after ``Last-Event-ID`` (all without
+  one; the final one at least), then the rest as they come, until the final one;
+* ``404 unknown_job`` for a ref never issued, or finished longer than ``result_ttl`` ago.
+
+Anyone holding the ref may read the job, like a pre-signed URL.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Receive, Scope, Send
+
+from proxy.answers import Answer, encode, json_answer, send_answer
+from proxy.errors import UnknownJob
+from proxy.holding import read_wishes
+from proxy.services import Services
+from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob
+
+JOBS_PREFIX = "/jobs/"
+
+
+def last_event_id(scope: Scope) -> int:
+    """The ``Last-Event-ID`` a reconnecting event stream sends; 0 without a usable one."""
+    for name, value in scope["headers"]:
+        if name == b"last-event-id":
+            return int(value) if value.isdigit() and len(value) < 10 else 0
+    return 0
+
+
+def running_answer(services: Services, job: TrackedJob) -> Answer:
+    retry_after = b"%d" % services.retry_after(job.started_at)
+    return json_answer(encode(job.running), 200, [(b"retry-after", retry_after)])
+
+
+async def job_resource(
+    services: Services, ref: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer ``GET /jobs/{ref}`` as the module docstring says."""
+    wishes = read_wishes(scope)
+    job = services.tracked.get(ref)
+    if job is None:
+        raise UnknownJob(f"no job is known by the ref {ref!r} (never issued, or expired)")
+    if wishes.stream:
+        stream = EventStream(send)
+        stream.start(SSE_HEADERS)
+        stream.replay(job.events_after(last_event_id(scope)))
+        if job.final is None:
+            job.listeners.append(stream)
+        with services.tracked.streaming(stream):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        if stream in job.listeners:
+            job.listeners.remove(stream)
+        return
+    if job.final is not None:
+        await send_answer(send, job.final)
+        return
+    if wishes.prefer.wait is None:
+        await send_answer(send, running_answer(services, job))
+        return
+    poll = LongPoll(send, job)
+    poll.wait(
+        min(wishes.prefer.wait, services.settings.job_deadline),
+        lambda: running_answer(services, job),
+    )
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    finally:
+        poll.close()
