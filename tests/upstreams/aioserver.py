@@ -216,6 +216,9 @@ class AioServer:
         self._pool_filled = asyncio.Event()
         self._last_ended: Job | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # /start handlings: aiohttp's tasks, but one whose client left is nobody's unless
+        # it is ours (aiohttp neither cancels nor awaits it at shutdown).
+        self._handlings: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
         # One generator per decision, so that one option's draws do not shift another's.
         self._ids = random.Random(f"{config.seed}/ids")
@@ -228,6 +231,11 @@ class AioServer:
     def callbacks_owed(self) -> int:
         """Callbacks of started jobs not yet delivered, dropped or given up."""
         return self._callbacks_owed
+
+    @property
+    def starts_in_progress(self) -> int:
+        """/start handlings under way (waiting at a gate or holding one)."""
+        return len(self._handlings)
 
     @property
     def callbacks_queued(self) -> int:
@@ -267,13 +275,15 @@ class AioServer:
                 self._spawn(self._sender())
 
     async def close(self) -> None:
-        """Stop jobs from ending and callbacks from going out (after the site stopped)."""
+        """End what the stopped site left: /start handlings whose client had gone, job
+        timers, callbacks under way."""
         for job in self.jobs.values():
             if job.timer is not None:
                 job.timer.cancel()
-        for task in self._tasks:
+        owned = [*self._handlings, *self._tasks]
+        for task in owned:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*owned, return_exceptions=True)
         logger.info(
             "aioserver stopped: %d jobs started, %d callbacks sent, %d owed",
             self.jobs_started,
@@ -283,6 +293,9 @@ class AioServer:
 
     async def _start(self, request: web.Request) -> web.Response:
         start = parse_start(await request.read())
+        handling = asyncio.current_task()
+        assert handling is not None
+        self._handlings.add(handling)
         gate = self._gates.setdefault(start.account, AccountGate())
         gate.present += 1
         self.start_queue_peak = max(self.start_queue_peak, gate.present)
@@ -308,6 +321,7 @@ class AioServer:
             gate.present -= 1
             if gate.present == 0:
                 del self._gates[start.account]
+            self._handlings.discard(handling)
 
     def _create(self, start: StartRequest, *, orphaned: bool) -> Job:
         job = self._new_job(start.account, None if start.wait else start.callback)
@@ -478,5 +492,5 @@ async def run_aioserver(config: AioServerConfig | None = None) -> AsyncIterator[
         finally:
             # 1. Stop accepting; a /start still held gets SHUTDOWN_GRACE, then is cancelled.
             await runner.cleanup()
-            # 2. Jobs stop ending, callbacks stop going out; the session closes last.
+            # 2. Orphaned handlings, job timers and callbacks end; the session closes last.
             await server.close()

@@ -440,6 +440,17 @@ async def test_stopping_ends_a_held_start_and_leaves_nothing_behind() -> None:
             await held
 
 
+async def test_stopping_ends_a_start_whose_client_left(receiver: Receiver) -> None:
+    """A /start still handled for a client that left is ended when the server stops, before
+    its callbacks' session closes."""
+    async with serve(job_duration=QUICK, early_callbacks=True) as (server, client):
+        holder = await hold_gate(client, receiver)
+        holder.cancel()
+        await asyncio.wait([holder])
+    assert server.starts_in_progress == 0
+    assert server.callbacks_sent == 0  # its early callback was never answered
+
+
 @pytest.mark.parametrize(
     "option",
     [{"failure_rate": 1.5}, {"job_duration": -1}, {"senders": 0}, {"callback_retries": -1}],
