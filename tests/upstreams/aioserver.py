@@ -14,7 +14,8 @@ Counters, read from the yielded :class:`AioServer`: ``jobs_started``, ``status_p
 included), ``early_callbacks_sent``, ``foreign_callbacks_sent``, ``callbacks_dropped``,
 ``callbacks_failed`` (retries spent), ``starts_abandoned`` (a ``/start`` cancelled
 before its job was created), ``starts_orphaned`` (a job created for a client already
-gone), ``start_queue_peak``; and ``callbacks_owed``, ``callbacks_queued``.
+gone), ``start_queue_peak``; and ``callbacks_owed``, ``callbacks_queued``,
+``starts_in_progress``. ``await server.until(predicate)`` waits for any of them.
 """
 
 from __future__ import annotations
@@ -324,6 +325,7 @@ class AioServer:
             self._handlings.discard(handling)
 
     def _create(self, start: StartRequest, *, orphaned: bool) -> Job:
+        # A wait:true start is answered with the job itself: its callback is not called.
         job = self._new_job(start.account, None if start.wait else start.callback)
         job.timer = asyncio.get_running_loop().call_later(self.config.job_duration, self._end, job)
         self.jobs_started += 1
