@@ -1,0 +1,1 @@
+"""Job servers written apart from ``jobserver/``, for testing the proxy against others."""
