@@ -23,7 +23,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from proxy.app import create_app
-from proxy.config import Settings
+from proxy.config import Settings, reachable_url
+from proxy.healthcheck import forget_address, record_address
 from proxy.services import Services
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,19 @@ class ProxyServer(uvicorn.Server):
         gc.freeze()
         if self.started and sockets:
             logger.info("jobproxy listening on %s", listening_url(sockets[0]))
+            self._record_address(sockets[0])
+
+    def _record_address(self, sock: socket.socket) -> None:
+        """Tell the health check where to ask (see :mod:`proxy.healthcheck`)."""
+        path = self._settings.address_file
+        if not path:
+            return
+        host, port = sock.getsockname()[:2]
+        try:
+            record_address(path, reachable_url(host, port))
+        except OSError as exc:
+            # Serving matters more: the check then asks the address of the settings.
+            logger.warning("cannot record the address in %s: %s", path, exc)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # 1. Drain while still listening: the callbacks of the held requests must still
@@ -135,6 +149,9 @@ class ProxyServer(uvicorn.Server):
         # 2. Then uvicorn's own shutdown, each of its steps once: stop accepting, close
         #    the connections (every answer is sent by now), the lifespan's shutdown.
         await super().shutdown(sockets)
+        # 3. No longer serving: the health check must not find this address any more.
+        if self._settings.address_file:
+            forget_address(self._settings.address_file)
 
 
 def serve(settings: Settings) -> bool:
