@@ -16,7 +16,9 @@ COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
 COPY jobserver ./jobserver
 COPY config ./config
+# What pip leaves behind while building (build/, the egg-info) is no part of the image.
 RUN pip install --no-deps . \
+    && rm -rf build jobproxy.egg-info \
     && useradd --system --uid 10001 --no-create-home jobproxy
 
 USER 10001
