@@ -1,9 +1,9 @@
-# Two entry points: `make demo` and `make test`. Both build .venv from scratch when missing.
+# Entry points: `make demo`, `make test` and `make image-test`. Each builds .venv from scratch when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck bench lock clean
+.PHONY: demo test image-test lint typecheck bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,19 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check proxy jobserver bench tests
 	$(BIN)/ruff format --check proxy jobserver bench tests
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile tests/image/standins.Containerfile
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# Builds the image with docker or podman and runs it for real: compose.yaml's services,
+# the jobclient through them, the health check, a stop with held requests, the replicas
+# profile (tests/image/__main__.py says what each step checks).
+image-test: $(VENV)/.installed-test
+	$(BIN)/python -m tests.image
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench
