@@ -120,8 +120,11 @@ def build_local_base(engine: Engine, log: Path) -> None:
             said = tail(log.read_text(), 20)
             raise Failure(f"debootstrap from {mirror} failed ({done.returncode}):\n{said}")
         for path in TRIMMED:
-            for entry in (rootfs / path).glob("*"):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            for entry in (rootfs / path).iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         (rootfs / EXTERNALLY_MANAGED).unlink(missing_ok=True)
         changes = [arg for change in BASE_CONFIG for arg in ("--change", change)]
         with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
