@@ -29,7 +29,7 @@ STANDINS = HERE / "standins.Containerfile"
 #: The image the test builds and runs (never the plain ``jobproxy`` a user may have).
 IMAGE = "localhost/jobproxy:image-test"
 #: The local base; the suffix changes whenever its recipe below does.
-LOCAL_BASE = "localhost/jobproxy-image-test-base:bookworm-1"
+LOCAL_BASE = "localhost/jobproxy-image-test-base:bookworm-2"
 SUITE = "bookworm"
 PACKAGES = ("python3", "python3-pip", "python-is-python3")
 MIRROR_VARIABLE = "DEBIAN_MIRROR"
@@ -40,8 +40,15 @@ BASE_CONFIG = (
     "ENV LANG=C.UTF-8",
     'CMD ["python3"]',
 )
-# Left by debootstrap, needed by no container: package downloads, lists, documentation.
-TRIMMED = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man")
+# Left by debootstrap, needed by no container: package downloads and lists, documentation
+# and translations (Debian's own slim images leave these out too).
+TRIMMED = (
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+)
 # Debian's Python refuses pip installs outside a virtual environment (PEP 668); the
 # official image's Python is its own, where the Dockerfile's pip install is the way.
 EXTERNALLY_MANAGED = "usr/lib/python3.11/EXTERNALLY-MANAGED"
