@@ -117,8 +117,9 @@ class ProxyServer(uvicorn.Server):
         # of every collection, which otherwise walks them again for each held request.
         gc.freeze()
         if self.started and sockets:
-            logger.info("jobproxy listening on %s", listening_url(sockets[0]))
+            # Recorded before the ready line: whoever waits for that line finds the file.
             self._record_address(sockets[0])
+            logger.info("jobproxy listening on %s", listening_url(sockets[0]))
 
     def _record_address(self, sock: socket.socket) -> None:
         """Tell the health check where to ask (see :mod:`proxy.healthcheck`)."""

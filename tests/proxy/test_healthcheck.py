@@ -85,6 +85,18 @@ async def test_the_server_records_its_address_while_it_serves(tmp_path: Path) ->
     assert not recorded.exists()
 
 
+async def test_a_proxy_that_cannot_record_its_address_still_serves(tmp_path: Path) -> None:
+    """An address file that cannot be written is a warning: the proxy serves, and the
+    check then asks the port of the settings."""
+    unwritable = tmp_path / "missing-folder" / "address"
+    async with run_program(
+        "jobproxy", "--address-file", str(unwritable), "--upstream-url", "http://127.0.0.1:9"
+    ) as proxy:
+        environ = {"JOBPROXY_ADDRESS_FILE": str(unwritable), "JOBPROXY_PORT": port_of(proxy.url)}
+        assert await check(environ) == HEALTHY
+    assert f"cannot record the address in {unwritable}" in proxy.log_tail()
+
+
 def test_the_image_checks_health_with_this_module() -> None:
     """The Dockerfile's HEALTHCHECK runs proxy.healthcheck and names the address file."""
     dockerfile = (ROOT / "Dockerfile").read_text()
