@@ -83,6 +83,14 @@ class Steps:
         yield
         print(f"      ok ({time.monotonic() - began:.1f} s)", flush=True)
 
+    def tally(self, failed: int) -> str:
+        """The closing line, in the words test runners use."""
+        passed = self.done - failed
+        skipped = self.total - self.done
+        return f"image-test: {passed} passed, {failed} failed" + (
+            f", {skipped} skipped" if skipped else ""
+        )
+
     @staticmethod
     def say(text: str) -> None:
         print(f"      {text}", flush=True)
@@ -373,11 +381,13 @@ def main() -> int:
             run_checks(steps, Path(scratch), run)
     except (Failure, httpx.HTTPError) as failure:
         print(f"\nFAILED at step {steps.done}/{steps.total}: {failure}", file=sys.stderr)
+        print(steps.tally(failed=1), flush=True)
         return 1
     except (KeyboardInterrupt, SystemExit):
         print(f"\ninterrupted at step {steps.done}/{steps.total}", file=sys.stderr)
         raise
-    print(f"\nimage test PASSED: {steps.total} steps in {time.monotonic() - began:.0f} s")
+    print(f"\nimage test PASSED in {time.monotonic() - began:.0f} s")
+    print(steps.tally(failed=0))
     return 0
 
 
