@@ -1,9 +1,9 @@
-# Two entry points: `make demo` and `make test`. Both build .venv from scratch when missing.
+# Entry points: `make demo`, `make test` and `make image-test`. Each builds .venv from scratch when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck bench lock clean
+.PHONY: demo test image-test lint typecheck bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,25 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check proxy jobserver infra bench tests
 	$(BIN)/ruff format --check proxy jobserver infra bench tests
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile tests/image/standins.Containerfile
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# Builds the image with docker or podman and runs it for real: compose.yaml's services,
+# the jobclient through them, the health check, a stop with held requests, the replicas
+# profile (tests/image/__main__.py says what each step checks).
+image-test: $(VENV)/.installed-image-test
+	$(BIN)/python -m tests.image
+
+# What the image test itself runs on (the project runs inside the image): two packages,
+# at their locked versions, so that a fresh clone gets to the image quickly.
+$(VENV)/.installed-image-test: requirements-dev.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c requirements-dev.lock httpx pyyaml
+	touch $@
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench

@@ -19,12 +19,13 @@ from pydantic_settings import SettingsConfigDict
 
 from proxy.settings_layers import ConfigError, LayeredSettings
 
-__all__ = ["ConfigError", "Settings", "signing_key"]
+__all__ = ["ConfigError", "Settings", "reachable_url", "signing_key"]
 
 ENV_PREFIX = "JOBPROXY_"
 REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SECRET_PREFIX = "whsec_"
 HTTP_SCHEMES = ("http", "https")
+WILDCARD_HOSTS = ("0.0.0.0", "", "::")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 LogLevel = Literal["debug", "info", "warning", "error"]
 TransportChoice = Literal["native", "httpx"]
@@ -153,6 +154,11 @@ class Settings(LayeredSettings):
     )
     log_level: LogLevel = Field(default="info", description="log level")
     access_log: bool = Field(default=False, description="log every request")
+    address_file: str = Field(
+        default="",
+        description="file the proxy writes its URL to once it serves, for the health check "
+        "(python -m proxy.healthcheck); empty: none",
+    )
 
     @field_validator("upstream_url")
     @classmethod
@@ -212,9 +218,15 @@ class Settings(LayeredSettings):
         """Fill in ``public_url`` from the bound address when it was not configured."""
         if self.public_url:
             return self
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
-        host = f"[{host}]" if ":" in host else host
-        return self.with_changes(public_url=f"http://{host}:{bound_port}")
+        return self.with_changes(public_url=reachable_url(self.host, bound_port))
+
+
+def reachable_url(host: str, port: int) -> str:
+    """The base URL at which a client on this machine reaches a server listening on
+    ``host:port``; a wildcard address (any interface) is reached at 127.0.0.1."""
+    host = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
 
 
 def signing_key(secret: str) -> bytes:

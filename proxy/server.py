@@ -22,7 +22,8 @@ from starlette.types import ASGIApp
 from infra.head import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADERS, bounded_head_protocol
 from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
 from proxy.app import create_app
-from proxy.config import Settings
+from proxy.config import Settings, reachable_url
+from proxy.healthcheck import forget_address, record_address
 from proxy.services import Services
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,21 @@ class ProxyServer(OrderlyServer):
         # of every collection, which otherwise walks them again for each held request.
         gc.freeze()
         if self.started and sockets:
+            # Recorded before the ready line: whoever waits for that line finds the file.
+            self._record_address(sockets[0])
             logger.info("jobproxy listening on %s", listening_url(sockets[0]))
+
+    def _record_address(self, sock: socket.socket) -> None:
+        """Tell the health check where to ask (see :mod:`proxy.healthcheck`)."""
+        path = self._settings.address_file
+        if not path:
+            return
+        host, port = sock.getsockname()[:2]
+        try:
+            record_address(path, reachable_url(host, port))
+        except OSError as exc:
+            # Serving matters more: the check then asks the address of the settings.
+            logger.warning("cannot record the address in %s: %s", path, exc)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # 1. Drain while still listening: the callbacks of the held requests must still
@@ -114,6 +129,9 @@ class ProxyServer(OrderlyServer):
         # 2. Then uvicorn's own shutdown, each of its steps once: stop accepting, close
         #    the connections (every answer is sent by now), the lifespan's shutdown.
         await super().shutdown(sockets)
+        # 3. No longer serving: the health check must not find this address any more.
+        if self._settings.address_file:
+            forget_address(self._settings.address_file)
 
 
 def serve(settings: Settings) -> bool:
