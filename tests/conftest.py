@@ -93,14 +93,17 @@ class _ServerInTest(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def run_server(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
+async def run_server(
+    app: ASGIApp, sock: socket.socket | None = None, **config: Any
+) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 for the block; yields its base URL.
 
     The socket is bound before uvicorn starts (``--port 0`` without the wait for a ready
-    line), and the block begins once the app's lifespan has started. ``config`` sets
-    ``uvicorn.Config`` options; logging is left to pytest.
+    line; ``sock``, from :func:`loopback_socket`, when the app must know its port before
+    it is served), and the block begins once the app's lifespan has started. ``config``
+    sets ``uvicorn.Config`` options; logging is left to pytest.
     """
-    sock = loopback_socket()
+    sock = sock or loopback_socket()
     options: dict[str, Any] = {
         "lifespan": "on",
         "log_config": None,
