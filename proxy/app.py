@@ -33,17 +33,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.answers import as_response, encode, send_answer
-from proxy.bodies import JobRequest, read_body
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
 from proxy.errors import (
     NotReady,
     ProxyError,
-    UpstreamError,
 )
-from proxy.holding import held, read_wishes, until_client_leaves
-from proxy.idempotency import KeyedRequests, LocalResults, ResultStore, check_key
-from proxy.metrics import Metrics, Outcome
+from proxy.holding import held, read_wishes
+from proxy.idempotency import KeyedRequests, LocalResults, ResultStore
+from proxy.metrics import Metrics
 from proxy.openapi import OPENAPI
 from proxy.overdue import OverdueWatch
 from proxy.resource import JOBS_PREFIX, job_resource
@@ -97,6 +95,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             )
             resources.push_async_callback(_cancel, heartbeats)
             metrics = Metrics.create(lambda: len(waiters), lambda: tracked.streams, local)
+            keyed = KeyedRequests(results, watch, settings)
+            resources.push_async_callback(keyed.aclose)
             services = Services(
                 settings=settings,
                 client=client,
@@ -105,7 +105,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 results=results,
                 bus=bus,
                 watch=watch,
-                keyed=KeyedRequests(results, upstream, watch, settings, metrics),
+                keyed=keyed,
                 metrics=metrics,
                 signing_key=signing_key(settings.callback_secret)
                 if settings.callback_secret
@@ -128,9 +128,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         # HotPaths serves them. These routes take the rest (Idempotency-Key, signed
         # callbacks, other replicas' tokens) and answer other methods with 405.
         routes=[
-            Route("/proxy", start_with_key, methods=["POST"]),
-            Route("/start", start_with_key, methods=["POST"]),
-            Route("/", start_with_key, methods=["POST"]),
+            *(Route(path, _served_by_hot_paths, methods=["POST"]) for path in HELD_PATHS),
+            Route(f"{JOBS_PREFIX}{{ref}}", _served_by_hot_paths, methods=["GET"]),
             *(Route(prefix + "{token}", receive_callback, methods=["POST"]) for prefix in prefixes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -164,15 +163,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 class HotPaths:
-    """The two hot endpoints, served ahead of Starlette's exception and routing layers.
+    """The hot endpoints, served ahead of Starlette's exception and routing layers.
 
-    ``POST /proxy`` (and ``/start``, ``/``) without an ``Idempotency-Key``, ``POST
-    /callback/{token}`` for an unsigned callback on this replica's token, and ``GET
-    /jobs/{ref}`` are served here: they are most of the traffic, or held by the
-    thousand, and each layer skipped is CPU per request and a frame kept for every held
-    request. Their errors become
-    answers through :meth:`ProxyError.answer`, the same mapping the exception handlers
-    use. Everything else goes on to the app's routes and ordinary handlers.
+    ``POST /proxy`` (and ``/start``, ``/``), ``POST /callback/{token}`` for an unsigned
+    callback on this replica's token, and ``GET /jobs/{ref}`` are served here: they are
+    most of the traffic, or held by the thousand, and each layer skipped is CPU per
+    request and a frame kept for every held request. Their errors become answers through
+    :meth:`ProxyError.answer`, the same mapping the exception handlers use. Everything
+    else goes on to the app's routes and ordinary handlers.
     """
 
     def __init__(self, app: ASGIApp, callback_prefixes: tuple[str, ...] = ()) -> None:
@@ -196,10 +194,8 @@ class HotPaths:
             services = scope["state"]["services"]
             try:
                 if path in HELD_PATHS:
-                    wishes = read_wishes(scope)
-                    if not wishes.keyed:
-                        await held(services, scope, receive, send, wishes)
-                        return
+                    await held(services, scope, receive, send, read_wishes(scope))
+                    return
                 for prefix in self.callback_prefixes:
                     if path.startswith(prefix):
                         token = path[len(prefix) :]
@@ -213,12 +209,15 @@ class HotPaths:
         await self.app(scope, receive, send)
 
 
-HELD_PATHS = frozenset({"/proxy", "/start", "/"})
+HELD_PATHS = ("/proxy", "/start", "/")
 CALLBACK_PREFIX = "/callback/"
 
 
 def observe(services: Services, waiter: Waiter) -> None:
-    """Learn from an answered job: its duration, and how its answer came."""
+    """Learn from an answered job: its duration, and how its answer came; keep a keyed
+    one's result for the key's retries."""
+    if waiter.keyed:
+        services.keyed.decided(waiter)
     if waiter.answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
         return
     now = time.monotonic()
@@ -229,39 +228,12 @@ def observe(services: Services, waiter: Waiter) -> None:
         services.metrics.poll_fallback(waiter.answered_by)
 
 
-# -- requests with an Idempotency-Key ------------------------------------------------
-
-
-async def start_with_key(request: Request) -> Response:
-    """``POST /proxy`` with an ``Idempotency-Key``: run the job, or follow the one the
-    key already names, keeping the result for later retries."""
-    services = services_of(request)
-    settings = services.settings
-    outcome: str = Outcome.INTERNAL_ERROR
-    try:
-        job_request = JobRequest.parse(await read_body(request, settings.max_body_size))
-        key = check_key(request.headers["idempotency-key"])
-        with services.waiters.hold() as waiter:
-            waiter.keyed = True
-            waiter.future = asyncio.get_running_loop().create_future()
-            answer = await until_client_leaves(
-                request.receive, services.keyed.serve(waiter, job_request, key)
-            )
-        outcome = waiter.outcome or Outcome.FORWARDED
-        return as_response(answer)
-    except ProxyError as exc:
-        outcome = exc.error
-        if isinstance(exc, UpstreamError):
-            services.metrics.upstream_error(exc.error)
-        raise
-    finally:
-        services.metrics.request(outcome)
-
-
-# -- callbacks -----------------------------------------------------------------------
-
-
 # -- the rest of the API -------------------------------------------------------------
+
+
+async def _served_by_hot_paths(request: Request) -> Response:
+    """HotPaths serves every request of these routes; the routes give other methods 405."""
+    raise AssertionError(f"{request.method} {request.url.path} reached the router")
 
 
 def _json(value: Any, status: int = 200) -> Response:

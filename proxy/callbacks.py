@@ -3,8 +3,7 @@
 A plain callback (unsigned, for a token of this replica) is served by
 :func:`receive_plain` on the hot path; the others (signed, another replica's token) by
 the ordinary handler :func:`receive_callback`. Either way the job must be finished and
-must be the waiter's own; a late duplicate of a request that had an Idempotency-Key
-is kept for the key's retries.
+must be the waiter's own.
 
 A callback is answered at once, whatever the job server's answer to ``/start`` is
 doing: some job servers deliver a quick job's callback, and await its answer, before
@@ -44,7 +43,7 @@ from proxy.errors import (
 from proxy.jobs import Job, is_terminal
 from proxy.metrics import Outcome
 from proxy.services import Services, services_of
-from proxy.waiters import Delivery, Spent
+from proxy.waiters import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +165,6 @@ async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Del
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
     delivery = await services.waiters.deliver(token, job, body)
-    if delivery is Delivery.DUPLICATE:
-        spent = services.waiters.spent(token)
-        if Spent.POLLED in spent:
-            services.watch.polled_too_soon()
-        if Spent.KEYED in spent:
-            delivery = await services.keyed.keep(token, job, delivery)
+    if delivery is Delivery.DUPLICATE and services.waiters.answered_by_poll(token):
+        services.watch.polled_too_soon()
     return delivery

@@ -26,6 +26,8 @@ listeners for the others. The held coroutine only waits for its request to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,11 +38,12 @@ from starlette.types import Receive, Scope, Send
 from proxy.answers import Answer, Headers, encode, json_answer, send_answer
 from proxy.bodies import JobRequest, receive_body
 from proxy.errors import ClientGone, ProxyError, UpstreamError
+from proxy.idempotency import Claim
 from proxy.jobs import is_terminal, job_id_of
 from proxy.metrics import Outcome
 from proxy.prefer import NONE, Preferences, parse_prefer
 from proxy.services import Services
-from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob
+from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob, new_ref
 from proxy.upstream import StartProgress, UpstreamAnswer
 from proxy.waiters import AnsweredBy, Waiter
 
@@ -82,6 +85,52 @@ def read_wishes(scope: Scope) -> Wishes:
     return Wishes(keyed, parse_prefer(prefer) if prefer else NONE, stream)
 
 
+class HeldJob:
+    """A held request's job while it is started: what every form of holding shares."""
+
+    __slots__ = ("key", "progress", "request", "services", "waiter")
+
+    def __init__(
+        self, services: Services, request: JobRequest, waiter: Waiter, key: str | None
+    ) -> None:
+        self.services, self.request, self.waiter, self.key = services, request, waiter, key
+        self.progress = StartProgress()
+
+    async def start(self) -> UpstreamAnswer:
+        """POST the job to the job server; a keyed claim is released if no job can exist."""
+        services, request, waiter = self.services, self.request, self.waiter
+        callback = services.callback_url(waiter.token) if request.wait else request.callback
+        try:
+            return await services.upstream.start(
+                request.upstream_body(callback), deadline=waiter.deadline, progress=self.progress
+            )
+        except BaseException:
+            if self.key is not None and not self.progress.job_may_exist:
+                await services.keyed.release(request, self.key, waiter)
+            raise
+
+    async def accepted(self, answer: UpstreamAnswer) -> None:
+        """The job server accepted the job: bind the waiter to it and watch for its result."""
+        services, waiter = self.services, self.waiter
+        job = answer.job()
+        waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
+        if dropped := waiter.bind(job_id_of(job)):
+            services.metrics.callback(Outcome.EARLY_MISMATCH, dropped)
+        if self.key is not None:
+            await services.keyed.bind(self.request, self.key, str(waiter.job_id))
+        if waiter.tracked is not None:
+            waiter.tracked.accepted(str(waiter.job_id), waiter.started_at)
+        if is_terminal(job):  # a job server may finish the job before answering
+            waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
+        if not waiter.settled:
+            services.watch.track(waiter, waiter.deadline)
+
+    def goes_on(self) -> bool:
+        """Whether the job must go on if its client leaves now: it is detached, or keyed and
+        on its way (its result is wanted for the key's retries)."""
+        return self.waiter.detached or (self.key is not None and self.progress.sent)
+
+
 async def held(
     services: Services, scope: Scope, receive: Receive, send: Send, wishes: Wishes
 ) -> None:
@@ -94,35 +143,50 @@ async def held(
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
         job_request = JobRequest.parse(body)
+        tracked = job_request.wait and wishes.tracked
         with services.waiters.hold() as waiter:
-            if job_request.wait and wishes.tracked:
-                outcome = await _held_tracked(
-                    services, job_request, waiter, wishes=wishes, receive=receive, send=send
-                )
+            key = _key(scope) if wishes.keyed else None
+            ref = new_ref() if tracked else None
+            if key is not None:
+                claim = await services.keyed.claim(waiter, job_request, key, ref)
+                if not claim.owner:
+                    outcome = await _follow(
+                        services,
+                        waiter,
+                        job_request,
+                        key,
+                        claim,
+                        wishes=wishes,
+                        receive=receive,
+                        send=send,
+                    )
+                    return
+            job = HeldJob(services, job_request, waiter, key)
+            if ref is not None:
+                waiter.tracked = services.tracked.track(ref)
+                outcome = await _held_tracked(job, wishes=wishes, receive=receive, send=send)
                 return
-            callback = job_request.callback
-            if job_request.wait:
-                callback = services.callback_url(waiter.token)
-            start = services.upstream.start(
-                job_request.upstream_body(callback), deadline=waiter.deadline
-            )
-            answer = await until_client_leaves(receive, start)
-            job = answer.job()
+            answer = await until_client_leaves(receive, job.start(), unless=job.goes_on)
             if not job_request.wait:
+                answer.job()
+                if key is not None:
+                    await services.keyed.keep(waiter, answer.job())
                 await send_answer(send, json_answer(answer.raw, answer.status_code))
                 outcome = Outcome.FORWARDED
                 return
-            _accepted(services, waiter, answer)
+            await job.accepted(answer)
             waiter.send = send
             if waiter.settled:  # by the start's answer, or by a callback that came first
                 await waiter.respond()
             else:
                 # Nothing of the start is kept while held.
-                del body, job_request, callback, answer, job
+                del body, job_request, answer, job
                 # The answer is sent by whoever decides it; receive() returns once it was
                 # sent (the response is complete) or the client has gone.
                 while (await receive())["type"] != "http.disconnect":
                     pass
+            if waiter.keyed and not waiter.settled:
+                services.waiters.detach(waiter)  # its result is wanted by the key's retries
             outcome = waiter.outcome if waiter.settled else ClientGone.error
     except ProxyError as exc:
         outcome = exc.error
@@ -133,61 +197,33 @@ async def held(
         services.metrics.request(outcome)
 
 
-def _accepted(services: Services, waiter: Waiter, answer: UpstreamAnswer) -> None:
-    """The job server accepted the job: bind the waiter to it and watch for its result."""
-    job = answer.job()
-    waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-    if dropped := waiter.bind(job_id_of(job)):
-        services.metrics.callback(Outcome.EARLY_MISMATCH, dropped)
-    if waiter.tracked is not None:
-        waiter.tracked.accepted(str(waiter.job_id), waiter.started_at)
-    if is_terminal(job):  # a job server may finish the job before answering
-        waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
-    if not waiter.settled:
-        services.watch.track(waiter, waiter.deadline)
+def _key(scope: Scope) -> str:
+    key: bytes = next(value for name, value in scope["headers"] if name == b"idempotency-key")
+    return key.decode("latin-1")
 
 
-async def _held_tracked(
-    services: Services,
-    job_request: JobRequest,
-    waiter: Waiter,
-    *,
-    wishes: Wishes,
-    receive: Receive,
-    send: Send,
-) -> str:
+async def _held_tracked(job: HeldJob, *, wishes: Wishes, receive: Receive, send: Send) -> str:
     """A held request whose client may come back to its job; returns its outcome word."""
-    waiter.tracked = tracked = services.tracked.track()
-    progress = StartProgress(on_retry=lambda attempt, pause: _retrying(tracked, attempt, pause))
-    start = services.upstream.start(
-        job_request.upstream_body(services.callback_url(waiter.token)),
-        deadline=waiter.deadline,
-        progress=progress,
-    )
+    services, waiter = job.services, job.waiter
+    assert waiter.tracked is not None
+    tracked = waiter.tracked
+    job.progress.on_retry = lambda attempt, pause: _retrying(tracked, attempt, pause)
     if wishes.stream:
-        return await _streamed(services, waiter, start, receive, send)
+        return await _streamed(job, receive, send)
     if wishes.prefer.respond_async:
-        answer = await until_client_leaves(receive, start)
-        _accepted(services, waiter, answer)
+        await job.accepted(await until_client_leaves(receive, job.start(), unless=job.goes_on))
         if waiter.answer is not None:  # done already: answered as a plain hold would be
             await send_answer(send, waiter.answer)
             return waiter.outcome
         await send_answer(send, _come_back(services, waiter, respond_async=True))
         return Outcome.ACCEPTED
-    return await _held_at_most(
-        services, waiter, start, receive=receive, send=send, seconds=wishes.prefer.wait or 0
-    )
+    return await _held_at_most(job, receive, send, wishes.prefer.wait or 0)
 
 
-async def _streamed(
-    services: Services,
-    waiter: Waiter,
-    start: Coroutine[Any, Any, UpstreamAnswer],
-    receive: Receive,
-    send: Send,
-) -> str:
+async def _streamed(job: HeldJob, receive: Receive, send: Send) -> str:
     """``Accept: text/event-stream``: the job's events until the final one. The client has
     the ref at once (``Location``), so its job goes on if it leaves."""
+    services, waiter = job.services, job.waiter
     assert waiter.tracked is not None
     stream = EventStream(send)
     stream.start([*SSE_HEADERS, (b"location", services.job_url(waiter.tracked.ref).encode())])
@@ -195,7 +231,7 @@ async def _streamed(
     services.waiters.detach(waiter)
     with services.tracked.streaming(stream):
         try:
-            _accepted(services, waiter, await start)
+            await job.accepted(await job.start())
         except ProxyError as exc:
             waiter.fail(exc, AnsweredBy.START)  # the stream's final event
         # receive() returns once the final event was sent, or the client has gone.
@@ -204,32 +240,24 @@ async def _streamed(
     return waiter.outcome if waiter.settled else ClientGone.error
 
 
-async def _held_at_most(
-    services: Services,
-    waiter: Waiter,
-    start: Coroutine[Any, Any, UpstreamAnswer],
-    *,
-    receive: Receive,
-    send: Send,
-    seconds: float,
-) -> str:
+async def _held_at_most(job: HeldJob, receive: Receive, send: Send, seconds: float) -> str:
     """``Prefer: wait=N``: the job's answer if it comes within N seconds (and the
     deadline), else ``202`` and the job goes on; ``202`` may come while the job server
     has not even accepted the job yet (then its ``id`` is null)."""
+    services, waiter = job.services, job.waiter
     assert waiter.tracked is not None
     poll = LongPoll(send, waiter.tracked)
-    poll.wait(
-        min(seconds, waiter.deadline - time.monotonic()), lambda: _come_back(services, waiter)
-    )
+    seconds = min(seconds, waiter.deadline - time.monotonic())
+    poll.wait(seconds, lambda: _come_back(services, waiter))
     try:
         try:
-            answer = await until_client_leaves(receive, start, unless=lambda: waiter.detached)
+            answer = await until_client_leaves(receive, job.start(), unless=job.goes_on)
         except ProxyError as exc:
             if not waiter.detached:
                 raise  # answered as a plain hold would be
             waiter.fail(exc, AnsweredBy.START)  # kept for GET /jobs/{ref}
         else:
-            _accepted(services, waiter, answer)
+            await job.accepted(answer)
         # receive() returns once the answer was sent, or the client has gone.
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -237,8 +265,83 @@ async def _held_at_most(
         answered = poll.answered
         poll.close()
     if not answered:
-        return ClientGone.error  # withdrawn, as a plain hold's would be
+        if waiter.keyed and not waiter.settled:
+            services.waiters.detach(waiter)  # its result is wanted by the key's retries
+        return ClientGone.error
     return Outcome.ACCEPTED if waiter.detached and not waiter.settled else waiter.outcome
+
+
+async def _follow(
+    services: Services,
+    waiter: Waiter,
+    job_request: JobRequest,
+    key: str,
+    claim: Claim,
+    *,
+    wishes: Wishes,
+    receive: Receive,
+    send: Send,
+) -> str:
+    """A retry of a keyed request follows the first one's job: by its ref in the form the
+    retry asks for, when the first one had it tracked; else until its result."""
+    tracked = services.tracked.get(claim.ref) if claim.ref is not None else None
+    if tracked is not None and wishes.tracked and job_request.wait:
+        return await answer_tracked(services, tracked, wishes, receive, send, come_back=True)
+    answer = await until_client_leaves(
+        receive, services.keyed.follow(waiter, job_request, key, claim)
+    )
+    await send_answer(send, answer)
+    return waiter.outcome or Outcome.FORWARDED
+
+
+async def answer_tracked(
+    services: Services,
+    tracked: TrackedJob,
+    wishes: Wishes,
+    receive: Receive,
+    send: Send,
+    *,
+    come_back: bool,
+    last_event_id: int = 0,
+) -> str:
+    """Answer with a tracked job in the form ``wishes`` ask: its events (from
+    ``last_event_id``), its answer within ``Prefer: wait=N``, or at once. A job still
+    running is answered ``202`` to come back later (``come_back``, a retry of a ``POST``),
+    else ``200`` running (``GET /jobs/{ref}``). Returns the outcome word."""
+    location = services.job_url(tracked.ref)
+    if wishes.stream:
+        stream = EventStream(send)
+        stream.start([*SSE_HEADERS, (b"location", location.encode())])
+        stream.replay(tracked.events_after(last_event_id))
+        if tracked.final is None:
+            tracked.listeners.append(stream)
+        with services.tracked.streaming(stream):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        with contextlib.suppress(ValueError):
+            tracked.listeners.remove(stream)
+        return Outcome.STREAMED
+    running = functools.partial(_running, services, tracked, come_back=come_back)
+    if tracked.final is not None or wishes.prefer.wait is None:
+        await send_answer(send, tracked.final or running())
+        return Outcome.FOLLOWED
+    poll = LongPoll(send, tracked)
+    poll.wait(min(wishes.prefer.wait, services.settings.job_deadline), running)
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    finally:
+        poll.close()
+    return Outcome.FOLLOWED
+
+
+def _running(services: Services, tracked: TrackedJob, *, come_back: bool) -> Answer:
+    """A tracked job still running: ``202`` and where to come back, or ``200`` as it is."""
+    headers: Headers = [(b"retry-after", b"%d" % services.retry_after(tracked.started_at))]
+    if not come_back:
+        return json_answer(encode(tracked.running), 200, headers)
+    headers.append((b"location", services.job_url(tracked.ref).encode()))
+    return json_answer(encode(tracked.running), 202, headers)
 
 
 def _retrying(tracked: TrackedJob, attempt: int, pause: float) -> None:

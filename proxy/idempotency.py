@@ -1,15 +1,19 @@
 """Idempotency-Key: a client's retry gets its first request's job, never a second job.
 
-A request carrying ``Idempotency-Key`` *claims* the key for its callback token. A retry
-with the same key and the same body finds the claim and follows that job: it returns
-the stored result at once when there is one, else waits for it (and polls the job
-server once the job id is known). The same key with another body is a 422.
+A request carrying ``Idempotency-Key`` *claims* the key (scoped to its account) for its
+callback token, and its job's ref when it is tracked. A retry with the same key and the
+same body finds the claim and follows that job: it returns the stored result at once
+when there is one, else waits for it (and polls the job server once the job id is
+known), or reads the job by its ref as the first request could. The same key with
+another body is a 422.
 
-:class:`KeyedRequests` is the one interface the app uses: :meth:`KeyedRequests.serve`
-for a request with a key, :meth:`KeyedRequests.keep` for a result that came after its
-holder was gone. A request without a key does no idempotency work at all.
-:class:`LocalResults` keeps claims and results in this process; ``proxy.shared`` keeps
-them in Redis so a retry may land on any replica.
+The held request (``proxy.holding``) runs a keyed job as any other, and tells
+:class:`KeyedRequests` what happens: the claim is released when no job can exist, the
+job's id is bound to it once accepted, its result is stored when decided. A keyed
+request whose client leaves once its start is under way is not withdrawn: its job goes
+on, so that its result is there for the retry. A request without a key does no
+idempotency work at all. :class:`LocalResults` keeps claims and results in this process;
+``proxy.shared`` keeps them in Redis so a retry may land on any replica.
 """
 
 from __future__ import annotations
@@ -34,25 +38,26 @@ from proxy.errors import (
     JobTimeout,
 )
 from proxy.expiring import ExpiringMap
-from proxy.jobs import Job, is_terminal, job_id_of
-from proxy.metrics import Metrics, Outcome
+from proxy.jobs import Job
 from proxy.overdue import OverdueWatch
 from proxy.polling import PollSchedule
-from proxy.upstream import StartProgress, Upstream
-from proxy.waiters import AnsweredBy, Delivery, Waiter
+from proxy.waiters import Waiter
 
 logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 255
+STORE_TIMEOUT = 1.0  # seconds the results being stored may take when the proxy stops
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Who runs the job for an Idempotency-Key: ``owner`` is True for the first request."""
+    """Who runs the job for an Idempotency-Key: ``owner`` is True for the first request;
+    ``ref`` names the job when the first request had it tracked."""
 
     owner: bool
     token: str
     job_id: str | None = None
+    ref: str | None = None
 
 
 def check_key(value: str) -> str:
@@ -75,7 +80,7 @@ def fingerprint(fields: dict[str, Any]) -> str:
 class ResultStore(Protocol):
     """Claims of Idempotency-Keys and results of jobs, by callback token."""
 
-    async def claim(self, key: str, digest: str, token: str) -> Claim: ...
+    async def claim(self, key: str, digest: str, token: str, ref: str | None) -> Claim: ...
     async def bind_job(self, key: str, job_id: str) -> None: ...
     async def release(self, key: str, token: str) -> None: ...
     async def job_id_for(self, key: str) -> str | None: ...
@@ -87,6 +92,7 @@ class ResultStore(Protocol):
 class _Record:
     digest: str
     token: str
+    ref: str | None
     job_id: str | None = None
 
 
@@ -109,14 +115,14 @@ class LocalResults:
         self._claims.close()
         self._results.close()
 
-    async def claim(self, key: str, digest: str, token: str) -> Claim:
+    async def claim(self, key: str, digest: str, token: str, ref: str | None) -> Claim:
         record: _Record | None = self._claims.get(key)
         if record is None:
-            self._claims.put(key, _Record(digest, token))
-            return Claim(owner=True, token=token)
+            self._claims.put(key, _Record(digest, token, ref))
+            return Claim(owner=True, token=token, ref=ref)
         if record.digest != digest:
             raise IdempotencyConflict("this Idempotency-Key was used with another body")
-        return Claim(owner=False, token=record.token, job_id=record.job_id)
+        return Claim(False, record.token, record.job_id, record.ref)
 
     async def bind_job(self, key: str, job_id: str) -> None:
         record: _Record | None = self._claims.get(key)
@@ -146,67 +152,53 @@ class LocalResults:
 class KeyedRequests:
     """Requests with an ``Idempotency-Key``: each key's job runs once, retries follow it."""
 
-    def __init__(
-        self,
-        results: ResultStore,
-        upstream: Upstream,
-        watch: OverdueWatch,
-        settings: Settings,
-        metrics: Metrics,
-    ) -> None:
-        self._metrics = metrics
+    def __init__(self, results: ResultStore, watch: OverdueWatch, settings: Settings) -> None:
         self._results = results
-        self._upstream = upstream
         self._watch = watch
         self._settings = settings
+        self._storing: set[asyncio.Task[None]] = set()
 
-    async def keep(self, token: str, job: Job, delivery: Delivery) -> Delivery:
-        """Store a result whose holder is gone (``delivery`` said so) for the key's
-        retries; ``STORED`` if this stored it."""
-        return Delivery.STORED if await self._results.put_result(token, job) else delivery
-
-    async def serve(self, waiter: Waiter, job_request: JobRequest, key: str) -> Answer:
-        """Run the client's job, or follow the one its Idempotency-Key names."""
-        results = self._results
+    async def claim(
+        self, waiter: Waiter, job_request: JobRequest, key: str, ref: str | None
+    ) -> Claim:
+        """Claim ``key`` (the header's value) for ``waiter``'s job, or learn whose it is."""
         digest = fingerprint(dataclasses.asdict(job_request))
-        key = scoped_key(job_request.account, key)
-        claim = await results.claim(key, digest, waiter.token)
-        if not claim.owner:
-            return await self._follow(waiter, key, claim, job_request)
-        callback = job_request.callback
-        if job_request.wait:
-            callback = f"{self._settings.public_url}/callback/{waiter.token}"
-        progress = StartProgress()
-        try:
-            answer = await self._upstream.start(
-                job_request.upstream_body(callback), deadline=waiter.deadline, progress=progress
-            )
-        except BaseException:
-            # The client left, the deadline passed or the job server refused: when surely
-            # no job was started for this key, a retry must start one.
-            if not progress.job_may_exist:
-                await _quietly(results.release(key, waiter.token))
-            raise
-        job = answer.job()
-        if not job_request.wait:
-            await _quietly(results.put_result(waiter.token, job))
-            return json_answer(answer.raw, answer.status_code)
-        if dropped := waiter.bind(job_id_of(job)):
-            self._metrics.callback(Outcome.EARLY_MISMATCH, dropped)
-        if is_terminal(job):
-            waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
-        if not waiter.settled:
-            waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-            await _quietly(results.bind_job(key, str(waiter.job_id)))
-            self._watch.track(waiter, waiter.deadline)
-        assert waiter.future is not None
-        result = await waiter.future
-        if result[0] == 200:
-            await _quietly(results.put_result(waiter.token, decode_json(result[2])))
-        return result
+        claim = await self._results.claim(
+            scoped_key(job_request.account, check_key(key)), digest, waiter.token, ref
+        )
+        waiter.keyed = claim.owner
+        return claim
 
-    async def _follow(
-        self, waiter: Waiter, key: str, claim: Claim, job_request: JobRequest
+    async def release(self, job_request: JobRequest, key: str, waiter: Waiter) -> None:
+        """Surely no job exists for the key: a retry must start one."""
+        await _quietly(self._results.release(scoped_key(job_request.account, key), waiter.token))
+
+    async def bind(self, job_request: JobRequest, key: str, job_id: str) -> None:
+        """The job server accepted the key's job: a retry can ask it about ``job_id``."""
+        await _quietly(self._results.bind_job(scoped_key(job_request.account, key), job_id))
+
+    async def keep(self, waiter: Waiter, job: Job) -> None:
+        """Keep a job's answer for the key's retries."""
+        await _quietly(self._results.put_result(waiter.token, job))
+
+    def decided(self, waiter: Waiter) -> None:
+        """A keyed waiter's answer is decided: a job's answer is kept for the retries."""
+        answer = waiter.answer
+        if answer is None or answer[0] != 200:
+            return
+        task = asyncio.get_running_loop().create_task(self.keep(waiter, decode_json(answer[2])))
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+
+    async def aclose(self) -> None:
+        """Let the results being stored be stored (briefly), then stop."""
+        if self._storing:
+            await asyncio.wait(list(self._storing), timeout=STORE_TIMEOUT)
+        for task in list(self._storing):
+            task.cancel()
+
+    async def follow(
+        self, waiter: Waiter, job_request: JobRequest, key: str, claim: Claim
     ) -> Answer:
         """A retry's answer: the first request's stored result, waited for if need be."""
         settings = self._settings
@@ -215,7 +207,7 @@ class KeyedRequests:
         delays = schedule.delays()
         job_id = claim.job_id
         poll: asyncio.Future[Job] | None = None
-        assert waiter.future is not None
+        waiter.future = asyncio.get_running_loop().create_future()  # the drain answers here
         try:
             while True:
                 result = await self._results.get_result(claim.token)
@@ -225,7 +217,8 @@ class KeyedRequests:
                     waiter.outcome = str(result.get("state"))
                     return json_answer(encode(result))
                 if job_request.wait and poll is None:
-                    job_id = job_id or await self._results.job_id_for(key)
+                    scoped = scoped_key(job_request.account, key)
+                    job_id = job_id or await self._results.job_id_for(scoped)
                     if job_id is not None:
                         # The first request's holder may be gone: ask the job server too.
                         polling = self._watch.poll(

@@ -28,6 +28,10 @@ class Outcome(str, Enum):
     FORWARDED = "forwarded"
     #: A held request answered 202: its job goes on, its client comes back for it.
     ACCEPTED = "accepted"
+    #: A request answered with a job it followed (GET /jobs/{ref}, a keyed retry).
+    FOLLOWED = "followed"
+    #: A stream of a job's events that ended (its final event sent, or its client gone).
+    STREAMED = "streamed"
     #: A callback for a job that is not finished yet: taken, nothing to do.
     NOT_FINAL = "not_final"
     #: A callback that came before /start answered, and then was another job's: dropped.

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.answers import Answer, encode, json_answer, send_answer
 from proxy.errors import UnknownJob
-from proxy.holding import read_wishes
+from proxy.holding import answer_tracked, read_wishes
 from proxy.services import Services
-from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob
 
 JOBS_PREFIX = "/jobs/"
 
@@ -33,44 +31,20 @@ def last_event_id(scope: Scope) -> int:
     return 0
 
 
-def running_answer(services: Services, job: TrackedJob) -> Answer:
-    retry_after = b"%d" % services.retry_after(job.started_at)
-    return json_answer(encode(job.running), 200, [(b"retry-after", retry_after)])
-
-
 async def job_resource(
     services: Services, ref: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Answer ``GET /jobs/{ref}`` as the module docstring says."""
-    wishes = read_wishes(scope)
-    job = services.tracked.get(ref)
-    if job is None:
+    tracked = services.tracked.get(ref)
+    if tracked is None:
         raise UnknownJob(f"no job is known by the ref {ref!r} (never issued, or expired)")
-    if wishes.stream:
-        stream = EventStream(send)
-        stream.start(SSE_HEADERS)
-        stream.replay(job.events_after(last_event_id(scope)))
-        if job.final is None:
-            job.listeners.append(stream)
-        with services.tracked.streaming(stream):
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        if stream in job.listeners:
-            job.listeners.remove(stream)
-        return
-    if job.final is not None:
-        await send_answer(send, job.final)
-        return
-    if wishes.prefer.wait is None:
-        await send_answer(send, running_answer(services, job))
-        return
-    poll = LongPoll(send, job)
-    poll.wait(
-        min(wishes.prefer.wait, services.settings.job_deadline),
-        lambda: running_answer(services, job),
+    wishes = read_wishes(scope)
+    await answer_tracked(
+        services,
+        tracked,
+        wishes,
+        receive,
+        send,
+        come_back=False,
+        last_event_id=last_event_id(scope),
     )
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    finally:
-        poll.close()

@@ -48,8 +48,8 @@ HEALTH_CHECK_INTERVAL = 5
 REREAD_BATCH = 500
 RECONNECT_BASE = 0.1
 RECONNECT_CAP = 2.0
-# A claim's value is "<token> <digest>"; only the owner of that token may release it,
-# checked and deleted in one step on the server.
+# A claim's value is "<token> <digest> <ref or ->"; only the owner of that token may
+# release it, checked and deleted in one step on the server.
 RELEASE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and string.sub(holder, 1, #ARGV[1]) == ARGV[1] then
@@ -294,20 +294,25 @@ class RedisBus:
 
     # -- the ResultStore protocol (proxy.idempotency) --------------------------------
 
-    async def claim(self, key: str, digest: str, token: str) -> Claim:
-        value = f"{token} {digest}"
+    async def claim(self, key: str, digest: str, token: str, ref: str | None) -> Claim:
+        value = f"{token} {digest} {ref or '-'}"
         with _bus_errors("claim"):
             for _ in range(3):  # the key may expire between SET NX and GET
                 if await self._redis.set(_claim_key(key), value, nx=True, ex=self._ttl):
-                    return Claim(owner=True, token=token)
+                    return Claim(owner=True, token=token, ref=ref)
                 existing = await self._redis.get(_claim_key(key))
                 if existing is None:
                     continue
-                their_token, _, their_digest = str(existing).partition(" ")
+                their_token, their_digest, their_ref = [*str(existing).split(" "), "-"][:3]
                 if their_digest != digest:
                     raise IdempotencyConflict("this Idempotency-Key was used with another body")
                 job_id = await self._redis.get(_job_key(key))
-                return Claim(False, their_token, str(job_id) if job_id else None)
+                return Claim(
+                    False,
+                    their_token,
+                    str(job_id) if job_id else None,
+                    None if their_ref == "-" else their_ref,
+                )
         raise BusUnavailable("the Idempotency-Key kept expiring while being claimed")
 
     async def bind_job(self, key: str, job_id: str) -> None:

@@ -248,9 +248,9 @@ class TrackedJobs:
         """Event streams open now."""
         return len(self._streams)
 
-    def track(self) -> TrackedJob:
-        """A new tracked job under a fresh ref."""
-        job = TrackedJob(new_ref())
+    def track(self, ref: str) -> TrackedJob:
+        """A new tracked job under ``ref`` (:func:`new_ref`)."""
+        job = TrackedJob(ref)
         job.on_final = self._finished_job
         self._running[job.ref] = job
         return job

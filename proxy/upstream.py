@@ -336,6 +336,8 @@ class StartProgress:
     job_may_exist: bool = False
     #: Told of each retry to come: its number (1 for the first) and the pause before it.
     on_retry: Callable[[int, float], None] | None = None
+    #: An attempt left its lane for the job server (it may be under way, or done).
+    sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +412,7 @@ class Upstream:
         spent = 0.0
         while True:
             lane, seq = await self.lanes.enter(body["account"], first=attempt > 0)
+            progress.sent = True
             fate, accepted, maybe_job = Fate.UNKNOWN, False, True
             try:
                 sent_at = time.monotonic()

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum, IntFlag
+from enum import Enum
 from typing import Any
 
 from starlette.types import Send
@@ -71,16 +71,6 @@ class Delivery(str, Enum):
     MISMATCH = "mismatch"  # another job's result on this waiter's token: refused
     EARLY = "early"  # came before /start named the job: kept, judged once the id is known
     CROWDED = "crowded"  # came early, but the waiter keeps no more early results: retry later
-
-
-class Spent(IntFlag):
-    """What is remembered of a waiter that is gone, by its token."""
-
-    GONE = 0
-    #: Its request had an Idempotency-Key: a late result is kept for the key's retries.
-    KEYED = 1
-    #: A status poll answered it: a callback that still comes shows the poll was early.
-    POLLED = 2
 
 
 def new_replica_id() -> str:
@@ -251,8 +241,8 @@ class WaiterRegistry:
         self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
         self._waiters: dict[str, Waiter] = {}
         # Tokens of waiters gone, kept only to tell a late duplicate from a never-issued
-        # token, and whose result an Idempotency-Key retry may still want.
-        self._spent: OrderedDict[str, Spent] = OrderedDict()
+        # token; True for those a status poll answered.
+        self._spent: OrderedDict[str, bool] = OrderedDict()
         self._deadlines: collections.deque[Waiter] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._emptied = asyncio.Event()
@@ -412,14 +402,11 @@ class WaiterRegistry:
         """Return once no waiter is held (at once when none is)."""
         await self._emptied.wait()
 
-    def spent(self, token: str) -> Spent:
-        """What is remembered of the gone waiter of ``token`` (``GONE``: nothing more)."""
-        return self._spent.get(token, Spent.GONE)
+    def answered_by_poll(self, token: str) -> bool:
+        """Whether the gone waiter of ``token`` was answered by a status poll."""
+        return self._spent.get(token, False)
 
     def _remember_spent(self, waiter: Waiter) -> None:
-        spent = Spent.KEYED if waiter.keyed else Spent.GONE
-        if waiter.answered_by is AnsweredBy.POLL:
-            spent |= Spent.POLLED
-        self._spent[waiter.token] = spent
+        self._spent[waiter.token] = waiter.answered_by is AnsweredBy.POLL
         if len(self._spent) > SPENT_TOKENS_KEPT:
             self._spent.popitem(last=False)

@@ -267,7 +267,11 @@ def in_process_system() -> SystemFactory:
 
 
 async def post_and_leave(
-    app: ASGIApp, path: str, body: dict[str, Any], leave: asyncio.Event
+    app: ASGIApp,
+    path: str,
+    body: dict[str, Any],
+    leave: asyncio.Event,
+    headers: Mapping[str, str] | None = None,
 ) -> list[Message]:
     """POST ``body`` to ``app`` from a client that hangs up once ``leave`` is set; returns
     what the app sent.
@@ -291,6 +295,7 @@ async def post_and_leave(
             (b"host", b"proxy.test"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(content)).encode()),
+            *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items()),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("proxy.test", 80),

@@ -10,7 +10,13 @@ from starlette.responses import JSONResponse, Response
 
 from proxy.idempotency import LocalResults, fingerprint
 from tests.conftest import eventually
-from tests.proxy.conftest import FakeJobServer, ProxyFactory, ProxyUnderTest, sample
+from tests.proxy.conftest import (
+    FakeJobServer,
+    ProxyFactory,
+    ProxyUnderTest,
+    post_and_leave,
+    sample,
+)
 
 BODY = {"account": "acme", "wait": True}
 
@@ -58,16 +64,19 @@ async def test_same_key_other_body_is_422(proxy: ProxyUnderTest) -> None:
 async def test_result_of_an_abandoned_request_is_kept_for_the_retry(
     proxy: ProxyUnderTest,
 ) -> None:
-    """The first client gives up; its job's callback is stored and the retry gets it."""
-    first = post(proxy, "k4")
+    """The first client gives up once its job is started: the job goes on, its callback is
+    taken and its result kept, and the retry gets it."""
+    leave = asyncio.Event()
+    first = asyncio.ensure_future(
+        post_and_leave(proxy.served, "/proxy", BODY, leave, {"Idempotency-Key": "k4"})
+    )
     job_id = await proxy.upstream.next_job()
-    first.cancel()
-    services = proxy.services
-    async with asyncio.timeout(5):
-        await services.waiters.wait_until_empty()
+    leave.set()
+    assert await first == []  # nothing was answered: the client had gone
+    assert len(proxy.services.waiters) == 1  # the job goes on
     delivered = await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
     retry = await post(proxy, "k4")
-    assert delivered.json()["status"] == "stored"
+    assert delivered.json()["status"] == "ok"
     assert retry.json()["id"] == job_id
     assert len(proxy.upstream.starts) == 1
 
@@ -141,12 +150,12 @@ async def test_the_same_key_of_another_account_is_another_key(proxy: ProxyUnderT
 async def test_local_results_expire_on_their_own() -> None:
     """Claims and results are forgotten after their time to live, with no request coming."""
     results = LocalResults(ttl=0.05, max_keys=10)
-    await results.claim("k", fingerprint(BODY), "t")
+    await results.claim("k", fingerprint(BODY), "t", None)
     await results.put_result("t", {"id": "x"})
     assert len(results) == 2
     await eventually(lambda: len(results) == 0)
     assert await results.get_result("t") is None
-    assert (await results.claim("k", fingerprint({"other": 1}), "u")).owner
+    assert (await results.claim("k", fingerprint({"other": 1}), "u", None)).owner
     results.close()
 
 
@@ -154,14 +163,14 @@ async def test_local_results_are_bounded_in_number() -> None:
     """Past max_keys, the oldest claims and results leave first."""
     results = LocalResults(ttl=300, max_keys=3)
     for n in range(5):
-        await results.claim(f"k{n}", fingerprint(BODY), f"t{n}")
+        await results.claim(f"k{n}", fingerprint(BODY), f"t{n}", None)
         await results.put_result(f"t{n}", {"id": str(n)})
     assert len(results) == 6
     assert results.evicted == 4
     assert await results.get_result("t0") is None
     assert await results.get_result("t4") == {"id": "4"}
-    assert not (await results.claim("k4", fingerprint(BODY), "new")).owner
-    assert (await results.claim("k0", fingerprint(BODY), "new")).owner
+    assert not (await results.claim("k4", fingerprint(BODY), "new", None)).owner
+    assert (await results.claim("k0", fingerprint(BODY), "new", None)).owner
     results.close()
 
 
@@ -239,3 +248,21 @@ async def test_a_client_gone_before_its_start_was_sent_releases_the_key(
     assert [answer.status_code for answer in answers] == [200, 200]
     assert {answer.json()["id"] for answer in answers} == set(job_ids)
     assert len(upstream.starts) == 2
+
+
+async def test_a_retry_of_a_tracked_request_gets_the_same_ref(proxy: ProxyUnderTest) -> None:
+    """respond-async with a key: the retry with the same key is given the same ref (and
+    the same job), never a second job."""
+    headers = {"Idempotency-Key": "k11", "prefer": "respond-async"}
+    first = asyncio.ensure_future(proxy.client.post("/proxy", json=BODY, headers=headers))
+    job_id = await proxy.upstream.next_job()
+    accepted = await first
+    retry = await proxy.client.post("/proxy", json=BODY, headers=headers)
+    assert (accepted.status_code, retry.status_code) == (202, 202)
+    assert retry.headers["location"] == accepted.headers["location"]
+    assert retry.json() == accepted.json()
+    job = proxy.upstream.finish(job_id)
+    await proxy.upstream.callback(job_id)
+    waited = await proxy.client.post("/proxy", json=BODY, headers={**headers, "prefer": "wait=5"})
+    assert (waited.status_code, waited.json()) == (200, job)
+    assert len(proxy.upstream.starts) == 1

@@ -317,14 +317,16 @@ async def test_lost_redis_is_503_for_requests_that_need_it(redis_server: RedisSe
 
 
 async def test_only_the_owner_releases_a_claim(redis_server: RedisServer) -> None:
-    """A claim is released by its owner's token only, not by a token it merely prefixes."""
+    """A claim is released by its owner's token only, not by a token it merely prefixes;
+    a follower learns the ref of the owner's job."""
     redis = connect(redis_server.url)
     try:
         bus = RedisBus(redis, WaiterRegistry("a", 10), ttl=60)
-        assert (await bus.claim("k", "digest", "a.tok")).owner
+        assert (await bus.claim("k", "digest", "a.tok", "ref1")).owner
         await bus.release("k", "a.to")
-        assert not (await bus.claim("k", "digest", "a.other")).owner
+        follower = await bus.claim("k", "digest", "a.other", None)
+        assert (follower.owner, follower.ref) == (False, "ref1")
         await bus.release("k", "a.tok")
-        assert (await bus.claim("k", "digest", "a.other")).owner
+        assert (await bus.claim("k", "digest", "a.other", None)).owner
     finally:
         await redis.aclose()
