@@ -47,6 +47,7 @@ from proxy.overdue import OverdueWatch
 from proxy.resource import JOBS_PREFIX, job_resource
 from proxy.services import LifespanState, Services, services_of
 from proxy.shared import RedisBus, connect
+from proxy.shared_jobs import SharedJobs
 from proxy.tracking import TrackedJobs
 from proxy.upstream import Upstream, build_client
 from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
@@ -68,14 +69,29 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         )
         async with contextlib.AsyncExitStack() as resources:
             client = await resources.enter_async_context(build_client(settings, transport))
+            tracked = TrackedJobs(settings.result_ttl, settings.max_results)
+            resources.callback(tracked.close)
             bus: RedisBus | None = None
+            shared_jobs: SharedJobs | None = None
             if settings.redis_url:
                 redis = connect(settings.redis_url)
                 resources.push_async_callback(redis.aclose)
                 bus = RedisBus(redis, waiters, settings.result_ttl)
+                shared_jobs = SharedJobs(
+                    redis,
+                    tracked,
+                    running_ttl=settings.job_deadline + settings.result_ttl,
+                    final_ttl=settings.result_ttl,
+                )
+                bus.on_job_event = shared_jobs.heard
                 resources.push_async_callback(bus.leave)
-                for name, work in (("redis-listener", bus.listen), ("heartbeat", bus.keep_alive)):
-                    task = asyncio.create_task(work(), name=name)
+                work = {
+                    "redis-listener": bus.listen,
+                    "heartbeat": bus.keep_alive,
+                    "job-events": shared_jobs.write,
+                }
+                for name, run in work.items():
+                    task = asyncio.create_task(run(), name=name)
                     resources.push_async_callback(_cancel, task)
             watch = OverdueWatch(settings, client)
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
@@ -88,8 +104,6 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 resources.callback(local.close)
             else:
                 results = bus
-            tracked = TrackedJobs(settings.result_ttl, settings.max_results)
-            resources.callback(tracked.close)
             heartbeats = asyncio.create_task(
                 tracked.send_heartbeats(settings.stream_heartbeat), name="stream-heartbeats"
             )
@@ -111,6 +125,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 if settings.callback_secret
                 else None,
                 tracked=tracked,
+                shared_jobs=shared_jobs,
             )
             waiters.observer = functools.partial(observe, services)
             logger.info(

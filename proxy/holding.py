@@ -284,7 +284,7 @@ async def _follow(
 ) -> str:
     """A retry of a keyed request follows the first one's job: by its ref in the form the
     retry asks for, when the first one had it tracked; else until its result."""
-    tracked = services.tracked.get(claim.ref) if claim.ref is not None else None
+    tracked = await services.find_job(claim.ref) if claim.ref is not None else None
     if tracked is not None and wishes.tracked and job_request.wait:
         return await answer_tracked(services, tracked, wishes, receive, send, come_back=True)
     answer = await until_client_leaves(
@@ -308,31 +308,34 @@ async def answer_tracked(
     ``last_event_id``), its answer within ``Prefer: wait=N``, or at once. A job still
     running is answered ``202`` to come back later (``come_back``, a retry of a ``POST``),
     else ``200`` running (``GET /jobs/{ref}``). Returns the outcome word."""
-    location = services.job_url(tracked.ref)
-    if wishes.stream:
-        stream = EventStream(send)
-        stream.start([*SSE_HEADERS, (b"location", location.encode())])
-        stream.replay(tracked.events_after(last_event_id))
-        if tracked.final is None:
-            tracked.listeners.append(stream)
-        with services.tracked.streaming(stream):
+    try:
+        location = services.job_url(tracked.ref)
+        if wishes.stream:
+            stream = EventStream(send)
+            stream.start([*SSE_HEADERS, (b"location", location.encode())])
+            stream.replay(tracked.events_after(last_event_id))
+            if tracked.final is None:
+                tracked.listeners.append(stream)
+            with services.tracked.streaming(stream):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            with contextlib.suppress(ValueError):
+                tracked.listeners.remove(stream)
+            return Outcome.STREAMED
+        running = functools.partial(_running, services, tracked, come_back=come_back)
+        if tracked.final is not None or wishes.prefer.wait is None:
+            await send_answer(send, tracked.final or running())
+            return Outcome.FOLLOWED
+        poll = LongPoll(send, tracked)
+        poll.wait(min(wishes.prefer.wait, services.settings.job_deadline), running)
+        try:
             while (await receive())["type"] != "http.disconnect":
                 pass
-        with contextlib.suppress(ValueError):
-            tracked.listeners.remove(stream)
-        return Outcome.STREAMED
-    running = functools.partial(_running, services, tracked, come_back=come_back)
-    if tracked.final is not None or wishes.prefer.wait is None:
-        await send_answer(send, tracked.final or running())
+        finally:
+            poll.close()
         return Outcome.FOLLOWED
-    poll = LongPoll(send, tracked)
-    poll.wait(min(wishes.prefer.wait, services.settings.job_deadline), running)
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
     finally:
-        poll.close()
-    return Outcome.FOLLOWED
+        services.tracked.let_go(tracked)  # a mirror nobody here reads goes
 
 
 def _running(services: Services, tracked: TrackedJob, *, come_back: bool) -> Answer:

@@ -35,7 +35,7 @@ async def job_resource(
     services: Services, ref: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Answer ``GET /jobs/{ref}`` as the module docstring says."""
-    tracked = services.tracked.get(ref)
+    tracked = await services.find_job(ref)
     if tracked is None:
         raise UnknownJob(f"no job is known by the ref {ref!r} (never issued, or expired)")
     wishes = read_wishes(scope)

@@ -15,7 +15,8 @@ from proxy.idempotency import KeyedRequests, ResultStore
 from proxy.metrics import Metrics
 from proxy.overdue import OverdueWatch
 from proxy.shared import RedisBus
-from proxy.tracking import TrackedJobs
+from proxy.shared_jobs import SharedJobs
+from proxy.tracking import TrackedJob, TrackedJobs
 from proxy.upstream import Upstream
 from proxy.waiters import WaiterRegistry
 
@@ -35,6 +36,14 @@ class Services:
     metrics: Metrics
     signing_key: bytes | None
     tracked: TrackedJobs
+    shared_jobs: SharedJobs | None
+
+    async def find_job(self, ref: str) -> TrackedJob | None:
+        """The tracked job ``ref`` names: this replica's, or (shared mode) another's."""
+        job = self.tracked.get(ref)
+        if job is None and self.shared_jobs is not None:
+            job = await self.shared_jobs.read(ref)
+        return job
 
     def callback_url(self, token: str) -> str:
         """Where the job server calls back the job of the waiter holding ``token``."""

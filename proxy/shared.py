@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,7 @@ def connect(url: str) -> Redis:
 
 REPLICAS_KEY = f"{PREFIX}replicas"  # hash: replica id -> "<token key, hex> <alive until>"
 REPLICAS_CHANNEL = f"{PREFIX}replicas"  # arrivals and departures, heard at once
+JOBS_CHANNEL = f"{PREFIX}jobs"  # the events of tracked jobs (proxy.shared_jobs)
 HEARTBEAT_INTERVAL = 2.0
 REPLICA_TTL = 6.0  # seconds without a heartbeat after which a replica is gone
 
@@ -131,6 +132,12 @@ class RedisBus:
         self.replica_id = waiters.replica_id
         self.subscribed = asyncio.Event()
         self._peers: dict[str, Peer] = {}
+        #: Hears the events of tracked jobs that other replicas publish.
+        self.on_job_event: Callable[[str], None] | None = None
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
 
     # -- replicas --------------------------------------------------------------------
 
@@ -205,7 +212,7 @@ class RedisBus:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    channels = (channel_of(self.replica_id), REPLICAS_CHANNEL)
+                    channels = (channel_of(self.replica_id), REPLICAS_CHANNEL, JOBS_CHANNEL)
                     await pubsub.subscribe(*channels)
                     # Re-read only once Redis has confirmed the subscription (a refusal
                     # comes back as a reply, not from subscribe()): a result published
@@ -244,8 +251,12 @@ class RedisBus:
     def _dispatch(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
-        if message.get("channel") == REPLICAS_CHANNEL:
+        channel = message.get("channel")
+        if channel == REPLICAS_CHANNEL:
             self._peer_changed(message["data"])
+        elif channel == JOBS_CHANNEL:
+            if self.on_job_event is not None:
+                self.on_job_event(message["data"])
         else:
             self._deliver(message["data"])
 

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import orjson
 from starlette.types import Send
 
 from proxy.answers import Answer, Headers, encode
@@ -72,7 +73,16 @@ class Listener(Protocol):
 class TrackedJob:
     """One job clients may come back to: its ref, its events, its listeners."""
 
-    __slots__ = ("events", "final", "job_id", "listeners", "on_final", "ref", "started_at")
+    __slots__ = (
+        "events",
+        "final",
+        "job_id",
+        "listeners",
+        "on_event",
+        "on_final",
+        "ref",
+        "started_at",
+    )
 
     def __init__(self, ref: str) -> None:
         self.ref = ref
@@ -83,6 +93,8 @@ class TrackedJob:
         self.final: Answer | None = None
         #: Called once the final answer is known (the registry keeps the job for later).
         self.on_final: Callable[[TrackedJob], None] | None = None
+        #: Called with every event of a job of this replica (shared mode publishes it).
+        self.on_event: Callable[[TrackedJob, Event], None] | None = None
 
     @property
     def running(self) -> dict[str, Any]:
@@ -108,6 +120,22 @@ class TrackedJob:
         if self.on_final is not None:
             self.on_final(self)
 
+    def heard(self, event: Event, final: Answer | None) -> None:
+        """An event of this job from the replica that holds it (this one mirrors it):
+        taken if it is the next one, with the final answer if it is the last."""
+        if self.final is not None or event[0] != len(self.events) + 1:
+            return  # a repeat, or after the end
+        if event[1] == "accepted":
+            self.job_id = orjson.loads(event[2]).get("id")
+        self.final = final
+        self.events.append(event)
+        for listener in list(self.listeners):
+            listener.deliver(self, event)
+        if final is not None:
+            self.listeners.clear()
+            if self.on_final is not None:
+                self.on_final(self)
+
     def events_after(self, last_id: int) -> list[Event]:
         """The events a client that saw ``last_id`` missed; the final one at least."""
         missed = [event for event in self.events if event[0] > last_id]
@@ -120,6 +148,8 @@ class TrackedJob:
         self.events.append(event)
         for listener in list(self.listeners):
             listener.deliver(self, event)
+        if self.on_event is not None:
+            self.on_event(self, event)
 
 
 class _Writer:
@@ -233,12 +263,19 @@ class LongPoll:
 
 
 class TrackedJobs:
-    """Every tracked job of this process: running ones, and finished ones for a while."""
+    """Every tracked job of this process: running ones, and finished ones for a while.
+
+    In shared mode it also *mirrors* jobs held by other replicas while clients here read
+    them: a mirror is filled from Redis and follows the events the holder publishes.
+    """
 
     def __init__(self, ttl: float, max_finished: int) -> None:
         self._running: dict[str, TrackedJob] = {}
+        self._mirrors: dict[str, TrackedJob] = {}
         self._finished = ExpiringMap(ttl, max_finished)
         self._streams: set[EventStream] = set()
+        #: Told of every event of this replica's jobs (shared mode publishes them).
+        self.on_event: Callable[[TrackedJob, Event], None] | None = None
 
     def __len__(self) -> int:
         return len(self._running) + len(self._finished)
@@ -252,12 +289,32 @@ class TrackedJobs:
         """A new tracked job under ``ref`` (:func:`new_ref`)."""
         job = TrackedJob(ref)
         job.on_final = self._finished_job
+        job.on_event = self.on_event
         self._running[job.ref] = job
         return job
 
     def get(self, ref: str) -> TrackedJob | None:
-        job = self._running.get(ref)
+        job = self._running.get(ref) or self._mirrors.get(ref)
         return job if job is not None else self._finished.get(ref)
+
+    def mirror(self, ref: str) -> TrackedJob:
+        """The mirror of another replica's job (made now if there is none)."""
+        job = self._mirrors.get(ref)
+        if job is None:
+            job = self._mirrors[ref] = TrackedJob(ref)
+            job.on_final = self._finished_job
+        return job
+
+    def heard(self, ref: str, event: Event, final: Answer | None) -> None:
+        """An event another replica published; only a job mirrored here wants it."""
+        job = self._mirrors.get(ref)
+        if job is not None:
+            job.heard(event, final)
+
+    def let_go(self, job: TrackedJob) -> None:
+        """Nobody here reads ``job`` any more: a mirror that has no listener left goes."""
+        if not job.listeners and self._mirrors.get(job.ref) is job:
+            del self._mirrors[job.ref]
 
     @contextlib.contextmanager
     def streaming(self, stream: EventStream) -> Iterator[EventStream]:
@@ -280,4 +337,5 @@ class TrackedJobs:
 
     def _finished_job(self, job: TrackedJob) -> None:
         self._running.pop(job.ref, None)
+        self._mirrors.pop(job.ref, None)
         self._finished.put(job.ref, job)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from httpx_sse import aconnect_sse
 
 from bench.harness import ServerProcess
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
@@ -330,3 +331,63 @@ async def test_only_the_owner_releases_a_claim(redis_server: RedisServer) -> Non
         assert (await bus.claim("k", "digest", "a.other", None)).owner
     finally:
         await redis.aclose()
+
+
+async def test_a_job_is_read_long_polled_and_streamed_on_another_replica(
+    redis_server: RedisServer,
+) -> None:
+    """A job accepted by replica A (respond-async) is read running on B, its stream on B
+    gets the events A publishes, a long poll on B gets its end; after it, B still reads it
+    from Redis."""
+    async with (
+        run_program("jobserver", "--job-duration", "1.0") as jobserver,
+        replica(jobserver, redis_server.url, "a") as a,
+        replica(jobserver, redis_server.url, "b") as b,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        accepted = await client.post(
+            f"{a.url}/proxy",
+            json={"account": "shared", "wait": True},
+            headers={"prefer": "respond-async"},
+        )
+        assert accepted.status_code == 202
+        ref = accepted.headers["location"].rsplit("/", 1)[1]
+        running = await client.get(f"{b.url}/jobs/{ref}")
+        assert running.json() == accepted.json()
+        stream_headers = {"accept": "text/event-stream"}
+        async with aconnect_sse(
+            client, "GET", f"{b.url}/jobs/{ref}", headers=stream_headers
+        ) as source:
+            waited = asyncio.ensure_future(
+                client.get(f"{b.url}/jobs/{ref}", headers={"prefer": "wait=10"})
+            )
+            events = [event async for event in source.aiter_sse()]
+        done = await waited
+        again = await client.get(f"{b.url}/jobs/{ref}")
+        unknown = await client.get(f"{b.url}/jobs/never-issued")
+    assert [event.event for event in events] == ["accepted", "completed"]
+    assert done.json()["state"] == "completed"
+    assert done.json() == events[-1].json() == again.json()
+    assert unknown.status_code == 404
+
+
+async def test_a_keyed_retry_on_another_replica_gets_the_same_ref(
+    redis_server: RedisServer,
+) -> None:
+    """respond-async with an Idempotency-Key on A, the same on B: the same ref, one job."""
+    headers = {"prefer": "respond-async", "Idempotency-Key": "order-7"}
+    body = {"account": "shared-key", "wait": True}
+    async with (
+        run_program("jobserver", "--job-duration", "1.0") as jobserver,
+        replica(jobserver, redis_server.url, "a") as a,
+        replica(jobserver, redis_server.url, "b") as b,
+        httpx.AsyncClient(timeout=15) as client,
+    ):
+        first = await client.post(f"{a.url}/proxy", json=body, headers=headers)
+        retry = await client.post(f"{b.url}/proxy", json=body, headers=headers)
+        started = await jobs_started(jobserver)
+    assert (first.status_code, retry.status_code) == (202, 202)
+    # Each replica names itself in Location (no load balancer here): the same ref.
+    assert retry.headers["location"].rsplit("/", 1)[1] == first.json()["ref"]
+    assert retry.json() == first.json()
+    assert started == 1
