@@ -1,8 +1,9 @@
 """The job server's Starlette app: routes, error mapping and lifespan.
 
-The app speaks a dialect: the work sample's (``POST /start``, ``GET /status/{id}``, its
-routes below). It starts jobs through :mod:`jobserver.starts`; the routes every dialect
-has (``/verify``, ``/healthz``, ``/openapi.json``) are here.
+The app speaks the dialect its settings name (``dialect``): the work sample's
+(``POST /start``, ``GET /status/{id}``, its routes below) or the predictions one
+(:mod:`jobserver.predictions`). Both start jobs through :mod:`jobserver.starts`; the
+routes every dialect has (``/verify``, ``/healthz``, ``/openapi.json``) are here.
 
 Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the
 one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn in
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from jobserver import openapi
+from jobserver import openapi, predictions
 from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
@@ -77,8 +78,7 @@ def _error_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONAnswer(exc.body(), status_code=exc.status, headers=headers)
+    return JSONAnswer(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _invalid_bundle(request: Request, exc: Exception) -> Response:
@@ -145,6 +145,10 @@ WORK_SAMPLE = Dialect(
     draw_id=draw_job_id,
     openapi=openapi.work_sample_part,
 )
+DIALECTS: Mapping[str, Dialect] = {
+    "work-sample": WORK_SAMPLE,
+    "predictions": predictions.DIALECT,
+}
 
 
 def account_of(jobs: Sequence[CompletedJob], store: JobStore) -> str:
@@ -221,7 +225,7 @@ def create_app(
     ``callback_transport`` carries the callbacks instead of the job server's own
     connections (tests: ``httpx.ASGITransport`` to a proxy app in the same process).
     """
-    dialect = WORK_SAMPLE
+    dialect = DIALECTS[settings.dialect]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:

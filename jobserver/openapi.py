@@ -5,8 +5,8 @@ from the settings, the rules of each field from :mod:`jobserver.bodies`, which c
 the bodies against them. Schemathesis fuzzes the server against it.
 
 :func:`document` puts together the part of the dialect the server speaks (its paths and
-components: the work sample's is :func:`work_sample_part`) and the routes every dialect
-has.
+components: the work sample's, :func:`work_sample_part`, is here; the predictions
+dialect's is :func:`jobserver.predictions.openapi_part`) and the routes every dialect has.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What starting a job and asking for it are in every dialect, and what a dialect brings.
 
-A start (``POST /start``) is handled whole in its account's
+A start (``POST /start``, ``POST /v1/predictions``) is handled whole in its account's
 gate, one at a time per account, under ``request_timeout``: the way to the gate and the
 wait at it (given up at once when the client leaves, with ``honour_disconnects``), the
 start's faults (``start_latency``, the ``start_error_*`` refusals), the job, then the
-dialect's answer, which may wait for the job (``wait: true``, the
+dialect's answer, which may wait for the job (``wait: true``, ``Prefer: wait``, the
 ``callback_before_answer`` window) while the gate stays held. :func:`start_in_gate`
 does all of it; a dialect gives it the account, the callback, how its jobs are made and
 how it answers. A status request finds its job through :func:`look_up_job`, which
@@ -54,7 +54,7 @@ class JSONAnswer(JSONResponse):
 class RequestCounts:
     """Counts of requests that ``/healthz`` shows, besides those of jobs and callbacks."""
 
-    #: Status requests (GET /status) answered, whatever the answer.
+    #: Status requests (GET /status, GET /v1/predictions/{id}) answered, whatever the answer.
     status_polls: int = 0
     #: Starts whose client left before their job was created (honour_disconnects).
     starts_abandoned: int = 0
