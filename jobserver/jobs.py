@@ -266,7 +266,8 @@ class JobRunner:
             return False
         # A job ends without awaiting anything once its run is over, so a job that has not
         # ended is one whose task has not finished running it: cancelling it stops the run.
-        task = self._tasks.get(job.id)
+        # Its place is free at once, not when the task next runs.
+        task = self._tasks.pop(job.id, None)
         if task is not None:
             task.cancel()
         self.canceled += 1
