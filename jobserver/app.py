@@ -5,9 +5,10 @@ The app speaks the dialect its settings name (``dialect``): the work sample's
 (:mod:`jobserver.predictions`). Both start jobs through :mod:`jobserver.starts`; the
 routes every dialect has (``/verify``, ``/healthz``, ``/openapi.json``) are here.
 
-Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the
-one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn in
-:mod:`jobserver.errors`.
+Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` (the
+predictions dialect's own as ``{"detail": "<sentence>"}``) by the one
+``EXCEPTION_HANDLERS`` table below; the errors, their statuses and their bodies are
+drawn in :mod:`jobserver.errors`.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ logger = logging.getLogger(__name__)
 
 
 def begin_drain(state: Mapping[str, Any]) -> None:
-    """Tell held /start requests that the server stops: they answer 503 at once.
+    """Tell held starts that the server stops: they answer at once (``wait: true`` 503,
+    ``Prefer: wait`` the prediction as it stands), and new ones are refused 503.
 
-    The server calls this with the lifespan state when shutdown begins, so that
-    ``wait: true`` requests end cleanly instead of being cancelled at the drain timeout.
+    The server calls this with the lifespan state when shutdown begins, so that held
+    requests end cleanly instead of being cancelled at the drain timeout.
     """
     draining = state.get("draining")
     if isinstance(draining, asyncio.Event):

@@ -1,7 +1,8 @@
 """The job server's errors, each carrying the HTTP answer it becomes.
 
 Handlers and the job runner raise these; ``jobserver.app`` answers them as JSON
-``{"error": "<word>", "detail": "<sentence>"}`` in its one ``EXCEPTION_HANDLERS`` table.
+``{"error": "<word>", "detail": "<sentence>"}`` (:meth:`ApiError.body`, with the headers
+of :meth:`ApiError.headers`) in its one ``EXCEPTION_HANDLERS`` table.
 No handler builds an error response by hand.
 
     ApiError                    500 internal_error; each subclass sets status and word
