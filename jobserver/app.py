@@ -1,94 +1,71 @@
 """The job server's Starlette app: routes, error mapping and lifespan.
 
-Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` by the
-one ``EXCEPTION_HANDLERS`` table below; the errors and their statuses are drawn in
-:mod:`jobserver.errors`.
+The app speaks the dialect its settings name (``dialect``): the work sample's
+(``POST /start``, ``GET /status/{id}``, its routes below) or the predictions one
+(:mod:`jobserver.predictions`). Both start jobs through :mod:`jobserver.starts`; the
+routes every dialect has (``/verify``, ``/healthz``, ``/openapi.json``) are here.
+
+Every error is answered as JSON ``{"error": "<word>", "detail": "<sentence>"}`` (the
+predictions dialect's own as ``{"detail": "<sentence>"}``) by the one
+``EXCEPTION_HANDLERS`` table below; the errors, their statuses and their bodies are
+drawn in :mod:`jobserver.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive
 
+from jobserver import openapi, predictions
 from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import ConnectionPool
-from jobserver.disconnects import abandon_on_disconnect
 from jobserver.errors import (
     AccountUnknown,
     ApiError,
-    ClientGone,
     InvalidProof,
     JobNotFound,
-    RequestTimeout,
     ShuttingDown,
-    StartRefused,
-    StatusFailed,
 )
 from jobserver.faults import FaultInjector, RandomStreams
-from jobserver.jobs import AccountGate, Job, JobRunner, JobStore
+from jobserver.jobs import AccountGate, Job, JobRunner, JobStore, draw_job_id
 from jobserver.network import NetworkLatency
-from jobserver.openapi import openapi_document
 from jobserver.proofs import CompletedJob, InvalidBundle, check_bundle, decode_bundle
+from jobserver.starts import (
+    AppState,
+    Dialect,
+    JSONAnswer,
+    RequestCounts,
+    call_back_before_answer,
+    look_up_job,
+    start_in_gate,
+    wait_for_job,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class JSONAnswer(JSONResponse):
-    """Starlette's JSON response, labelled as the real server labelled its answers.
-
-    Starlette adds a charset to text/* types only; the body is UTF-8 either way.
-    """
-
-    media_type = "application/json; charset=utf-8"
-
-
-@dataclass(slots=True)
-class RequestCounts:
-    """Counts of requests that ``/healthz`` shows, besides those of jobs and callbacks."""
-
-    #: GET /status requests answered, whatever the answer.
-    status_polls: int = 0
-    #: /start requests whose client left before their job was created (honour_disconnects).
-    starts_abandoned: int = 0
-
-
-class AppState(TypedDict):
-    """What the lifespan yields; handlers reach it as ``request.state``."""
-
-    settings: Settings
-    counts: RequestCounts
-    store: JobStore
-    gate: AccountGate
-    runner: JobRunner
-    faults: FaultInjector
-    callbacks: CallbackSender
-    openapi: dict[str, Any]
-    draining: asyncio.Event
-
-
 def begin_drain(state: Mapping[str, Any]) -> None:
-    """Tell held /start requests that the server stops: they answer 503 at once.
+    """Tell held starts that the server stops: they answer at once (``wait: true`` 503,
+    ``Prefer: wait`` the prediction as it stands), and new ones are refused 503.
 
-    The server calls this with the lifespan state when shutdown begins, so that
-    ``wait: true`` requests end cleanly instead of being cancelled at the drain timeout.
+    The server calls this with the lifespan state when shutdown begins, so that held
+    requests end cleanly instead of being cancelled at the drain timeout.
     """
     draining = state.get("draining")
     if isinstance(draining, asyncio.Event):
@@ -103,8 +80,7 @@ def _error_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONAnswer(exc.body(), status_code=exc.status, headers=headers)
+    return JSONAnswer(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _invalid_bundle(request: Request, exc: Exception) -> Response:
@@ -133,122 +109,48 @@ EXCEPTION_HANDLERS = {
 async def start(request: Request[AppState]) -> Response:
     """``POST /start``: one request at a time per account, for the whole handling."""
     state = request.state
-    settings = state["settings"]
-    start_request = parse_start_request(await read_body(request, settings.max_body_size))
-    deadline = asyncio.timeout(settings.request_timeout)
-    try:
-        async with deadline:
-            if settings.honour_disconnects:
-                body = await _start_unless_abandoned(state, start_request, request.receive)
-            else:
-                async with state["gate"].hold(start_request.account):
-                    body = await _start_in_gate(state, start_request)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise RequestTimeout(
-            f"the request did not end within request_timeout ({settings.request_timeout:g} s)"
-        ) from None
-    return JSONAnswer(body)
+    start_request = parse_start_request(await read_body(request, state["settings"].max_body_size))
+    answer = partial(_answer, state, start_request)
+    return JSONAnswer(
+        await start_in_gate(request, start_request.account, start_request.callback, answer)
+    )
 
 
-async def _start_in_gate(state: AppState, start_request: StartRequest) -> dict[str, str]:
-    job = await _create_job(state, start_request)
-    return await _answer(state, start_request, job)
-
-
-async def _start_unless_abandoned(
-    state: AppState, start_request: StartRequest, receive: Receive
-) -> dict[str, str]:
-    """As :func:`_start_in_gate` in the account's gate, but a client that leaves before its
-    job is created (on the way to the gate, at it, or in it) gives up its place at once
-    and starts nothing."""
-    try:
-        async with contextlib.AsyncExitStack() as held:
-            async with abandon_on_disconnect(receive):
-                await held.enter_async_context(state["gate"].hold(start_request.account))
-                job = await _create_job(state, start_request)
-            return await _answer(state, start_request, job)
-    except ClientGone:
-        state["counts"].starts_abandoned += 1
-        logger.debug("a /start of %r abandoned: its client left", start_request.account)
-        raise
-
-
-async def _create_job(state: AppState, start_request: StartRequest) -> Job:
-    """What /start does in the account's gate before its job exists, then the job."""
-    if state["draining"].is_set():
-        raise ShuttingDown
-    faults = state["faults"]
-    if faults.start_latency > 0:
-        await asyncio.sleep(faults.start_latency)
-    refusal = faults.start_refusal()
-    if refusal is not None:
-        raise StartRefused(*refusal)
-    return state["runner"].submit(start_request.account, start_request.callback)
-
-
-async def _answer(state: AppState, start_request: StartRequest, job: Job) -> dict[str, str]:
+async def _answer(state: AppState, start_request: StartRequest, job: Job) -> dict[str, Any]:
     """The answer to /start once its job exists: at once, or when the job ends."""
     if not start_request.wait:
         window = state["settings"].callback_before_answer
         if window > 0:
-            await _call_back_before_answer(job, window, state["callbacks"])
+            await call_back_before_answer(job, window, state["callbacks"])
         return {"state": "running", "id": job.id}
-    await _wait_until_finished(job, state["draining"])
-    return job.to_json()
-
-
-async def _call_back_before_answer(job: Job, window: float, callbacks: CallbackSender) -> None:
-    """Hold the answer up to ``window`` s for the job: one done by then is called back
-    (the callback sent and its answer awaited) before /start answers, as a job server
-    that finishes quick jobs inline does. A job still running is called back when it ends.
-    """
-    job.callback_inline = True
-    delivery = None
-    try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(window):
-                await job.finished.wait()
-    finally:
-        # Decided here, with nothing awaited since the job's state was read: the job ended
-        # and is this handler's to call back (sent even when this handler is cancelled:
-        # the sender owns the delivery), or it is the runner's when it ends.
-        job.callback_inline = False
-        if job.finished.is_set():
-            delivery = callbacks.send_now(job)
-    if delivery is not None:
-        # Waited, not shielded: a cancelled request leaves the delivery going, to the sender.
-        await asyncio.wait((delivery,))
-
-
-async def _wait_until_finished(job: Job, draining: asyncio.Event) -> None:
-    """Wait for the job, or raise ShuttingDown when the server starts to stop first.
-
-    No deadline of its own: the caller's request_timeout bounds this wait.
-    """
-    finished = asyncio.ensure_future(job.finished.wait())
-    stopping = asyncio.ensure_future(draining.wait())
-    try:
-        await asyncio.wait((finished, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        finished.cancel()
-        stopping.cancel()
+    await wait_for_job(job, state["draining"])
     if not job.finished.is_set():
         raise ShuttingDown
+    return job.to_json()
 
 
 async def status(request: Request[AppState]) -> Response:
     """``GET /status/{job_id}``: the job as it stands."""
-    state = request.state
-    state["counts"].status_polls += 1
-    if state["faults"].status_error():
-        raise StatusFailed("injected fault: status_error_rate")
     job_id = request.path_params["job_id"]
-    job = state["store"].get(job_id)
+    job = look_up_job(request.state, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}: unknown, or finished longer than status_ttl ago")
     return JSONAnswer(job.to_json())
+
+
+WORK_SAMPLE = Dialect(
+    routes=(
+        Route("/start", start, methods=["POST"]),
+        Route("/status/{job_id}", status, methods=["GET"]),
+    ),
+    start_path="/start",
+    draw_id=draw_job_id,
+    openapi=openapi.work_sample_part,
+)
+DIALECTS: Mapping[str, Dialect] = {
+    "work-sample": WORK_SAMPLE,
+    "predictions": predictions.DIALECT,
+}
 
 
 def account_of(jobs: Sequence[CompletedJob], store: JobStore) -> str:
@@ -297,7 +199,7 @@ async def healthz(request: Request[AppState]) -> Response:
     )
 
 
-async def openapi(request: Request[AppState]) -> Response:
+async def openapi_json(request: Request[AppState]) -> Response:
     return JSONAnswer(request.state["openapi"])
 
 
@@ -325,6 +227,7 @@ def create_app(
     ``callback_transport`` carries the callbacks instead of the job server's own
     connections (tests: ``httpx.ASGITransport`` to a proxy app in the same process).
     """
+    dialect = DIALECTS[settings.dialect]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
@@ -333,7 +236,15 @@ def create_app(
         store = JobStore(settings.status_ttl)
         async with callback_carrier(settings, callback_transport) as carrier:
             callbacks = CallbackSender(carrier, settings, faults, streams)
-            runner = JobRunner(settings, store, faults, streams, callbacks.job_finished)
+            runner = JobRunner(
+                settings,
+                store,
+                faults,
+                streams,
+                callbacks.job_finished,
+                on_started=callbacks.job_started,
+                draw_id=dialect.draw_id,
+            )
             # What is alive now (modules, the app, these resources: ~50,000 objects) lives
             # as long as the server. Left to the collector, every full collection would walk
             # it again; with thousands of jobs in flight, collections were a quarter of the
@@ -348,7 +259,7 @@ def create_app(
                     runner=runner,
                     faults=faults,
                     callbacks=callbacks,
-                    openapi=openapi_document(settings),
+                    openapi=openapi.document(settings, *dialect.openapi(settings)),
                     draining=asyncio.Event(),
                 )
             finally:
@@ -371,15 +282,15 @@ def create_app(
                 )
 
     routes = [
-        Route("/start", start, methods=["POST"]),
-        Route("/status/{job_id}", status, methods=["GET"]),
+        *dialect.routes,
         Route("/verify", verify, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    latency = Middleware(NetworkLatency, seconds=settings.latency, gated_paths=[dialect.start_path])
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(NetworkLatency, seconds=settings.latency, gated_paths=["/start"])],
+        middleware=[latency],
     )

@@ -1,5 +1,9 @@
 """Callback delivery: POST the finished job's JSON to its callback URL, signed, with retries.
 
+A job is sent when it ends; one whose dialect asks for it (a prediction whose events
+filter has ``start``) also when it starts running. Either is the job's JSON of its
+dialect (:meth:`jobserver.jobs.Job.to_json`) at that moment.
+
 Signing follows the Standard Webhooks scheme when ``callback_secret`` is set:
 ``webhook-id`` (one id per delivery, the same on every retry and on an injected
 duplicate, so receivers can de-duplicate), ``webhook-timestamp`` (unix seconds of the
@@ -141,12 +145,17 @@ class CallbackSender:
         """Callbacks in the pending pool that no sender has taken yet (shuffled)."""
         return len(self._queued)
 
-    def job_finished(self, job: Job) -> None:
-        """Send the finished job to its callback URL, if it has one (and its /start does not)."""
-        if job.callback is not None and not job.callback_inline:
+    def job_started(self, job: Job) -> None:
+        """Send the job, now running, to its callback URL, if its dialect calls back then."""
+        if job.callback is not None and job.calls_back_on("start"):
             self.schedule(job.callback, job.to_json(), job.id)
 
-    def schedule(self, url: httpx.URL, payload: dict[str, str], job_id: str) -> None:
+    def job_finished(self, job: Job) -> None:
+        """Send the finished job to its callback URL, if it has one (and its /start does not)."""
+        if job.callback is not None and not job.callback_inline and job.calls_back_on("completed"):
+            self.schedule(job.callback, job.to_json(), job.id)
+
+    def schedule(self, url: httpx.URL, payload: dict[str, Any], job_id: str) -> None:
         """Start delivering ``payload`` to ``url`` (zero, one or two times, per the faults),
         in the order ``callback_order`` says.
 
@@ -168,7 +177,7 @@ class CallbackSender:
         """Deliver the finished job's callback at once, every copy and attempt, in one task
         (whatever ``callback_order``): a /start awaits it before it answers. None when
         there is nothing to send."""
-        if job.callback is None:
+        if job.callback is None or not job.calls_back_on("completed"):
             return None
         prepared = self._prepare(job.callback, job.to_json(), job.id)
         if prepared is None:
@@ -193,7 +202,7 @@ class CallbackSender:
         return unfinished
 
     def _prepare(
-        self, url: httpx.URL, payload: dict[str, str], job_id: str
+        self, url: httpx.URL, payload: dict[str, Any], job_id: str
     ) -> tuple[Callback, int] | None:
         """The callback to send and how many times, or None when the drop fault takes it."""
         copies = self._faults.callback_copies()

@@ -25,6 +25,7 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 CallbackOrder = Literal["in_order", "shuffled"]
+DialectName = Literal["work-sample", "predictions"]
 
 
 class Settings(LayeredSettings):
@@ -33,6 +34,14 @@ class Settings(LayeredSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
     config_variable = ENV_PREFIX + "CONFIG"
 
+    # Protocol
+    dialect: DialectName = Field(
+        default="work-sample",
+        description=(
+            "the API spoken: work-sample (POST /start, GET /status/{id}) or predictions "
+            "(POST /v1/predictions, GET /v1/predictions/{id}, as Replicate's)"
+        ),
+    )
     # Serving
     host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(default=8001, ge=0, le=65535, description="TCP port; 0 picks a free one")

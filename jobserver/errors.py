@@ -1,7 +1,8 @@
 """The job server's errors, each carrying the HTTP answer it becomes.
 
 Handlers and the job runner raise these; ``jobserver.app`` answers them as JSON
-``{"error": "<word>", "detail": "<sentence>"}`` in its one ``EXCEPTION_HANDLERS`` table.
+``{"error": "<word>", "detail": "<sentence>"}`` (:meth:`ApiError.body`, with the headers
+of :meth:`ApiError.headers`) in its one ``EXCEPTION_HANDLERS`` table.
 No handler builds an error response by hand.
 
     ApiError                    500 internal_error; each subclass sets status and word
@@ -19,7 +20,17 @@ No handler builds an error response by hand.
     ├── ClientGone              499 client_closed: the client of a /start left before its
     │                               job was created (honour_disconnects); nobody reads
     │                               it, the access log shows it, as nginx's 499
-    └── RequestTimeout          504 timeout: /start did not end within request_timeout
+    ├── RequestTimeout          504 timeout: /start did not end within request_timeout
+    └── DetailOnly              the predictions dialect's own errors, answered
+        │                       {"detail": "<sentence>"} as Replicate answers them
+        ├── Unauthenticated     401 (with WWW-Authenticate: Bearer): no Authorization:
+        │                           Bearer <token>, or a malformed one
+        ├── InvalidPrediction   422: not a valid prediction request; the detail names
+        │                           the field
+        └── PredictionNotFound  404 "Not found.": no such prediction, or it expired
+
+In the predictions dialect the other errors (413, 5xx) keep the ``{"error", "detail"}``
+shape, which has its ``detail`` too.
 
 The table answers three more: ``proofs.InvalidBundle`` (422 bad_bundle: not a bundle in
 the original's format; it stays with the format it guards, which ``jobserver verify``
@@ -47,6 +58,11 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "detail": self.detail}
+
+    def headers(self) -> dict[str, str] | None:
+        if self.retry_after is None:
+            return None
+        return {"retry-after": str(self.retry_after)}
 
 
 class BadRequest(ApiError):
@@ -135,3 +151,31 @@ class ClientGone(ApiError):
 class RequestTimeout(ApiError):
     status = 504
     error = "timeout"
+
+
+class DetailOnly(ApiError):
+    """An error of the predictions dialect: its body is only the detail, as Replicate's."""
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
+
+
+class Unauthenticated(DetailOnly):
+    status = 401
+    error = "unauthenticated"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"www-authenticate": "Bearer"}
+
+
+class InvalidPrediction(DetailOnly):
+    status = 422
+    error = "invalid_prediction"
+
+
+class PredictionNotFound(DetailOnly):
+    status = 404
+    error = "not_found"
+
+    def __init__(self) -> None:
+        super().__init__("Not found.")

@@ -2,8 +2,10 @@
 
 A job is created by ``/start`` inside its account's gate, runs for a random duration
 (the ``job_duration`` distribution) in a task the :class:`JobRunner` owns, then
-completes with a proof or fails with an error. Finished jobs stay in the
-:class:`JobStore` for ``status_ttl`` seconds.
+completes with a proof or fails with an error (or, in the predictions dialect, is
+canceled before it ends). Finished jobs stay in the :class:`JobStore` for
+``status_ttl`` seconds. How a job is shown is its dialect's: :meth:`Job.to_json` is the
+work sample's, :class:`jobserver.predictions.Prediction` the predictions'.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from functools import partial
+from typing import Any, Literal
 
 import httpx
 
@@ -55,6 +59,12 @@ class JobState(str, Enum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: Ended before it finished, on request (the predictions dialect's cancel).
+    CANCELED = "canceled"
+
+
+#: What a job's callback may be sent on: the job starts running, or it ends.
+CallbackEvent = Literal["start", "completed"]
 
 
 def utc_timestamp(moment: datetime) -> str:
@@ -72,6 +82,7 @@ class Job:
     callback: httpx.URL | None  # parsed once, when /start checked it
     state: JobState = JobState.RUNNING
     started_at: str | None = None
+    completed_at: str | None = None  # when it ended: completed, failed or canceled
     proof: str | None = None
     error: str | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,7 +90,11 @@ class Job:
     # the callback is that handler's to send, not the runner's.
     callback_inline: bool = False
 
-    def to_json(self) -> dict[str, str]:
+    def calls_back_on(self, event: CallbackEvent) -> bool:
+        """Whether the job's callback is sent on ``event``: the work sample's, when it ends."""
+        return event == "completed"
+
+    def to_json(self) -> dict[str, Any]:
         """The job as ``/status``, ``wait: true`` and callbacks show it."""
         body = {"id": self.id, "state": self.state.value}
         if self.started_at is not None:
@@ -176,8 +191,20 @@ class AccountGate:
                 del self._slots[account]
 
 
+#: Builds a job of a dialect from its new id, its account and its callback.
+JobFactory = Callable[[str, str, httpx.URL | None], Job]
+
+
+def _no_one(job: Job) -> None:
+    pass
+
+
 class JobRunner:
-    """Creates jobs and runs each in an owned task, within the ``max_running`` bound."""
+    """Creates jobs and runs each in an owned task, within the ``max_running`` bound.
+
+    ``on_started`` hears of each job that starts running, ``on_finished`` of each that
+    ends; ``draw_id`` gives the ids (the dialect's shape).
+    """
 
     def __init__(
         self,
@@ -186,6 +213,9 @@ class JobRunner:
         faults: FaultInjector,
         streams: RandomStreams,
         on_finished: Callable[[Job], None],
+        *,
+        on_started: Callable[[Job], None] = _no_one,
+        draw_id: Callable[[RandomStreams], str] = draw_job_id,
     ) -> None:
         self._secret = settings.secret.encode()
         self._duration_mean = settings.job_duration
@@ -197,11 +227,14 @@ class JobRunner:
         self._faults = faults
         self._streams = streams
         self._on_finished = on_finished
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_started = on_started
+        self._draw_id = draw_id
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by job id
         self._running = 0
         self.started = 0
         self.completed = 0
         self.failed = 0
+        self.canceled = 0
 
     @property
     def running(self) -> int:
@@ -212,26 +245,46 @@ class JobRunner:
         """Jobs queued or running."""
         return len(self._tasks)
 
-    def submit(self, account: str, callback: httpx.URL | None) -> Job:
-        """Create a job and start it; raise :class:`QueueFull` when there is no room."""
+    def submit(self, account: str, callback: httpx.URL | None, make: JobFactory = Job) -> Job:
+        """Create a job (``make`` builds it) and start it; raise :class:`QueueFull` when
+        there is no room."""
         if self._max_running and len(self._tasks) >= self._max_running + self._queue_size:
             retry_after = max(1, math.ceil(self._duration_mean))
             raise QueueFull(self._running, len(self._tasks) - self._running, retry_after)
-        job = Job(self._new_id(), account, callback)
+        job = make(self._new_id(), account, callback)
         self._store.add(job)
         self.started += 1
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[job.id] = task
+        task.add_done_callback(partial(self._forget, job.id))
         return job
+
+    def cancel(self, job: Job) -> bool:
+        """End a job that has not ended yet as canceled, at once: its task is stopped, and
+        its end is reported as any job's. False for a job that had already ended."""
+        if job.finished.is_set():
+            return False
+        # A job ends without awaiting anything once its run is over, so a job that has not
+        # ended is one whose task has not finished running it: cancelling it stops the run.
+        # Its place is free at once, not when the task next runs.
+        task = self._tasks.pop(job.id, None)
+        if task is not None:
+            task.cancel()
+        self.canceled += 1
+        self._end(job, JobState.CANCELED)
+        return True
 
     async def close(self, timeout: float) -> int:
         """Cancel every unfinished job and wait (at most ``timeout``) for them; return the count."""
-        return await cancel_all(self._tasks, timeout)
+        return await cancel_all(set(self._tasks.values()), timeout)
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
 
     def _new_id(self) -> str:
         while True:
-            job_id = draw_job_id(self._streams)
+            job_id = self._draw_id(self._streams)
             if job_id not in self._store:
                 return job_id
 
@@ -253,18 +306,23 @@ class JobRunner:
         self._running += 1
         try:
             job.started_at = utc_timestamp(datetime.now(UTC))
+            self._on_started(job)
             await asyncio.sleep(self.draw_duration())
         finally:
             self._running -= 1
         error = self._faults.job_error()
         if error is None:
             job.proof = make_proof(self._secret, job.id, job.account, job.started_at)
-            job.state = JobState.COMPLETED
             self.completed += 1
+            self._end(job, JobState.COMPLETED)
         else:
             job.error = error
-            job.state = JobState.FAILED
             self.failed += 1
+            self._end(job, JobState.FAILED)
+
+    def _end(self, job: Job, state: JobState) -> None:
+        job.state = state
+        job.completed_at = utc_timestamp(datetime.now(UTC))
         self._store.finished(job)
         job.finished.set()
         self._on_finished(job)

@@ -3,6 +3,10 @@
 Written by hand so that it states the same limits the handlers enforce: body sizes come
 from the settings, the rules of each field from :mod:`jobserver.bodies`, which checks
 the bodies against them. Schemathesis fuzzes the server against it.
+
+:func:`document` puts together the part of the dialect the server speaks (its paths and
+components: the work sample's, :func:`work_sample_part`, is here; the predictions
+dialect's is :func:`jobserver.predictions.openapi_part`) and the routes every dialect has.
 """
 
 from __future__ import annotations
@@ -23,30 +27,36 @@ JOB_ID_PATTERN = "^[1-9a-f][0-9a-f]{12,15}$"  # 13 to 16 digits, no leading zero
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 PROOF_PATTERN = f"^{proofs.PROOF_PATTERN.pattern}$"
 
-_JSON = "application/json"
+JSON = "application/json"
+TOO_LARGE = "the body is larger than {} bytes"
+
+#: What a dialect adds to the document: its paths, and its components by section.
+Part = tuple[dict[str, Any], dict[str, Any]]
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": schema}}, **extra}
+def json_content(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    """An answer or body of ``schema``, in JSON."""
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
 
 
-def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+def error(description: str, *, retry_after: bool = False, schema: str = "Error") -> dict[str, Any]:
+    """An error answer, with a Retry-After header when ``retry_after``."""
     if not retry_after:
-        return _json(_ref("Error"), description)
+        return json_content(ref(schema), description)
     headers = {
         "Retry-After": {
             "description": "seconds to wait before trying again",
             "schema": {"type": "integer", "minimum": 0},
         }
     }
-    return _json(_ref("Error"), description, headers=headers)
+    return json_content(ref(schema), description, headers=headers)
 
 
-def _schemas() -> dict[str, Any]:
+def _work_sample_schemas() -> dict[str, Any]:
     job_id = {"type": "string", "pattern": JOB_ID_PATTERN}
     return {
         "StartRequest": {
@@ -99,6 +109,11 @@ def _schemas() -> dict[str, Any]:
                 "error": {"type": "string"},
             },
         },
+    }
+
+
+def _common_schemas() -> dict[str, Any]:
+    return {
         "VerifyRequest": {
             "type": "object",
             "required": ["proof"],
@@ -195,20 +210,24 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def _callbacks() -> dict[str, Any]:
-    signature_headers = [
+def signature_headers() -> list[dict[str, Any]]:
+    """The Standard Webhooks headers of a signed callback, as parameters."""
+    return [
         {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
         for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
     ]
+
+
+def _callbacks() -> dict[str, Any]:
     return {
         "jobFinished": {
             "{$request.body#/callback}": {
                 "post": {
                     "summary": "The finished job, signed when a callback secret is configured",
-                    "parameters": signature_headers,
+                    "parameters": signature_headers(),
                     "requestBody": {
                         "required": True,
-                        "content": {_JSON: {"schema": _ref("FinishedJob")}},
+                        "content": {JSON: {"schema": ref("FinishedJob")}},
                     },
                     "responses": {"2XX": {"description": "received"}},
                 }
@@ -217,25 +236,104 @@ def _callbacks() -> dict[str, Any]:
     }
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of this server's API."""
-    too_large = "the body is larger than {} bytes"
+def work_sample_part(settings: Settings) -> Part:
+    """The work sample's paths (``/start``, ``/status/{job_id}``) and schemas."""
     # Lets a stateful fuzzer follow a started job to its status.
     links = {"GetStatus": {"operationId": "status", "parameters": {"job_id": "$response.body#/id"}}}
     start_responses = {
-        "200": _json(
-            {"oneOf": [_ref("JobStarted"), _ref("FinishedJob")]},
+        "200": json_content(
+            {"oneOf": [ref("JobStarted"), ref("FinishedJob")]},
             "wait false: the job is running; wait true: the finished job",
             links=links,
         ),
-        "400": _error("the body is not a valid start request; the detail names the field"),
-        "413": _error(too_large.format(settings.max_body_size)),
-        "500": _error("an injected fault, or a bug"),
-        "503": _error(
+        "400": error("the body is not a valid start request; the detail names the field"),
+        "413": error(TOO_LARGE.format(settings.max_body_size)),
+        "500": error("an injected fault, or a bug"),
+        "503": error(
             "at capacity (max_running + queue_size), or an injected fault", retry_after=True
         ),
-        "504": _error("the request did not end within request_timeout"),
+        "504": error("the request did not end within request_timeout"),
     }
+    paths = {
+        "/start": {
+            "post": {
+                "summary": "Start a job; requests of one account are served one at a time",
+                "operationId": "start",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": ref("StartRequest")}},
+                },
+                "responses": start_responses,
+                "callbacks": _callbacks(),
+            }
+        },
+        "/status/{job_id}": {
+            "get": {
+                "summary": "A job as it stands; finished jobs are kept for status_ttl seconds",
+                "operationId": "status",
+                "parameters": [
+                    {
+                        "name": "job_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": json_content(ref("Job"), "the job"),
+                    "404": error("no such job, or it expired"),
+                    "500": error("an injected fault (status_error_rate), or a bug"),
+                },
+            }
+        },
+    }
+    return paths, {"schemas": _work_sample_schemas()}
+
+
+def _common_paths(settings: Settings) -> dict[str, Any]:
+    return {
+        "/verify": {
+            "post": {
+                "summary": "Check a jobclient proof bundle against this server's secret",
+                "operationId": "verify",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": ref("VerifyRequest")}},
+                },
+                "responses": {
+                    "200": json_content(ref("VerifyResult"), "every proof in the bundle is valid"),
+                    "400": error("the body is not a valid verify request"),
+                    "413": error(TOO_LARGE.format(settings.max_proof_size)),
+                    "422": json_content(
+                        ref("VerifyFailure"),
+                        "the bundle cannot be read, its account is unknown, or proofs "
+                        "do not check (each such job listed with the reason)",
+                    ),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {"200": json_content(ref("Health"), "the server is up")},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": json_content({"type": "object"}, "the OpenAPI document")},
+            }
+        },
+    }
+
+
+def document(
+    settings: Settings, paths: dict[str, Any], components: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of this server's API: a dialect's ``paths`` and
+    ``components`` (:data:`Part`), and the routes every dialect has."""
     return {
         "openapi": "3.0.3",
         "info": {
@@ -246,72 +344,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "for a while, proofs of completion and signed callbacks."
             ),
         },
-        "paths": {
-            "/start": {
-                "post": {
-                    "summary": "Start a job; requests of one account are served one at a time",
-                    "operationId": "start",
-                    "requestBody": {
-                        "required": True,
-                        "content": {_JSON: {"schema": _ref("StartRequest")}},
-                    },
-                    "responses": start_responses,
-                    "callbacks": _callbacks(),
-                }
-            },
-            "/status/{job_id}": {
-                "get": {
-                    "summary": "A job as it stands; finished jobs are kept for status_ttl seconds",
-                    "operationId": "status",
-                    "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": _json(_ref("Job"), "the job"),
-                        "404": _error("no such job, or it expired"),
-                        "500": _error("an injected fault (status_error_rate), or a bug"),
-                    },
-                }
-            },
-            "/verify": {
-                "post": {
-                    "summary": "Check a jobclient proof bundle against this server's secret",
-                    "operationId": "verify",
-                    "requestBody": {
-                        "required": True,
-                        "content": {_JSON: {"schema": _ref("VerifyRequest")}},
-                    },
-                    "responses": {
-                        "200": _json(_ref("VerifyResult"), "every proof in the bundle is valid"),
-                        "400": _error("the body is not a valid verify request"),
-                        "413": _error(too_large.format(settings.max_proof_size)),
-                        "422": _json(
-                            _ref("VerifyFailure"),
-                            "the bundle cannot be read, its account is unknown, or proofs "
-                            "do not check (each such job listed with the reason)",
-                        ),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "operationId": "healthz",
-                    "responses": {"200": _json(_ref("Health"), "the server is up")},
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "operationId": "openapi",
-                    "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
-                }
-            },
+        "paths": paths | _common_paths(settings),
+        "components": {
+            **components,
+            "schemas": components.get("schemas", {}) | _common_schemas(),
         },
-        "components": {"schemas": _schemas()},
     }

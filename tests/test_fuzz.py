@@ -8,7 +8,8 @@ documented) and by our own rules: no server error other than the documented
 The proxy talks to a fake job server at the transport level that answers ``/start``
 with a running job and ``/status/{id}`` with the finished job, so a held request is
 answered by the proxy's status poll within milliseconds. The job server runs with short
-jobs and no callbacks (a fuzzed callback URL must never be dialled).
+jobs and no callbacks (a fuzzed callback URL must never be dialled), in each dialect; in
+the predictions dialect, errors are ``{"detail": ...}`` and every request carries a token.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import ignored_auth, not_a_server_error
 
 from jobserver.app import create_app as create_jobserver_app
 from jobserver.config import Settings as JobServerSettings
@@ -80,8 +81,9 @@ def _proxy_app() -> Any:
     return create_proxy_app(proxy_settings, transport=httpx.MockTransport(FakeJobServer().handle))
 
 
-def _jobserver_app() -> Any:
+def _jobserver_app(dialect: str = "work-sample") -> Any:
     jobserver_settings = JobServerSettings(
+        dialect=dialect,
         job_duration=0.01,
         job_duration_spread=0.0,
         seed=1234,
@@ -106,6 +108,9 @@ CONFIG = schemathesis.Config.from_dict(
 )
 proxy_schema = schemathesis.openapi.from_asgi("/openapi.json", _proxy_app(), config=CONFIG)
 jobserver_schema = schemathesis.openapi.from_asgi("/openapi.json", _jobserver_app(), config=CONFIG)
+predictions_schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", _jobserver_app("predictions"), config=CONFIG
+)
 
 
 def _check_our_rules(response: schemathesis.Response) -> None:
@@ -139,8 +144,26 @@ def test_jobserver_api(case: schemathesis.Case[Any]) -> None:
     assert response.headers["content-type"] == ["application/json; charset=utf-8"]
 
 
+@predictions_schema.parametrize()
+@FUZZ_SETTINGS
+def test_jobserver_predictions_api(case: schemathesis.Case[Any]) -> None:
+    """Every operation of the predictions dialect answers as documented, in UTF-8 JSON, no
+    undocumented 5xx; every error has a detail."""
+    response = case.call(headers={"Authorization": "Bearer fuzz"})
+    # ignored_auth expects some token to be refused: here every token is an account.
+    case.validate_response(response, excluded_checks=[not_a_server_error, ignored_auth])
+    status = response.status_code
+    assert status < 500 or status in DOCUMENTED_SERVER_ERRORS, f"undocumented {status}"
+    assert response.headers["content-type"] == ["application/json; charset=utf-8"]
+    if status >= 400:
+        body = response.json()
+        assert isinstance(body, dict), f"{status} body {body!r}"
+        assert isinstance(body.get("detail"), str), f"{status} body {body!r}"
+
+
 def test_served_documents_are_valid_openapi() -> None:
     """Both /openapi.json documents validate against the OpenAPI 3.0 meta-schema."""
     proxy_schema.validate()
     jobserver_schema.validate()
+    predictions_schema.validate()
     assert proxy_schema.raw_schema == json.loads(json.dumps(OPENAPI))

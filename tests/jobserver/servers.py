@@ -291,3 +291,34 @@ async def sender_over(
             yield sender
         finally:
             await sender.close(SENDER_CLOSE_TIMEOUT)
+
+
+PREDICTIONS_TOKEN = "r8_acme"
+
+
+@contextlib.asynccontextmanager
+async def predictions_inside(
+    receiver: HeldReceiver | None = None, **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+    """As :func:`jobserver_inside`, speaking the predictions dialect, its webhooks to
+    ``receiver`` when one is given."""
+    transport = receiver.transport() if receiver is not None else None
+    async with jobserver_inside(transport, dialect="predictions", **overrides) as served:
+        yield served
+
+
+def bearer(token: str = PREDICTIONS_TOKEN) -> dict[str, str]:
+    """The header that makes ``token`` the account of a prediction."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def create_prediction(
+    client: httpx.AsyncClient,
+    token: str = PREDICTIONS_TOKEN,
+    prefer: str | None = None,
+    **fields: Any,
+) -> httpx.Response:
+    """``POST /v1/predictions`` of ``token`` with a small input and ``fields``."""
+    headers = bearer(token) | ({"Prefer": prefer} if prefer is not None else {})
+    body = {"input": {"n": 1}, **fields}
+    return await client.post("/v1/predictions", json=body, headers=headers)
