@@ -47,6 +47,8 @@ QUICK = BenchOptions(
     warmup=4,
     request_timeout=20.0,
     shapes=("inline", "leave-gate"),
+    hold_jobs=20,
+    async_jobs=20,
 )
 
 Choice = TypeVar("Choice", bound=str)
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=lambda text: parse_choices(text, SCENARIOS, "scenario"),
         help=(
-            "fifty, scale, floor, network, shapes, fifty-direct (about 25 s), or all "
+            "fifty, scale, floor, network, shapes, holds, fifty-direct (about 25 s), or all "
             f"(default {','.join(defaults.scenarios)})"
         ),
     )
@@ -146,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--shapes",
         type=lambda text: parse_choices(text, SHAPE_NAMES, "job server shape"),
         help=f"job server shapes of the shapes scenario (default {','.join(defaults.shapes)})",
+    )
+    add(
+        "--hold-jobs",
+        type=int,
+        help=f"jobs of each form of the holds scenario (default {defaults.hold_jobs})",
+    )
+    add(
+        "--async-jobs",
+        type=int,
+        help=f"jobs of its respond-async run, whose accept lag is judged "
+        f"(default {defaults.async_jobs})",
     )
     add(
         "--transport",
@@ -224,6 +237,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         "job_spread": args.job_spread,
         "scenarios": args.scenarios,
         "shapes": args.shapes,
+        "hold_jobs": args.hold_jobs,
+        "async_jobs": args.async_jobs,
         "transports": args.transport,
         "fifty_jobs": args.fifty_jobs,
         "fifty_repeats": args.fifty_repeats,
@@ -243,11 +258,18 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
 
 def check(options: BenchOptions) -> str | None:
     """Why the options cannot run, or None."""
-    counts = (options.accounts, options.fifty_jobs, options.fifty_repeats, *options.sizes)
+    counts = (
+        options.accounts,
+        options.fifty_jobs,
+        options.fifty_repeats,
+        options.hold_jobs,
+        options.async_jobs,
+        *options.sizes,
+    )
     if min(*counts, options.network_jobs, options.network_accounts) < 1:
         return (
-            "--accounts, --fifty-jobs, --fifty-repeats, --sizes, --network-jobs and "
-            "--network-accounts must be at least 1"
+            "--accounts, --fifty-jobs, --fifty-repeats, --hold-jobs, --async-jobs, --sizes, "
+            "--network-jobs and --network-accounts must be at least 1"
         )
     if options.warmup < 0:
         return "--warmup must not be negative"
@@ -288,7 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(problem)
     # Children inherit the limit: the servers and the generator each hold every request.
     raise_open_file_limit(
-        files_needed(max((*options.sizes, options.fifty_jobs, options.network_jobs)))
+        files_needed(
+            max((*options.sizes, options.fifty_jobs, options.network_jobs, options.hold_jobs))
+        )
     )
     console = Console()
     if not console.is_terminal:

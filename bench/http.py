@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -29,21 +29,31 @@ class MalformedResponse(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
-    """A response: its status code and its whole body."""
+    """A response: its status code, its headers (names in lower case) and its whole body."""
 
     status: int
     body: bytes
+    headers: dict[bytes, bytes] = field(default_factory=dict, compare=False)
 
 
-def build_post(host: str, port: int, path: str, body: bytes, *, keep_alive: bool) -> bytes:
-    """The bytes of one ``POST`` with a JSON body."""
+def build_post(
+    host: str, port: int, path: str, body: bytes, *, keep_alive: bool, headers: str = ""
+) -> bytes:
+    """The bytes of one ``POST`` with a JSON body; ``headers``: more lines, each ending
+    in CRLF."""
     connection = "keep-alive" if keep_alive else "close"
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"Connection: {connection}\r\n\r\n"
+        f"Connection: {connection}\r\n{headers}\r\n"
     )
     return head.encode("ascii") + body
+
+
+def build_get(host: str, port: int, path: str, *, headers: str = "") -> bytes:
+    """The bytes of one ``GET`` on a connection of its own."""
+    head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n{headers}\r\n"
+    return head.encode("ascii")
 
 
 async def fetch(url: str, timeout: float) -> HttpAnswer:
@@ -128,7 +138,7 @@ def parse_response(data: bytes | bytearray, *, eof: bool) -> tuple[HttpAnswer, i
         if eof:
             raise ResponseIncomplete("the server closed before the whole response came")
         return None
-    return HttpAnswer(status, body[0]), body[1]
+    return HttpAnswer(status, body[0], headers), body[1]
 
 
 class HttpConnection(asyncio.Protocol):

@@ -5,7 +5,12 @@ against the server it measures, and the proxy keeps a core to itself. It sends
 ``--jobs`` POSTs, all at once (each on its own connection, as held requests need) or
 one after another on one kept-alive connection (``--sequential``); with
 ``--leave-after S`` each client resets its connection S seconds after sending unless it
-was answered by then (outcome ``"left"``). It prints one JSON
+was answered by then (outcome ``"left"``). ``--form`` says how each client holds:
+``plain``, ``stream`` (``Accept: text/event-stream``: the job is the final event's data)
+or ``async`` (``Prefer: respond-async``: a ``202``, then a long poll of its
+``Location`` for the job; how long the proxy took from the job server's answer to the
+``202``, by its ``Server-Timing: accept``, is recorded as the *accept lag*). It prints
+one JSON
 document on stdout: a :class:`LoadResult` with each request's latency, completion time
 and outcome (``"ok"`` or a short word saying what went wrong).
 """
@@ -21,14 +26,24 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import uvloop
 
-from bench.http import HttpConnection, MalformedResponse, build_post
-from bench.outcomes import LEFT, Verdict, error_kind, failure, first_examples, judge
+from bench.http import HttpAnswer, HttpConnection, MalformedResponse, build_get, build_post
+from bench.outcomes import (
+    LEFT,
+    Verdict,
+    error_kind,
+    failure,
+    final_event,
+    first_examples,
+    judge,
+)
 from bench.system import files_needed, raise_open_file_limit
+
+Form = Literal["plain", "stream", "async"]
 
 # The generator needs a moment to start Python and to send its answer back.
 SPAWN_GRACE = 30.0
@@ -50,6 +65,7 @@ class LoadPlan:
     sequential: bool = False
     timeout: float = 40.0
     leave_after: float | None = None  # seconds after sending; then the client resets
+    form: Form = "plain"
 
     def account(self, number: int) -> str:
         """Requests go round-robin over the accounts."""
@@ -64,6 +80,8 @@ class LoadPlan:
             flags.append("--sequential")
         if self.leave_after is not None:
             flags += ["--leave-after", str(self.leave_after)]
+        if self.form != "plain":
+            flags += ["--form", self.form]
         return flags
 
 
@@ -86,6 +104,8 @@ class LoadResult:
     start_delays: list[float | None]
     # The first answer or exception seen for each kind of failure, cut short.
     error_examples: dict[str, str] = field(default_factory=dict)
+    # Form async: seconds from the job server's answer to the 202, as the proxy said.
+    accept_lags: list[float | None] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -97,6 +117,7 @@ class LoadResult:
             "outcomes": self.outcomes,
             "start_delays": [None if v is None else round(v, 4) for v in self.start_delays],
             "error_examples": self.error_examples,
+            "accept_lags": [None if v is None else round(v, 4) for v in self.accept_lags],
         }
 
     @classmethod
@@ -112,6 +133,7 @@ class LoadResult:
             outcomes=[str(value) for value in document["outcomes"]],
             start_delays=[None if v is None else float(v) for v in document["start_delays"]],
             error_examples={str(k): str(v) for k, v in document["error_examples"].items()},
+            accept_lags=[None if v is None else float(v) for v in document["accept_lags"]],
         )
 
 
@@ -126,45 +148,85 @@ class Sent(NamedTuple):
     finished: float
     verdict: Verdict
     start_delay: float | None
+    accept_lag: float | None = None
+
+
+FORM_HEADERS = {
+    "plain": "",
+    "stream": "Accept: text/event-stream\r\n",
+    "async": "Prefer: respond-async\r\n",
+}
+
+
+async def _exchange(
+    host: str, port: int, request: bytes, plan: LoadPlan, written: list[float]
+) -> HttpAnswer | None:
+    """One request on a connection of its own (``written`` gets when it was on its way);
+    None when the plan's client left first."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(HttpConnection, host, port)
+    try:
+        pending_answer = connection.send(request)
+        written.append(time.perf_counter())
+        if plan.leave_after is None:
+            return await pending_answer
+        done, _ = await asyncio.wait((pending_answer,), timeout=plan.leave_after)
+        if not done:
+            connection.reset()
+            return None
+        return pending_answer.result()
+    finally:
+        connection.close()
 
 
 async def _concurrent_request(
     host: str, port: int, request: bytes, deadline: float, plan: LoadPlan
 ) -> Sent:
-    loop = asyncio.get_running_loop()
-    connection: HttpConnection | None = None
     sent_at = time.time()
     started = time.perf_counter()
-    written: float | None = None
+    lag: float | None = None
+    written: list[float] = []
     try:
         async with asyncio.timeout_at(deadline):
-            _, connection = await loop.create_connection(HttpConnection, host, port)
-            pending_answer = connection.send(request)
-            written = time.perf_counter()
-            if plan.leave_after is None:
-                answer = await pending_answer
-            else:
-                done, _ = await asyncio.wait((pending_answer,), timeout=plan.leave_after)
-                if not done:
-                    connection.reset()
-                    return Sent(started, written, time.perf_counter(), Verdict(LEFT), None)
-                answer = pending_answer.result()
+            answer = await _exchange(host, port, request, plan, written)
+            if answer is None:
+                return Sent(started, written[0], time.perf_counter(), Verdict(LEFT), None)
+            if plan.form == "stream":
+                answer = final_event(answer)
+            elif plan.form == "async" and answer.status == 202:
+                lag = server_timing(answer, b"accept")
+                location = urlsplit(answer.headers.get(b"location", b"").decode()).path
+                wait = f"Prefer: wait={max(1, int(plan.timeout))}\r\n"
+                get = build_get(host, port, location, headers=wait)
+                answer = await _exchange(host, port, get, plan, []) or answer
         verdict = judge(answer, wait=plan.wait)
     except (OSError, TimeoutError, MalformedResponse) as exc:
-        verdict = failure(error_kind(exc, connected=connection is not None), exc)
-    finally:
-        if connection is not None:
-            connection.close()
+        verdict = failure(error_kind(exc, connected=bool(written)), exc)
     start_delay = None if verdict.started_at is None else verdict.started_at - sent_at
-    return Sent(started, written, time.perf_counter(), verdict, start_delay)
+    return Sent(
+        started, written[0] if written else None, time.perf_counter(), verdict, start_delay, lag
+    )
+
+
+def server_timing(answer: HttpAnswer, metric: bytes) -> float | None:
+    """Seconds a ``Server-Timing`` header gives for ``metric`` (its ``dur``, in ms)."""
+    for entry in answer.headers.get(b"server-timing", b"").split(b","):
+        name, _, params = entry.strip().partition(b";")
+        if name == metric and params.startswith(b"dur="):
+            try:
+                return float(params[4:]) / 1_000
+            except ValueError:
+                return None
+    return None
 
 
 async def run_concurrent(plan: LoadPlan) -> LoadResult:
     """Every request at once, each on its own connection."""
     parts = urlsplit(plan.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    headers = FORM_HEADERS[plan.form]
     requests = [
-        build_post(host, port, parts.path, _body(plan, number), keep_alive=False)
+        build_post(host, port, parts.path, _body(plan, number), keep_alive=False, headers=headers)
         for number in range(plan.jobs)
     ]
     cpu_before = _cpu_seconds()
@@ -184,6 +246,7 @@ async def run_concurrent(plan: LoadPlan) -> LoadResult:
         outcomes=[sent.verdict.outcome for sent in results],
         start_delays=[sent.start_delay for sent in results],
         error_examples=first_examples(sent.verdict for sent in results),
+        accept_lags=[sent.accept_lag for sent in results],
     )
 
 
@@ -282,6 +345,9 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
     parser.add_argument(
         "--leave-after", type=float, help="reset each connection unanswered this long, s"
     )
+    parser.add_argument(
+        "--form", choices=tuple(FORM_HEADERS), default="plain", help="how each client holds"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.accounts < 1 or args.timeout <= 0:
         parser.error("--jobs and --accounts must be at least 1, --timeout above 0")
@@ -296,6 +362,7 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
         sequential=args.sequential,
         timeout=args.timeout,
         leave_after=args.leave_after,
+        form=args.form,
     )
 
 

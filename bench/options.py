@@ -6,9 +6,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 Transport = Literal["native", "httpx"]
-Scenario = Literal["fifty", "scale", "floor", "network", "shapes", "fifty-direct"]
+Scenario = Literal["fifty", "scale", "floor", "network", "shapes", "holds", "fifty-direct"]
 TRANSPORTS: tuple[Transport, ...] = ("native", "httpx")
-SCENARIOS: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "shapes", "fifty-direct")
+SCENARIOS: tuple[Scenario, ...] = (
+    "fifty",
+    "scale",
+    "floor",
+    "network",
+    "shapes",
+    "holds",
+    "fifty-direct",
+)
 # The job server shapes of the "shapes" scenario (bench.shapes).
 SHAPE_NAMES: tuple[str, ...] = ("inline", "shuffled", "flaky-status", "leave-gate", "reset-burst")
 
@@ -27,8 +35,12 @@ class BenchOptions:
     rtts: tuple[float, ...] = (0.0, 20.0, 100.0, 200.0)
     network_jobs: int = 1_000
     network_accounts: int = 20
-    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "shapes")
+    scenarios: tuple[Scenario, ...] = ("fifty", "scale", "floor", "network", "shapes", "holds")
     shapes: tuple[str, ...] = SHAPE_NAMES
+    # The holds scenario: jobs per form (plain, streamed, 202 then long-polled), and
+    # the respond-async run whose accept lag is judged.
+    hold_jobs: int = 10_000
+    async_jobs: int = 1_000
     transports: tuple[Transport, ...] = ("native",)
     # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
     proxy_settings: tuple[tuple[str, str], ...] = ()
@@ -50,6 +62,8 @@ class BenchOptions:
             "network_accounts": self.network_accounts,
             "scenarios": list(self.scenarios),
             "shapes": list(self.shapes),
+            "hold_jobs": self.hold_jobs,
+            "async_jobs": self.async_jobs,
             "transports": list(self.transports),
             "proxy_settings": dict(self.proxy_settings),
             "warmup": self.warmup,

@@ -61,6 +61,25 @@ def judge(answer: HttpAnswer, *, wait: bool) -> Verdict:
     return failure("bad-job", answer.body)
 
 
+def final_event(answer: HttpAnswer) -> HttpAnswer:
+    """A stream of Server-Sent Events as the answer its final event stands for: a job's
+    JSON (completed, failed) as a 200, the proxy's error as a 502; no final event, as it
+    came."""
+    if answer.status != 200:
+        return answer
+    name, data = b"", b""
+    for line in answer.body.split(b"\n"):
+        if line.startswith(b"event: "):
+            name, data = line[7:], b""
+        elif line.startswith(b"data: "):
+            data += line[6:]
+    if name in (b"completed", b"failed"):
+        return HttpAnswer(200, data)
+    if name == b"error":
+        return HttpAnswer(502, data)
+    return HttpAnswer(599, answer.body)
+
+
 def _unix_time(timestamp: object) -> float | None:
     if not isinstance(timestamp, str):
         return None

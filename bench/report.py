@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bench.counters import answered_by_poll
 from bench.procfs import ProcessUsage
+from bench.report_holds import hold_document, holds_table
 from bench.report_shapes import shape_document, shapes_table
 from bench.runs import BenchResults
 from bench.scenarios import (
@@ -133,6 +134,7 @@ def results_document(
         "floor": floor_document(results.floor) if results.floor is not None else None,
         "network": network_document(results),
         "shapes": [shape_document(shape) for shape in results.shapes],
+        "holds": [hold_document(hold) for hold in results.holds],
         "targets": [target.to_json() for target in targets],
         "passed": all(target.passed for target in targets),
     }
@@ -347,6 +349,7 @@ def _all_runs(results: BenchResults) -> list[tuple[str, RunSummary]]:
         runs.append(("floor", results.floor.summary))
     runs += [(network_where(network), network.run.summary) for network in results.network]
     runs += [(f"shape {shape.shape.name}", shape.run.summary) for shape in results.shapes]
+    runs += [(f"holds {hold.label}", hold.run.summary) for hold in results.holds]
     return runs
 
 
@@ -360,6 +363,8 @@ def print_report(results: BenchResults, console: Console) -> list[Target]:
         console.print(network_table(results))
     if results.shapes:
         console.print(shapes_table(results.shapes))
+    if results.holds:
+        console.print(holds_table(results.holds))
     for where, summary in _all_runs(results):
         if summary.listen_drops:
             console.print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.holds import HoldResult, run_holds
 from bench.options import BenchOptions
 from bench.scenarios import (
     FiftyResult,
@@ -34,6 +35,7 @@ class BenchResults:
     network_starts: StartTiming | None = None
     network: list[NetworkResult] = field(default_factory=list)
     shapes: list[ShapeResult] = field(default_factory=list)
+    holds: list[HoldResult] = field(default_factory=list)
 
 
 async def run_bench(options: BenchOptions, progress: Progress = quiet) -> BenchResults:
@@ -57,4 +59,6 @@ async def run_bench(options: BenchOptions, progress: Progress = quiet) -> BenchR
                 results.network += await run_network(options, rtt_ms, transport, starts, progress)
     if "shapes" in options.scenarios:
         results.shapes = await run_shapes(options, progress)
+    if "holds" in options.scenarios:
+        results.holds = await run_holds(options, progress)
     return results

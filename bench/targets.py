@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bench.holds import HoldResult
 from bench.runs import BenchResults
 from bench.scenarios import NetworkResult
 from bench.shapes import ShapeResult
@@ -29,6 +30,10 @@ INLINE_TOTAL_LIMIT = 1.0  # seconds for 50 jobs called back before /start answer
 SHUFFLED_POLLS_LIMIT = 100  # status polls for 10,000 jobs, none of them lost
 LEAVE_GATE_STARTED_LIMIT = 10  # jobs started for 100 clients that left at the gate
 UPSTREAM_MAX_PER_ACCOUNT = 100  # the proxy's default limit the reset burst must keep
+# How clients hold (bench.holds): a stream or a long poll costs at most this much more
+# per request than a plain held request, and a 202 comes this soon after its job started.
+HOLD_EXTRA_RSS_LIMIT = 2 * 1_024
+ACCEPT_LAG_LIMIT = 0.050
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,4 +151,28 @@ def evaluate_targets(results: BenchResults) -> list[Target]:
     )
     for shape in results.shapes:
         targets += shape_targets(shape, per_account)
+    targets += hold_targets(results.holds)
+    return targets
+
+
+def hold_targets(holds: list[HoldResult]) -> list[Target]:
+    """Every form's run completes; streams and long polls cost little more than a plain
+    hold; the respond-async run's 202s follow their jobs' starts closely."""
+    targets: list[Target] = []
+    plain = next((hold for hold in holds if hold.form == "plain"), None)
+    for number, hold in enumerate(holds):
+        where = f"holds {hold.label}"
+        summary = hold.run.summary
+        targets.append(
+            Target("requests_failed", where, summary.jobs - summary.completed, 0, "requests")
+        )
+        if number == len(holds) - 1 and hold.form == "async":
+            targets.append(
+                Target("accept_lag_max", where, hold.accept_lag_max, ACCEPT_LAG_LIMIT, "s")
+            )
+        elif hold.form != "plain" and plain is not None:
+            extra = hold.rss_per_request - plain.rss_per_request
+            targets.append(
+                Target("rss_above_plain_per_request", where, extra, HOLD_EXTRA_RSS_LIMIT, "B")
+            )
     return targets

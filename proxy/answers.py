@@ -26,7 +26,9 @@ def json_answer(body: bytes, status: int = 200, headers: Headers | None = None) 
 
 
 def encode(value: Any) -> bytes:
-    return orjson.dumps(value)
+    """``value`` as JSON bytes of their own size: orjson's own result keeps the 4 KiB
+    block it was written in, which a job's answer or event, kept for minutes, must not."""
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 async def send_answer(send: Send, answer: Answer) -> None:

@@ -50,6 +50,8 @@ from proxy.waiters import AnsweredBy, Waiter
 T = TypeVar("T")
 
 EVENT_STREAM = b"text/event-stream"
+# Seconds a start runs before its client is watched for leaving (see until_client_leaves).
+WATCH_AFTER = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,8 @@ async def held(
             job = HeldJob(services, job_request, waiter, key)
             if ref is not None:
                 waiter.tracked = services.tracked.track(ref)
-                outcome = await _held_tracked(job, wishes=wishes, receive=receive, send=send)
+                job.progress.on_retry = waiter.tracked.retrying
+                outcome = await _tracked_form(wishes)(job, receive, send, wishes)
                 return
             answer = await until_client_leaves(receive, job.start(), unless=job.goes_on)
             if not job_request.wait:
@@ -202,25 +205,28 @@ def _key(scope: Scope) -> str:
     return key.decode("latin-1")
 
 
-async def _held_tracked(job: HeldJob, *, wishes: Wishes, receive: Receive, send: Send) -> str:
-    """A held request whose client may come back to its job; returns its outcome word."""
-    services, waiter = job.services, job.waiter
-    assert waiter.tracked is not None
-    tracked = waiter.tracked
-    job.progress.on_retry = lambda attempt, pause: _retrying(tracked, attempt, pause)
+TrackedForm = Callable[[HeldJob, Receive, Send, Wishes], Coroutine[Any, Any, str]]
+
+
+def _tracked_form(wishes: Wishes) -> TrackedForm:
+    """How a held request whose client may come back is held; each returns its outcome."""
     if wishes.stream:
-        return await _streamed(job, receive, send)
-    if wishes.prefer.respond_async:
-        await job.accepted(await until_client_leaves(receive, job.start(), unless=job.goes_on))
-        if waiter.answer is not None:  # done already: answered as a plain hold would be
-            await send_answer(send, waiter.answer)
-            return waiter.outcome
-        await send_answer(send, _come_back(services, waiter, respond_async=True))
-        return Outcome.ACCEPTED
-    return await _held_at_most(job, receive, send, wishes.prefer.wait or 0)
+        return _streamed
+    return _respond_async if wishes.prefer.respond_async else _held_at_most
 
 
-async def _streamed(job: HeldJob, receive: Receive, send: Send) -> str:
+async def _respond_async(job: HeldJob, receive: Receive, send: Send, wishes: Wishes) -> str:
+    """``Prefer: respond-async``: ``202`` as soon as the job server accepted the job."""
+    services, waiter = job.services, job.waiter
+    await job.accepted(await until_client_leaves(receive, job.start(), unless=job.goes_on))
+    if waiter.answer is not None:  # done already: answered as a plain hold would be
+        await send_answer(send, waiter.answer)
+        return waiter.outcome
+    await send_answer(send, _come_back(services, waiter, respond_async=True))
+    return Outcome.ACCEPTED
+
+
+async def _streamed(job: HeldJob, receive: Receive, send: Send, wishes: Wishes) -> str:
     """``Accept: text/event-stream``: the job's events until the final one. The client has
     the ref at once (``Location``), so its job goes on if it leaves."""
     services, waiter = job.services, job.waiter
@@ -229,7 +235,8 @@ async def _streamed(job: HeldJob, receive: Receive, send: Send) -> str:
     stream.start([*SSE_HEADERS, (b"location", services.job_url(waiter.tracked.ref).encode())])
     waiter.tracked.listeners.append(stream)
     services.waiters.detach(waiter)
-    with services.tracked.streaming(stream):
+    services.tracked.open_stream(stream)
+    try:
         try:
             await job.accepted(await job.start())
         except ProxyError as exc:
@@ -237,17 +244,19 @@ async def _streamed(job: HeldJob, receive: Receive, send: Send) -> str:
         # receive() returns once the final event was sent, or the client has gone.
         while (await receive())["type"] != "http.disconnect":
             pass
+    finally:
+        services.tracked.close_stream(stream)
     return waiter.outcome if waiter.settled else ClientGone.error
 
 
-async def _held_at_most(job: HeldJob, receive: Receive, send: Send, seconds: float) -> str:
+async def _held_at_most(job: HeldJob, receive: Receive, send: Send, wishes: Wishes) -> str:
     """``Prefer: wait=N``: the job's answer if it comes within N seconds (and the
     deadline), else ``202`` and the job goes on; ``202`` may come while the job server
     has not even accepted the job yet (then its ``id`` is null)."""
     services, waiter = job.services, job.waiter
     assert waiter.tracked is not None
     poll = LongPoll(send, waiter.tracked)
-    seconds = min(seconds, waiter.deadline - time.monotonic())
+    seconds = min(wishes.prefer.wait or 0.0, waiter.deadline - time.monotonic())
     poll.wait(seconds, lambda: _come_back(services, waiter))
     try:
         try:
@@ -316,11 +325,14 @@ async def answer_tracked(
             stream.replay(tracked.events_after(last_event_id))
             if tracked.final is None:
                 tracked.listeners.append(stream)
-            with services.tracked.streaming(stream):
+            services.tracked.open_stream(stream)
+            try:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-            with contextlib.suppress(ValueError):
-                tracked.listeners.remove(stream)
+            finally:
+                services.tracked.close_stream(stream)
+                with contextlib.suppress(ValueError):
+                    tracked.listeners.remove(stream)
             return Outcome.STREAMED
         running = functools.partial(_running, services, tracked, come_back=come_back)
         if tracked.final is not None or wishes.prefer.wait is None:
@@ -347,10 +359,6 @@ def _running(services: Services, tracked: TrackedJob, *, come_back: bool) -> Ans
     return json_answer(encode(tracked.running), 202, headers)
 
 
-def _retrying(tracked: TrackedJob, attempt: int, pause: float) -> None:
-    tracked.emit("retrying", {"ref": tracked.ref, "attempt": attempt, "pause": round(pause, 3)})
-
-
 def _come_back(services: Services, waiter: Waiter, *, respond_async: bool = False) -> Answer:
     """``202 Accepted`` for a job that goes on without its client holding: its waiter is
     detached, and the client comes back at ``Location`` after ``Retry-After``."""
@@ -361,6 +369,10 @@ def _come_back(services: Services, waiter: Waiter, *, respond_async: bool = Fals
     headers.append((b"retry-after", b"%d" % services.retry_after(waiter.started_at)))
     if respond_async:
         headers.append((b"preference-applied", b"respond-async"))
+        # How long after reading the job server's answer this 202 went out (RFC 9110's
+        # Server-Timing), for whoever checks that it follows the acceptance closely.
+        took = (time.monotonic() - waiter.accepted_at) * 1_000
+        headers.append((b"server-timing", b"accept;dur=%.1f" % took))
     return json_answer(encode(tracked.running), 202, headers)
 
 
@@ -369,25 +381,32 @@ async def until_client_leaves(
     serving: Coroutine[Any, Any, T],
     unless: Callable[[], bool] | None = None,
 ) -> T:
-    """Run ``serving``, cancelled as soon as the client disconnects (then ClientGone),
+    """Run ``serving``, cancelled soon after the client disconnects (then ClientGone),
     unless ``unless()`` says its work must go on by then.
 
     The disconnect arrives as the next ASGI message once the body is read, so watching
-    for it takes a task of its own, kept only while ``serving`` runs (a held request
-    itself then waits on ``receive()``).
+    for it takes a task of its own. Most starts are answered within milliseconds: the
+    watch begins only once ``serving`` has run ``WATCH_AFTER`` seconds, so that a client
+    that leaves is noticed at most that much later, and a quick start costs a timer.
     """
     task = asyncio.current_task()
     assert task is not None
     running, left = True, False
+    watcher: asyncio.Future[Any] | None = None
 
-    def client_left(watcher: asyncio.Future[Any]) -> None:
+    def client_left(watching: asyncio.Future[Any]) -> None:
         nonlocal left
-        if running and not watcher.cancelled() and not (unless is not None and unless()):
+        if running and not watching.cancelled() and not (unless is not None and unless()):
             left = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(client_left)
+    def watch() -> None:
+        nonlocal watcher
+        if running:
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(client_left)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
     try:
         return await serving
     except asyncio.CancelledError:
@@ -397,4 +416,6 @@ async def until_client_leaves(
         raise ClientGone() from None
     finally:
         running = False
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -36,6 +36,8 @@ from proxy.jobs import FINAL_STATES, JOB_STATES, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
+# Jitter needs no state of its own per poll: a Random() is 2.5 KB.
+_JITTER = random.Random()
 # A hung connection should not eat the whole budget; later polls get a fresh chance.
 MAX_POLL_TIMEOUT = 10.0
 
@@ -64,7 +66,7 @@ class PollSchedule:
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """Yield the successive delays between polls, forever."""
-        rng = random.Random() if rng is None else rng
+        rng = _JITTER if rng is None else rng
         ceiling = min(self.cap, self.base)
         while True:
             yield rng.uniform(0.0, ceiling)

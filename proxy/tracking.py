@@ -22,10 +22,9 @@ something to write. A finished job is kept ``result_ttl`` seconds for ``GET
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -106,6 +105,10 @@ class TrackedJob:
         if self.final is None:
             self._push(name, data if isinstance(data, bytes) else encode(data))
 
+    def retrying(self, attempt: int, pause: float) -> None:
+        """A start is retried: ``attempt`` (1 for the first retry) after ``pause`` seconds."""
+        self.emit("retrying", {"ref": self.ref, "attempt": attempt, "pause": round(pause, 3)})
+
     def accepted(self, job_id: str, started_at: float) -> None:
         self.job_id, self.started_at = job_id, started_at
         self.emit("accepted", self.running)
@@ -159,7 +162,7 @@ class _Writer:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._messages: collections.deque[dict[str, Any]] = collections.deque()
+        self._messages: list[dict[str, Any]] = []  # a few at most: a list, not a deque
         self._task: asyncio.Task[None] | None = None
 
     def write(self, message: dict[str, Any]) -> None:
@@ -170,7 +173,7 @@ class _Writer:
     async def _run(self) -> None:
         try:
             while self._messages:
-                await self._send(self._messages.popleft())
+                await self._send(self._messages.pop(0))
         finally:
             self._task = None
 
@@ -316,14 +319,12 @@ class TrackedJobs:
         if not job.listeners and self._mirrors.get(job.ref) is job:
             del self._mirrors[job.ref]
 
-    @contextlib.contextmanager
-    def streaming(self, stream: EventStream) -> Iterator[EventStream]:
-        """Count ``stream`` as open (and give it heartbeats) for the block."""
+    def open_stream(self, stream: EventStream) -> None:
+        """Count ``stream`` as open, and give it heartbeats, until :meth:`close_stream`."""
         self._streams.add(stream)
-        try:
-            yield stream
-        finally:
-            self._streams.discard(stream)
+
+    def close_stream(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
 
     async def send_heartbeats(self, interval: float) -> None:
         """Every ``interval`` seconds, a comment on each stream quiet since the last one."""
