@@ -18,6 +18,7 @@ def hold_document(hold: HoldResult) -> dict[str, object]:
     return {
         "form": hold.form,
         "label": hold.label,
+        "lag_run": hold.lag_run,
         "rss_per_request_bytes": _finite(hold.rss_per_request, 1),
         "accept_lag_max_s": _finite(hold.accept_lag_max, 4),
         "run": run_to_json(hold.run),
@@ -47,7 +48,7 @@ def holds_table(holds: list[HoldResult]) -> Table:
         summary = hold.run.summary
         proxy = hold.run.proxy
         above = ""
-        if plain is not None and hold is not plain:
+        if plain is not None and hold is not plain and not hold.lag_run:
             above = f"{(hold.rss_per_request - plain.rss_per_request) / 1_024:+.1f}K"
         lag = hold.accept_lag_max
         table.add_row(

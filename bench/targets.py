@@ -160,13 +160,13 @@ def hold_targets(holds: list[HoldResult]) -> list[Target]:
     hold; the respond-async run's 202s follow their jobs' starts closely."""
     targets: list[Target] = []
     plain = next((hold for hold in holds if hold.form == "plain"), None)
-    for number, hold in enumerate(holds):
+    for hold in holds:
         where = f"holds {hold.label}"
         summary = hold.run.summary
         targets.append(
             Target("requests_failed", where, summary.jobs - summary.completed, 0, "requests")
         )
-        if number == len(holds) - 1 and hold.form == "async":
+        if hold.lag_run:
             targets.append(
                 Target("accept_lag_max", where, hold.accept_lag_max, ACCEPT_LAG_LIMIT, "s")
             )
