@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.answers import as_response, encode, send_answer
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
+from proxy.dialect import Dialect, load_dialect
 from proxy.errors import (
     NotReady,
     ProxyError,
@@ -42,7 +43,7 @@ from proxy.errors import (
 from proxy.holding import held, read_wishes
 from proxy.idempotency import KeyedRequests, LocalResults, ResultStore
 from proxy.metrics import Metrics
-from proxy.openapi import OPENAPI
+from proxy.openapi import openapi_document
 from proxy.overdue import OverdueWatch
 from proxy.resource import JOBS_PREFIX, job_resource
 from proxy.services import LifespanState, Services, services_of
@@ -61,6 +62,8 @@ READY_PROBE_TIMEOUT = 2.0
 
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The proxy app; ``transport`` replaces the outbound HTTP transport (tests)."""
+    dialect = load_dialect(settings.upstream_dialect)
+    held_paths = held_paths_of(dialect)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
@@ -69,14 +72,14 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         )
         async with contextlib.AsyncExitStack() as resources:
             client = await resources.enter_async_context(build_client(settings, transport))
-            tracked = TrackedJobs(settings.result_ttl, settings.max_results)
+            tracked = TrackedJobs(settings.result_ttl, settings.max_results, dialect.failed)
             resources.callback(tracked.close)
             bus: RedisBus | None = None
             shared_jobs: SharedJobs | None = None
             if settings.redis_url:
                 redis = connect(settings.redis_url)
                 resources.push_async_callback(redis.aclose)
-                bus = RedisBus(redis, waiters, settings.result_ttl)
+                bus = RedisBus(redis, waiters, settings.result_ttl, dialect)
                 shared_jobs = SharedJobs(
                     redis,
                     tracked,
@@ -93,10 +96,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 for name, run in work.items():
                     task = asyncio.create_task(run(), name=name)
                     resources.push_async_callback(_cancel, task)
-            watch = OverdueWatch(settings, client)
+            watch = OverdueWatch(settings, client, dialect)
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
             resources.push_async_callback(_cancel, watching)
-            upstream = Upstream(client, settings)
+            upstream = Upstream(client, settings, dialect)
             results: ResultStore
             local: LocalResults | None = None
             if bus is None:
@@ -109,10 +112,11 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             )
             resources.push_async_callback(_cancel, heartbeats)
             metrics = Metrics.create(lambda: len(waiters), lambda: tracked.streams, local)
-            keyed = KeyedRequests(results, watch, settings)
+            keyed = KeyedRequests(results, watch, settings, dialect)
             resources.push_async_callback(keyed.aclose)
             services = Services(
                 settings=settings,
+                dialect=dialect,
                 client=client,
                 upstream=upstream,
                 waiters=waiters,
@@ -143,7 +147,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         # HotPaths serves them. These routes take the rest (Idempotency-Key, signed
         # callbacks, other replicas' tokens) and answer other methods with 405.
         routes=[
-            *(Route(path, _served_by_hot_paths, methods=["POST"]) for path in HELD_PATHS),
+            *(Route(path, _served_by_hot_paths, methods=["POST"]) for path in held_paths),
             Route(f"{JOBS_PREFIX}{{ref}}", _served_by_hot_paths, methods=["GET"]),
             *(Route(prefix + "{token}", receive_callback, methods=["POST"]) for prefix in prefixes),
             Route("/healthz", healthz, methods=["GET"]),
@@ -151,7 +155,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        middleware=[Middleware(HotPaths, callback_prefixes=prefixes)],
+        middleware=[Middleware(HotPaths, held_paths=held_paths, callback_prefixes=prefixes)],
         lifespan=lifespan,
         exception_handlers={
             ProxyError: proxy_error_response,
@@ -188,8 +192,14 @@ class HotPaths:
     else goes on to the app's routes and ordinary handlers.
     """
 
-    def __init__(self, app: ASGIApp, callback_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        held_paths: tuple[str, ...] = ("/proxy", "/", "/start"),
+        callback_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
+        self.held_paths = frozenset(held_paths)
         self.callback_prefixes = callback_prefixes or (CALLBACK_PREFIX,)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,7 +218,7 @@ class HotPaths:
         if method == "POST":
             services = scope["state"]["services"]
             try:
-                if path in HELD_PATHS:
+                if path in self.held_paths:
                     await held(services, scope, receive, send, read_wishes(scope))
                     return
                 for prefix in self.callback_prefixes:
@@ -224,7 +234,13 @@ class HotPaths:
         await self.app(scope, receive, send)
 
 
-HELD_PATHS = ("/proxy", "/start", "/")
+def held_paths_of(dialect: Dialect) -> tuple[str, ...]:
+    """Where clients start a held job: /proxy, the bare base URL, and the dialect's own
+    start path (the work sample's /start), so that a client of that API changes only its
+    base URL."""
+    return tuple(dict.fromkeys(("/proxy", "/", dialect.start_path)))
+
+
 CALLBACK_PREFIX = "/callback/"
 
 
@@ -281,7 +297,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return _json(OPENAPI)
+    return _json(openapi_document(services_of(request).dialect))
 
 
 async def proxy_error_response(request: Request, exc: Exception) -> Response:

@@ -1,9 +1,9 @@
-"""Reading request bodies within a size limit, and the job request they must hold."""
+"""Reading request bodies within a size limit, as strict JSON; what a client callback URL
+may be (the job server's own rule, passed on)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -76,42 +76,3 @@ CALLBACK_URL = (
 )
 MAX_CALLBACK_LENGTH = 2_048
 _CALLBACK = re.compile(CALLBACK_URL)
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """What a client asks for: ``POST /proxy {"account", "wait", "callback"}``."""
-
-    account: str
-    wait: bool
-    callback: str | None
-
-    @classmethod
-    def parse(cls, body: bytes) -> JobRequest:
-        fields = parse_object(body)
-        account = fields.get("account")
-        if not isinstance(account, str) or not account:
-            raise BadRequest("account: a non-empty string is required")
-        if len(account) > MAX_ACCOUNT_LENGTH:
-            raise BadRequest(f"account: at most {MAX_ACCOUNT_LENGTH} characters")
-        wait = fields.get("wait", False)
-        if not isinstance(wait, bool):
-            raise BadRequest("wait: must be true or false")
-        callback = fields.get("callback")
-        if callback is not None and not (
-            isinstance(callback, str)
-            and len(callback) <= MAX_CALLBACK_LENGTH
-            and _CALLBACK.fullmatch(callback)
-        ):
-            raise BadRequest(
-                f"callback: an http(s) URL (or host[:port]/path) of at most "
-                f"{MAX_CALLBACK_LENGTH} characters"
-            )
-        return cls(account, wait, callback)
-
-    def upstream_body(self, callback: str | None) -> dict[str, Any]:
-        """The body sent to the job server's ``/start``: never waiting there."""
-        body: dict[str, Any] = {"account": self.account, "wait": False}
-        if callback is not None:
-            body["callback"] = callback
-        return body

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import parse_object, read_body, receive_body
+from proxy.dialect import Dialect
 from proxy.errors import (
     BadRequest,
     BadSignature,
@@ -40,10 +41,10 @@ from proxy.errors import (
     Unavailable,
     UnknownCallback,
 )
-from proxy.jobs import Job, is_terminal
+from proxy.jobs import Job
 from proxy.metrics import Outcome
 from proxy.services import Services, services_of
-from proxy.waiters import Delivery
+from proxy.waiters import Delivery, Result
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +76,16 @@ def verify_signature(
     raise BadSignature("no webhook-signature matches the body")
 
 
-def parse_job(body: bytes) -> Job:
-    """A callback body: a JSON object with a job id and a state."""
+def parse_job(body: bytes, dialect: Dialect) -> tuple[Job, Result]:
+    """A callback body: a JSON object with a job id and a state where the dialect says."""
     job = parse_object(body)
-    if not isinstance(job.get("id"), str) or not job["id"]:
-        raise BadRequest("the callback body has no job id")
-    if not isinstance(job.get("state"), str):
-        raise BadRequest("the callback body has no job state")
-    return job
+    job_id = dialect.job_id_at.get(job)
+    if not isinstance(job_id, str) or not job_id:
+        raise BadRequest(f"the callback body has no job id ({dialect.job_id_at.name})")
+    state = dialect.state(job)
+    if state is None:
+        raise BadRequest(f"the callback body has no job state ({dialect.state_at.name})")
+    return job, Result(job_id, state, body)
 
 
 RECEIPTS = {
@@ -130,14 +133,13 @@ async def _take(services: Services, token: str, reading: Awaitable[bytes]) -> An
     server, with the outcome counted whatever happens."""
     outcome: str = Outcome.INTERNAL_ERROR
     try:
-        body = await reading
-        job = parse_job(body)
-        if not is_terminal(job):
+        job, result = parse_job(await reading, services.dialect)
+        if result.state not in services.dialect.final:
             outcome = Outcome.NOT_FINAL
             return IGNORED
-        delivery = await _deliver(services, token, job, body)
+        delivery = await _deliver(services, token, job, result)
         outcome = delivery.value
-        _refuse(delivery, job)
+        _refuse(delivery, result)
         return RECEIPTS[delivery]
     except ProxyError as exc:
         if not isinstance(exc, UnknownCallback):
@@ -147,24 +149,24 @@ async def _take(services: Services, token: str, reading: Awaitable[bytes]) -> An
         services.metrics.callback(outcome)
 
 
-def _refuse(delivery: Delivery, job: Job) -> None:
+def _refuse(delivery: Delivery, result: Result) -> None:
     """Raise the error a callback gets when its result was not taken."""
     if delivery is Delivery.MISMATCH:
-        raise JobMismatch(f"job {job['id']} is not the job of this callback token")
+        raise JobMismatch(f"job {result.job_id} is not the job of this callback token")
     if delivery is Delivery.CROWDED:
         raise Unavailable(
             "this callback token already has results waiting for the job server to name "
             "its job: send it again once /start is answered"
         )
     if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
-        logger.debug("dropped the result of job %s: %s token", job["id"], delivery.value)
+        logger.debug("dropped the result of job %s: %s token", result.job_id, delivery.value)
         raise UnknownCallback()
 
 
-async def _deliver(services: Services, token: str, job: Job, body: bytes) -> Delivery:
+async def _deliver(services: Services, token: str, job: Job, result: Result) -> Delivery:
     if services.bus is not None and services.bus.is_foreign(token):
         return await services.bus.forward(token, job)
-    delivery = await services.waiters.deliver(token, job, body)
+    delivery = await services.waiters.deliver(token, result)
     if delivery is Delivery.DUPLICATE and services.waiters.answered_by_poll(token):
         services.watch.polled_too_soon()
     return delivery

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from proxy.dialect import DialectError, load_dialect
 from proxy.settings_layers import ConfigError, LayeredSettings
 
 __all__ = ["ConfigError", "Settings", "reachable_url", "signing_key"]
@@ -42,7 +43,13 @@ class Settings(LayeredSettings):
     port: int = Field(default=8000, ge=0, le=65_535, description="TCP port; 0 picks a free one")
     upstream_url: str = Field(
         default="http://127.0.0.1:8001",
-        description="base URL of the job server: the proxy calls /start and /status/<id> there",
+        description="base URL of the job server: the proxy starts jobs and reads their "
+        "status below it",
+    )
+    upstream_dialect: str = Field(
+        default="work-sample",
+        description="the job server's protocol: work-sample, predictions, or the path of a "
+        "dialect TOML file",
     )
     public_url: str = Field(
         default="",
@@ -187,6 +194,16 @@ class Settings(LayeredSettings):
         if parts.query or parts.fragment or value.endswith(("?", "#")):
             raise ValueError("must be a base URL: no query (?) and no fragment (#)")
         return value.rstrip("/")
+
+    @field_validator("upstream_dialect")
+    @classmethod
+    def _dialect_compiles(cls, value: str) -> str:
+        # Compiled here so that a wrong file stops the start with one line.
+        try:
+            load_dialect(value)
+        except DialectError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("replica_id")
     @classmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ from typing import Any, TypeVar
 from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, Headers, encode, json_answer, send_answer
-from proxy.bodies import JobRequest, receive_body
+from proxy.bodies import receive_body
+from proxy.dialect import JobRequest
 from proxy.errors import ClientGone, ProxyError, UpstreamError
 from proxy.idempotency import Claim
-from proxy.jobs import is_terminal, job_id_of
 from proxy.metrics import Outcome
 from proxy.prefer import NONE, Preferences, parse_prefer
 from proxy.services import Services
@@ -64,8 +65,10 @@ class Wishes:
 
     @property
     def tracked(self) -> bool:
-        """Whether the client may come back to its job (it gets a ref)."""
-        return self.stream or self.prefer.any
+        """Whether the client may come back to its job (it gets a ref): a bare ``Prefer:
+        wait`` holds until the deadline, as a plain hold."""
+        wait = self.prefer.wait
+        return self.stream or self.prefer.respond_async or (wait is not None and wait < math.inf)
 
 
 PLAIN = Wishes()
@@ -101,10 +104,14 @@ class HeldJob:
     async def start(self) -> UpstreamAnswer:
         """POST the job to the job server; a keyed claim is released if no job can exist."""
         services, request, waiter = self.services, self.request, self.waiter
-        callback = services.callback_url(waiter.token) if request.wait else request.callback
+        callback = services.callback_url(waiter.token) if request.held else request.callback
         try:
             return await services.upstream.start(
-                request.upstream_body(callback), deadline=waiter.deadline, progress=self.progress
+                request.lane,
+                services.dialect.upstream_body(request, callback),
+                request.headers,
+                deadline=waiter.deadline,
+                progress=self.progress,
             )
         except BaseException:
             if self.key is not None and not self.progress.job_may_exist:
@@ -113,17 +120,17 @@ class HeldJob:
 
     async def accepted(self, answer: UpstreamAnswer) -> None:
         """The job server accepted the job: bind the waiter to it and watch for its result."""
-        services, waiter = self.services, self.waiter
+        services, waiter, dialect = self.services, self.waiter, self.services.dialect
         job = answer.job()
         waiter.started_at, waiter.accepted_at = answer.sent_at, time.monotonic()
-        if dropped := waiter.bind(job_id_of(job)):
+        if dropped := waiter.bind(dialect.job_id(job)):
             services.metrics.callback(Outcome.EARLY_MISMATCH, dropped)
         if self.key is not None:
             await services.keyed.bind(self.request, self.key, str(waiter.job_id))
         if waiter.tracked is not None:
             waiter.tracked.accepted(str(waiter.job_id), waiter.started_at)
-        if is_terminal(job):  # a job server may finish the job before answering
-            waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(job["state"]))
+        if dialect.is_final(job):  # a job server may finish the job before answering
+            waiter.settle(json_answer(answer.raw), AnsweredBy.START, str(dialect.state(job)))
         if not waiter.settled:
             services.watch.track(waiter, waiter.deadline)
 
@@ -144,8 +151,8 @@ async def held(
     outcome: str = Outcome.INTERNAL_ERROR
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
-        job_request = JobRequest.parse(body)
-        tracked = job_request.wait and wishes.tracked
+        job_request = services.dialect.parse(body, scope["headers"], wishes.prefer.wait)
+        tracked = job_request.held and wishes.tracked
         with services.waiters.hold() as waiter:
             key = _key(scope) if wishes.keyed else None
             ref = new_ref() if tracked else None
@@ -170,10 +177,11 @@ async def held(
                 outcome = await _tracked_form(wishes)(job, receive, send, wishes)
                 return
             answer = await until_client_leaves(receive, job.start(), unless=job.goes_on)
-            if not job_request.wait:
-                answer.job()
+            if not job_request.held:
+                started = answer.job()
+                services.dialect.job_id(started)  # an answer without a job is no answer
                 if key is not None:
-                    await services.keyed.keep(waiter, answer.job())
+                    await services.keyed.keep(waiter, started)
                 await send_answer(send, json_answer(answer.raw, answer.status_code))
                 outcome = Outcome.FORWARDED
                 return
@@ -294,7 +302,7 @@ async def _follow(
     """A retry of a keyed request follows the first one's job: by its ref in the form the
     retry asks for, when the first one had it tracked; else until its result."""
     tracked = await services.find_job(claim.ref) if claim.ref is not None else None
-    if tracked is not None and wishes.tracked and job_request.wait:
+    if tracked is not None and wishes.tracked and job_request.held:
         return await answer_tracked(services, tracked, wishes, receive, send, come_back=True)
     answer = await until_client_leaves(
         receive, services.keyed.follow(waiter, job_request, key, claim)

@@ -19,7 +19,6 @@ idempotency work at all. :class:`LocalResults` keeps claims and results in this 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
@@ -29,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.answers import Answer, encode, json_answer
-from proxy.bodies import JobRequest, decode_json
+from proxy.bodies import decode_json
 from proxy.config import Settings
+from proxy.dialect import Dialect, JobRequest
 from proxy.errors import (
     BadRequest,
     BusUnavailable,
@@ -66,9 +66,10 @@ def check_key(value: str) -> str:
     return value
 
 
-def scoped_key(account: str, key: str) -> str:
-    """The key as stored: scoped to its account, so that tenants' keys never meet."""
-    return f"{hashlib.sha256(account.encode()).hexdigest()[:32]}:{key}"
+def scoped_key(lane: str, key: str) -> str:
+    """The key as stored: scoped to its account (the lane), so that tenants' keys never
+    meet; the account itself is not stored, only a digest of it."""
+    return f"{hashlib.sha256(lane.encode()).hexdigest()[:32]}:{key}"
 
 
 def fingerprint(fields: dict[str, Any]) -> str:
@@ -152,7 +153,10 @@ class LocalResults:
 class KeyedRequests:
     """Requests with an ``Idempotency-Key``: each key's job runs once, retries follow it."""
 
-    def __init__(self, results: ResultStore, watch: OverdueWatch, settings: Settings) -> None:
+    def __init__(
+        self, results: ResultStore, watch: OverdueWatch, settings: Settings, dialect: Dialect
+    ) -> None:
+        self._dialect = dialect
         self._results = results
         self._watch = watch
         self._settings = settings
@@ -162,20 +166,20 @@ class KeyedRequests:
         self, waiter: Waiter, job_request: JobRequest, key: str, ref: str | None
     ) -> Claim:
         """Claim ``key`` (the header's value) for ``waiter``'s job, or learn whose it is."""
-        digest = fingerprint(dataclasses.asdict(job_request))
+        digest = fingerprint(job_request.fingerprint())
         claim = await self._results.claim(
-            scoped_key(job_request.account, check_key(key)), digest, waiter.token, ref
+            scoped_key(job_request.lane, check_key(key)), digest, waiter.token, ref
         )
         waiter.keyed = claim.owner
         return claim
 
     async def release(self, job_request: JobRequest, key: str, waiter: Waiter) -> None:
         """Surely no job exists for the key: a retry must start one."""
-        await _quietly(self._results.release(scoped_key(job_request.account, key), waiter.token))
+        await _quietly(self._results.release(scoped_key(job_request.lane, key), waiter.token))
 
     async def bind(self, job_request: JobRequest, key: str, job_id: str) -> None:
         """The job server accepted the key's job: a retry can ask it about ``job_id``."""
-        await _quietly(self._results.bind_job(scoped_key(job_request.account, key), job_id))
+        await _quietly(self._results.bind_job(scoped_key(job_request.lane, key), job_id))
 
     async def keep(self, waiter: Waiter, job: Job) -> None:
         """Keep a job's answer for the key's retries."""
@@ -214,10 +218,10 @@ class KeyedRequests:
                 if result is None and poll is not None and poll.done():
                     result = poll.result()  # raises JobLost
                 if result is not None:
-                    waiter.outcome = str(result.get("state"))
+                    waiter.outcome = str(self._dialect.state(result))
                     return json_answer(encode(result))
-                if job_request.wait and poll is None:
-                    scoped = scoped_key(job_request.account, key)
+                if job_request.held and poll is None:
+                    scoped = scoped_key(job_request.lane, key)
                     job_id = job_id or await self._results.job_id_for(scoped)
                     if job_id is not None:
                         # The first request's holder may be gone: ask the job server too.

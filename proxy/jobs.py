@@ -1,46 +1,14 @@
-"""The job model the proxy works with: a job as the job server writes it, its states, and
-the rules shared by every place that reads one."""
+"""A job as the job server writes it: JSON whose id, state and final states the dialect
+(``proxy.dialect``) says where to find; and the one reading of ``Retry-After``."""
 
 from __future__ import annotations
 
 import math
-from enum import Enum
 from typing import Any
 
-from proxy.errors import UpstreamBadResponse
-
-#: A job as JSON: ``{"id", "state", "startedAt", "proof"}`` or ``"error"``.
+#: A job as JSON, as the job server sent it: the work sample's ``{"id", "state",
+#: "startedAt", "proof"}`` (or ``"error"``), a prediction, ...
 Job = dict[str, Any]
-
-MAX_JOB_ID_LENGTH = 256
-
-
-class JobState(str, Enum):
-    """A job's ``state`` on the job server."""
-
-    #: Started (or queued for a slot); its result comes later.
-    RUNNING = "running"
-    #: Done, with a ``proof``.
-    COMPLETED = "completed"
-    #: Done, with an ``error``; passed to the client as a 200 all the same.
-    FAILED = "failed"
-
-
-FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
-JOB_STATES = frozenset(JobState)
-
-
-def is_terminal(job: Job) -> bool:
-    """Whether the job has ended (completed or failed)."""
-    return job.get("state") in FINAL_STATES
-
-
-def job_id_of(job: Job) -> str:
-    """The job's id; UpstreamBadResponse when the job server's answer has none usable."""
-    job_id = job.get("id")
-    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_LENGTH:
-        raise UpstreamBadResponse(f"the job server's answer has no valid job id: {job!r:.200}")
-    return job_id
 
 
 def parse_retry_after(value: str | bytes | None) -> float:

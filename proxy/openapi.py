@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.bodies import CALLBACK_URL, MAX_ACCOUNT_LENGTH, MAX_CALLBACK_LENGTH
+from proxy.dialect import Dialect
 from proxy.idempotency import MAX_KEY_LENGTH
 
 # What ``proxy.bodies`` accepts as a callback, from its own definition.
@@ -359,3 +360,19 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"schemas": SCHEMAS},
 }
+
+
+def openapi_document(dialect: Dialect) -> dict[str, Any]:
+    """The document for a proxy in front of ``dialect``'s job server: the work sample's as
+    above; another dialect's start path in place of ``/start``, its body any JSON object
+    the job server takes (the proxy passes it on as the dialect says)."""
+    if dialect.name == "work-sample" and dialect.start_path == "/start":
+        return OPENAPI
+    paths = {path: item for path, item in OPENAPI["paths"].items() if path != "/start"}
+    operation = _start_operation("start", f"The {dialect.name} API's own start path")
+    body = {"type": "object", "description": f"a job request of the {dialect.name} API"}
+    return {
+        **OPENAPI,
+        "paths": {**paths, dialect.start_path: {"post": operation}},
+        "components": {"schemas": {**SCHEMAS, "JobRequest": body}},
+    }

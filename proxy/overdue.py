@@ -47,6 +47,7 @@ import httpx
 
 from proxy.answers import encode, json_answer
 from proxy.config import Settings
+from proxy.dialect import Dialect
 from proxy.errors import JobLost, JobTimeout
 from proxy.jobs import Job
 from proxy.polling import LostJob, PollSchedule, wait_for_job
@@ -111,7 +112,8 @@ class Lateness:
 class OverdueWatch:
     """Starts a status poll for each held job whose callback is presumed lost."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, client: httpx.AsyncClient, dialect: Dialect) -> None:
+        self._dialect = dialect
         self.lateness = Lateness()
         self._settings = settings
         self._client = client
@@ -211,6 +213,7 @@ class OverdueWatch:
             lost=lost,
             poll_timeout=settings.poll_timeout,
             slots=self._polls,
+            dialect=self._dialect,
         )
 
     async def _settle_by_poll(self, waiter: Waiter, deadline: float) -> None:
@@ -224,6 +227,7 @@ class OverdueWatch:
                 logger.warning("%s", lost.detail)
                 await waiter.respond()
             return
-        if waiter.settle(json_answer(encode(job)), AnsweredBy.POLL, str(job["state"])):
+        state = str(self._dialect.state(job))
+        if waiter.settle(json_answer(encode(job)), AnsweredBy.POLL, state):
             logger.debug("job %s answered by a status poll: its callback is late", waiter.job_id)
             await waiter.respond()

@@ -19,6 +19,7 @@ The poller is usable on its own::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -26,15 +27,22 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 import httpx
 
 from proxy.bodies import decode_json
+from proxy.dialect import Dialect, load_dialect
 from proxy.errors import JobLost, JobTimeout
-from proxy.jobs import FINAL_STATES, JOB_STATES, parse_retry_after
+from proxy.jobs import parse_retry_after
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def work_sample() -> Dialect:
+    """The dialect polled when none is given: the work sample's ``/status/{id}``."""
+    return load_dialect("work-sample")
+
 
 # Jitter needs no state of its own per poll: a Random() is 2.5 KB.
 _JITTER = random.Random()
@@ -100,9 +108,10 @@ class _Failure(NamedTuple):
     busy: bool = False  # 429/503: the job server asks to come back later
 
 
-def status_url(base_url: str, job_id: str) -> str:
-    """The job server's status URL for ``job_id`` (quoted) under ``base_url``."""
-    return f"{base_url.rstrip('/')}/status/{quote(job_id, safe='')}"
+def status_url(base_url: str, job_id: str, dialect: Dialect | None = None) -> str:
+    """The job server's status URL for ``job_id`` (quoted) under ``base_url``: the
+    dialect's status path, the work sample's ``/status/{id}`` by default."""
+    return base_url.rstrip("/") + (dialect or work_sample()).status_of(job_id)
 
 
 async def wait_for_job(
@@ -119,8 +128,10 @@ async def wait_for_job(
     lost: LostJob | None = None,
     poll_timeout: float = MAX_POLL_TIMEOUT,
     slots: asyncio.Semaphore | None = None,
+    dialect: Dialect | None = None,
 ) -> dict[str, Any]:
-    """Poll the job's status until it is completed or failed, and return that answer.
+    """Poll the job's status until it has ended, and return that answer: the work
+    sample's job (completed or failed), or the job of ``dialect``.
 
     ``deadline`` is an absolute time on ``clock``; ``schedule.first_delay`` counts from
     this call. Transport errors, timeouts, 404, 5xx and malformed answers are logged and
@@ -137,7 +148,8 @@ async def wait_for_job(
     if not base_url:
         raise ValueError("base_url must not be empty")
     schedule = schedule or PollSchedule()
-    url = status_url(base_url, job_id)
+    dialect = dialect or work_sample()
+    url = status_url(base_url, job_id, dialect)
     delays = schedule.delays(rng)
     polls = 0
     streak = FailureStreak()
@@ -157,10 +169,11 @@ async def wait_for_job(
         if pause > 0:
             await sleep(min(pause, time_left()))
         if slots is None:
-            outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
+            outcome = await _poll_once(client, url, job_id, dialect, min(time_left(), poll_timeout))
         else:
             async with slots:
-                outcome = await _poll_once(client, url, job_id, min(time_left(), poll_timeout))
+                budget = min(time_left(), poll_timeout)
+                outcome = await _poll_once(client, url, job_id, dialect, budget)
         polls += 1
         if isinstance(outcome, _Failure):
             time_left()  # a poll the deadline cut short is no failure of the job server's
@@ -179,11 +192,12 @@ async def wait_for_job(
             pause = max(next(delays), outcome.retry_after)
             continue
         streak = FailureStreak()
-        last_answer = f"state {outcome['state']}"
+        state = dialect.state(outcome)
+        last_answer = f"state {state}"
         if on_update is not None:
             on_update(outcome)
-        if outcome["state"] in FINAL_STATES:
-            logger.debug("job %s is %s after %d status polls", job_id, outcome["state"], polls)
+        if state in dialect.final:
+            logger.debug("job %s is %s after %d status polls", job_id, state, polls)
             return outcome
         pause = next(delays)
 
@@ -219,7 +233,7 @@ def _check_lost(
 
 
 async def _poll_once(
-    client: httpx.AsyncClient, url: str, job_id: str, budget: float
+    client: httpx.AsyncClient, url: str, job_id: str, dialect: Dialect, budget: float
 ) -> dict[str, Any] | _Failure:
     try:
         # httpx timeouts bound each network step; asyncio.timeout bounds the whole request.
@@ -234,18 +248,23 @@ async def _poll_once(
         return _Failure("HTTP 404", not_found=True)
     if not response.is_success:
         return _Failure(f"HTTP {status}")
-    return _parse_job(response, job_id)
+    return _parse_job(response, job_id, dialect)
 
 
-def _parse_job(response: httpx.Response, job_id: str) -> dict[str, Any] | _Failure:
+def _parse_job(
+    response: httpx.Response, job_id: str, dialect: Dialect
+) -> dict[str, Any] | _Failure:
     try:
         job = decode_json(response.content)
     except ValueError:
         return _Failure("an answer that is not JSON")
     # The answer must name the job asked about: any other is no answer about it.
-    if not isinstance(job, dict) or job.get("state") not in JOB_STATES or job.get("id") != job_id:
+    if not isinstance(job, dict) or dialect.job_id_at.get(job) != job_id:
+        return _Failure(f"a status answer of another job, or none: {response.text[:200]!r}")
+    if dialect.state(job) is None:
         return _Failure(f"a malformed status answer: {response.text[:200]!r}")
-    return job
+    answer: dict[str, Any] = job
+    return answer
 
 
 def retry_after_seconds(response: httpx.Response) -> float:

@@ -11,6 +11,7 @@ import httpx
 from starlette.requests import Request
 
 from proxy.config import Settings
+from proxy.dialect import Dialect
 from proxy.idempotency import KeyedRequests, ResultStore
 from proxy.metrics import Metrics
 from proxy.overdue import OverdueWatch
@@ -26,6 +27,7 @@ class Services:
     """Everything the lifespan opens, handed to every request."""
 
     settings: Settings
+    dialect: Dialect
     client: httpx.AsyncClient
     upstream: Upstream
     waiters: WaiterRegistry

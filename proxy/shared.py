@@ -35,10 +35,11 @@ from redis.exceptions import RedisError
 
 from proxy.answers import encode
 from proxy.bodies import decode_json
+from proxy.dialect import Dialect
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim
 from proxy.jobs import Job
-from proxy.waiters import Delivery, WaiterRegistry, replica_of, token_is_genuine
+from proxy.waiters import Delivery, Result, WaiterRegistry, replica_of, token_is_genuine
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def _bus_errors(action: str) -> Iterator[None]:
 class RedisBus:
     """Results, claims and callback routing through Redis, for one replica."""
 
-    def __init__(self, redis: Redis, waiters: WaiterRegistry, ttl: float) -> None:
+    def __init__(self, redis: Redis, waiters: WaiterRegistry, ttl: float, dialect: Dialect) -> None:
         self._redis = redis
+        self._dialect = dialect
         self._waiters = waiters
         self._ttl = max(1, round(ttl))
         self._release = redis.register_script(RELEASE_SCRIPT)
@@ -271,7 +273,11 @@ class RedisBus:
 
     def _resolve(self, token: str, job: Job) -> bool:
         """Hand a result from Redis to its waiter, answering it soon; True if it counted."""
-        delivery = self._waiters.resolve(token, job, encode(job))
+        job_id, state = self._dialect.job_id_at.get(job), self._dialect.state(job)
+        if not isinstance(job_id, str) or state is None:
+            logger.warning("ignored a result without a job id or state for token %s", token)
+            return False
+        delivery = self._waiters.resolve(token, Result(job_id, state, encode(job)))
         if delivery is Delivery.OK:
             waiter = self._waiters.get(token)
             if waiter is not None:

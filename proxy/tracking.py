@@ -58,9 +58,12 @@ def sse_bytes(event: Event) -> bytes:
     return b"id: %d\nevent: %s\n%s\n" % (number, name.encode(), body)
 
 
-def final_event_name(answer: Answer, outcome: str) -> str:
-    """``completed`` or ``failed`` for a job's own answer, ``error`` for the proxy's."""
-    return outcome if answer[0] == 200 and outcome in ("completed", "failed") else "error"
+def final_event_name(answer: Answer, outcome: str, failed: frozenset[str]) -> str:
+    """``completed`` or ``failed`` (a state in ``failed``) for a job's own answer,
+    ``error`` for the proxy's."""
+    if answer[0] != 200:
+        return "error"
+    return "failed" if outcome in failed else "completed"
 
 
 class Listener(Protocol):
@@ -74,6 +77,7 @@ class TrackedJob:
 
     __slots__ = (
         "events",
+        "failed",
         "final",
         "job_id",
         "listeners",
@@ -83,8 +87,9 @@ class TrackedJob:
         "started_at",
     )
 
-    def __init__(self, ref: str) -> None:
+    def __init__(self, ref: str, failed: frozenset[str] = frozenset({"failed"})) -> None:
         self.ref = ref
+        self.failed = failed  # the dialect's failed states
         self.job_id: str | None = None
         self.started_at = 0.0  # time.monotonic() when its /start went out, once accepted
         self.events: list[Event] = []
@@ -118,7 +123,7 @@ class TrackedJob:
         if self.final is not None:
             return
         self.final = answer
-        self._push(final_event_name(answer, outcome), answer[2])
+        self._push(final_event_name(answer, outcome, self.failed), answer[2])
         self.listeners.clear()
         if self.on_final is not None:
             self.on_final(self)
@@ -272,7 +277,8 @@ class TrackedJobs:
     them: a mirror is filled from Redis and follows the events the holder publishes.
     """
 
-    def __init__(self, ttl: float, max_finished: int) -> None:
+    def __init__(self, ttl: float, max_finished: int, failed: frozenset[str]) -> None:
+        self._failed = failed
         self._running: dict[str, TrackedJob] = {}
         self._mirrors: dict[str, TrackedJob] = {}
         self._finished = ExpiringMap(ttl, max_finished)
@@ -290,7 +296,7 @@ class TrackedJobs:
 
     def track(self, ref: str) -> TrackedJob:
         """A new tracked job under ``ref`` (:func:`new_ref`)."""
-        job = TrackedJob(ref)
+        job = TrackedJob(ref, self._failed)
         job.on_final = self._finished_job
         job.on_event = self.on_event
         self._running[job.ref] = job

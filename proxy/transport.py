@@ -293,9 +293,15 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._closed = False
 
     def prebuilt(
-        self, method: str, path: str, body: bytes, content_type: bytes = b"application/json"
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> bytes:
-        """The whole request (head + body) as bytes, built once: Host, Content-Type, Content-Length.
+        """The whole request (head + body) as bytes, built once: Host, Content-Type,
+        ``headers``, Content-Length.
 
         ``path`` (with its query, if any) is taken below the base URL's path;
         ``content_type=b""`` leaves the Content-Type header out.
@@ -312,6 +318,10 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         )
         if content_type:
             head += b"Content-Type: %s\r\n" % content_type
+        for name, value in headers:
+            if any(c in name + value for c in b"\r\n\0") or b":" in name:
+                raise ValueError(f"not a header: {name!r}")
+            head += b"%s: %s\r\n" % (name, value)
         return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     async def exchange(

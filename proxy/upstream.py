@@ -33,16 +33,16 @@ from typing import Any
 
 import httpx
 
-from proxy.answers import encode
 from proxy.bodies import decode_json
 from proxy.config import Settings
+from proxy.dialect import Dialect
 from proxy.errors import (
     JobTimeout,
     UpstreamBadResponse,
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.jobs import Job, job_id_of, parse_retry_after
+from proxy.jobs import Job, parse_retry_after
 from proxy.transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 RETRY_BASE = 0.05
 RETRY_CAP = 1.0
 RETRYABLE_STATUS = frozenset({429, 503})
-JSON_HEADERS = {"content-type": "application/json"}
+JSON_HEADERS = ((b"content-type", b"application/json"),)
 KEEPALIVE_EXPIRY = 4.0
 
 
@@ -326,6 +326,15 @@ class AccountLanes:
             del self._lanes[lane.account]
 
 
+@dataclass(frozen=True, slots=True)
+class _StartCall:
+    """One job's start, as it goes out on each attempt."""
+
+    lane: str
+    content: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
 @dataclass(slots=True)
 class StartProgress:
     """What the caller of :meth:`Upstream.start` may learn of it, even when it is cut short."""
@@ -353,21 +362,21 @@ class UpstreamAnswer:
     raw: bytes = b""
 
     def job(self) -> Job:
-        """The job the answer carries; whatever its state, a job without an id is no
-        answer (UpstreamBadResponse)."""
+        """The job the answer carries (its id is the dialect's to check): an answer that
+        is not a JSON object is UpstreamBadResponse."""
         if not isinstance(self.body, dict):
             raise UpstreamBadResponse(f"the job server answered {self.body!r:.200}")
         job: Job = self.body
-        job_id_of(job)
         return job
 
 
 class Upstream:
     """The job server, as the proxy uses it."""
 
-    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, dialect: Dialect) -> None:
         self._client = client
-        self._start_url = httpx.URL(settings.upstream_url.rstrip("/") + "/start")
+        self._dialect = dialect
+        self._start_url = httpx.URL(settings.upstream_url.rstrip("/") + dialect.start_path)
         transport = client._transport  # the client's own: the one it was built with
         self._native = transport if isinstance(transport, UpstreamTransport) else None
         self.base_url = settings.upstream_url.rstrip("/")
@@ -381,9 +390,16 @@ class Upstream:
         )
 
     async def start(
-        self, body: Job, *, deadline: float, progress: StartProgress | None = None
+        self,
+        lane: str,
+        content: bytes,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        deadline: float,
+        progress: StartProgress | None = None,
     ) -> UpstreamAnswer:
-        """POST ``/start`` in the account's lane, retrying while it is safe.
+        """Start a job (the dialect's start: POST ``/start``, say) in the ``lane`` of its
+        account, with ``content`` as the body, retrying while it is safe.
 
         Returns the answer to pass on. ``deadline`` is a ``time.monotonic()`` value the
         call never goes past, the wait for a place in the lane included. Cancelled (its
@@ -397,21 +413,23 @@ class Upstream:
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self._start(body, deadline, progress or StartProgress())
+                call = _StartCall(lane, content, headers)
+                return await self._start(call, deadline, progress or StartProgress())
         except TimeoutError:
             if not scope.expired():
                 raise
             raise JobTimeout("the deadline passed before the job server accepted the job") from None
 
-    async def _start(self, body: Job, deadline: float, progress: StartProgress) -> UpstreamAnswer:
-        content = encode(body)
+    async def _start(
+        self, call: _StartCall, deadline: float, progress: StartProgress
+    ) -> UpstreamAnswer:
         attempt = 0
         # Only time spent failing counts against the retry budget: the failed attempts
         # and the pauses after them, never the wait for a place in the lane; a safe
         # failure is retried whenever its pause fits what is left of the budget.
         spent = 0.0
         while True:
-            lane, seq = await self.lanes.enter(body["account"], first=attempt > 0)
+            lane, seq = await self.lanes.enter(call.lane, first=attempt > 0)
             progress.sent = True
             fate, accepted, maybe_job = Fate.UNKNOWN, False, True
             try:
@@ -419,7 +437,7 @@ class Upstream:
                 pause = 0.0
                 try:
                     with job_server_errors(self._start_url):
-                        status, raw, retry_after = await self._post(content, deadline - sent_at)
+                        status, raw, retry_after = await self._post(call, deadline - sent_at)
                 except UpstreamUnavailable as unreachable:
                     fate, failure, maybe_job = Fate.NOT_SENT, unreachable, False
                 else:
@@ -448,8 +466,8 @@ class Upstream:
             attempt += 1
             logger.debug("retrying /start in %.3f s (attempt %d): %s", delay, attempt, failure)
 
-    async def _post(self, content: bytes, remaining: float) -> tuple[int, bytes, bytes | None]:
-        """One ``POST /start``: its status, body and Retry-After.
+    async def _post(self, call: _StartCall, remaining: float) -> tuple[int, bytes, bytes | None]:
+        """One start: its status, body and Retry-After.
 
         Connecting is bounded by start_timeout (a dead job server is retried); once sent,
         a job server that queues the request behind the account's others may take as
@@ -463,17 +481,20 @@ class Upstream:
         # per-call work, only when the client would use that transport for this URL
         # (respx, in tests, puts its own in between: then the ordinary call is made).
         if native is not None and self._client._transport_for_url(self._start_url) is native:
-            wire = native.prebuilt("POST", "/start", content)
+            dialect = self._dialect
+            wire = native.prebuilt(
+                dialect.start_method, dialect.start_path, call.content, headers=call.headers
+            )
             raw = await native.exchange(wire, connect=connect, read=None, pool=None)
             return raw.status, raw.body, raw.header(b"retry-after")
         timeout = httpx.Timeout(None, connect=connect)
         # A request built here and sent as it is skips the client's merging of URLs,
         # headers and cookies.
         request = httpx.Request(
-            "POST",
+            self._dialect.start_method,
             self._start_url,
-            content=content,
-            headers=JSON_HEADERS,
+            content=call.content,
+            headers=[*JSON_HEADERS, *call.headers],
             extensions={"timeout": timeout.as_dict()},
         )
         response = await self._client.send(request)
@@ -483,9 +504,8 @@ class Upstream:
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""
         try:
-            response = await self._client.get(
-                f"{self.base_url}/status/0000000000000000", timeout=timeout
-            )
+            probe = self._dialect.status_of("0000000000000000")
+            response = await self._client.get(f"{self.base_url}{probe}", timeout=timeout)
         except httpx.HTTPError:
             return False
         return response.status_code < 500

@@ -29,7 +29,6 @@ from starlette.types import Send
 
 from proxy.answers import Answer, json_answer, send_answer
 from proxy.errors import AtCapacity, JobTimeout, ProxyError, ShuttingDown
-from proxy.jobs import Job
 from proxy.tracking import TrackedJob
 
 logger = logging.getLogger(__name__)
@@ -95,6 +94,16 @@ def token_is_genuine(token: str, key: bytes) -> bool:
     return bool(dot) and hmac.compare_digest(mac.encode(), token_mac(key, stem).encode())
 
 
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A finished job as a callback (or another replica) brought it: its id and state as
+    the dialect reads them, and the bytes that answer the client."""
+
+    job_id: str
+    state: str
+    body: bytes
+
+
 @dataclass(slots=True, eq=False)
 class Waiter:
     """One held request: its token, its job id once known, and its answer once decided.
@@ -122,7 +131,7 @@ class Waiter:
     released: bool = False
     keyed: bool = False  # its request carried an Idempotency-Key
     poll: asyncio.Task[None] | None = None
-    early: list[tuple[Job, bytes]] | None = None
+    early: list[Result] | None = None
     #: The job as clients may come back to it (GET /jobs/{ref}), when they may.
     tracked: TrackedJob | None = None
     #: Held by nobody: its client has its ref. It lives until its answer is decided.
@@ -155,18 +164,18 @@ class Waiter:
         if send is not None and self.answer is not None:
             await send_answer(send, self.answer)
 
-    def offer(self, job: Job, body: bytes) -> Delivery:
-        """A finished job from a callback (``body`` its bytes): taken only if it is this
-        waiter's job. Before the job is known it is kept (``EARLY``), a few at most."""
+    def offer(self, result: Result) -> Delivery:
+        """A finished job from a callback: taken only if it is this waiter's job. Before
+        the job is known it is kept (``EARLY``), a few at most."""
         if self.job_id is None:
             early = self.early or []
             if len(early) >= MAX_EARLY_RESULTS:
                 return Delivery.CROWDED
-            self.early = [*early, (job, body)]
+            self.early = [*early, result]
             return Delivery.EARLY
-        if job.get("id") != self.job_id:
+        if result.job_id != self.job_id:
             return Delivery.MISMATCH
-        if self.settle(json_answer(body), AnsweredBy.CALLBACK, str(job.get("state"))):
+        if self.settle(json_answer(result.body), AnsweredBy.CALLBACK, result.state):
             return Delivery.OK
         return Delivery.DUPLICATE
 
@@ -176,13 +185,13 @@ class Waiter:
         self.job_id = job_id
         early, self.early = self.early, None
         dropped = 0
-        for job, body in early or ():
-            if self.offer(job, body) is Delivery.MISMATCH:
+        for result in early or ():
+            if self.offer(result) is Delivery.MISMATCH:
                 dropped += 1
                 logger.warning(
                     "dropped the result of job %s: it came, before /start answered, on the "
                     "callback token of job %s",
-                    job.get("id"),
+                    result.job_id,
                     job_id,
                 )
         return dropped
@@ -344,18 +353,18 @@ class WaiterRegistry:
                 self.respond_soon(waiter)
         self._arm()
 
-    def resolve(self, token: str, job: Job, body: bytes) -> Delivery:
+    def resolve(self, token: str, result: Result) -> Delivery:
         """Hand a finished job (and its bytes) to the waiter holding ``token``
         (``EARLY``: judged later). An ``OK`` obliges the caller to :meth:`Waiter.respond`."""
         waiter = self._waiters.get(token)
         if waiter is None:
             return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
-        return waiter.offer(job, body)
+        return waiter.offer(result)
 
-    async def deliver(self, token: str, job: Job, body: bytes) -> Delivery:
+    async def deliver(self, token: str, result: Result) -> Delivery:
         """:meth:`resolve`, and answer the held request when the result was taken. Never
         waits for the job server's answer to ``/start``."""
-        delivery = self.resolve(token, job, body)
+        delivery = self.resolve(token, result)
         if delivery is Delivery.OK:
             waiter = self._waiters.get(token)
             if waiter is not None:

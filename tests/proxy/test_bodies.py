@@ -1,16 +1,14 @@
-"""Reading request bodies within a limit, and parsing the job request they hold."""
+"""Reading request bodies within a limit."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from proxy.bodies import MAX_ACCOUNT_LENGTH, JobRequest, read_body
+from proxy.bodies import read_body
 from proxy.errors import BadRequest, BodyTooLarge
 
 
@@ -86,111 +84,3 @@ async def test_non_ascii_digits_in_content_length_are_400(declared: str) -> None
     upload.request.scope["headers"] = [(b"content-length", declared.encode("latin-1"))]
     with pytest.raises(BadRequest):
         await read_body(upload.request, limit=100)
-
-
-# JobRequest.parse
-
-
-def _parse(fields: Any) -> JobRequest:
-    return JobRequest.parse(json.dumps(fields).encode())
-
-
-def test_minimal_request() -> None:
-    """Only the account is required; wait defaults to false and callback to none."""
-    assert _parse({"account": "acme"}) == JobRequest("acme", False, None)
-
-
-def test_full_request() -> None:
-    """account, wait and callback are read as given; unknown fields are ignored."""
-    parsed = _parse(
-        {"account": "a", "wait": True, "callback": "https://client.test/cb?x=1", "other": 1}
-    )
-    assert parsed == JobRequest("a", True, "https://client.test/cb?x=1")
-
-
-def test_account_length_bounds() -> None:
-    """An account of 1 to 256 characters is accepted."""
-    assert _parse({"account": "x"}).account == "x"
-    long = "é" * MAX_ACCOUNT_LENGTH
-    assert _parse({"account": long}).account == long
-
-
-def test_null_callback_means_none() -> None:
-    """A null callback is the same as no callback."""
-    assert _parse({"account": "a", "callback": None}).callback is None
-
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        (b"", "JSON"),
-        (b"{", "JSON"),
-        (b"\xff", "JSON"),
-        (b"NaN", "not JSON"),
-        (b"[]", "object"),
-        (b'"acme"', "object"),
-        (b"null", "object"),
-        (b"{}", "account"),
-        (b'{"account": null}', "account"),
-        (b'{"account": ""}', "account"),
-        (b'{"account": ["a"]}', "account"),
-        (b'{"account": true}', "account"),
-        (b'{"account": "' + b"x" * (MAX_ACCOUNT_LENGTH + 1) + b'"}', "account"),
-        (b'{"account": "a", "wait": 1}', "wait"),
-        (b'{"account": "a", "wait": null}', "wait"),
-        (b'{"account": "a", "wait": "true"}', "wait"),
-        (b'{"account": "a", "callback": 5}', "callback"),
-        (b'{"account": "a", "callback": ""}', "callback"),
-        (b'{"account": "a", "callback": "/relative"}', "callback"),
-        (b'{"account": "a", "callback": "http://"}', "callback"),
-        (b'{"account": "a", "callback": "mailto:x@y.test"}', "callback"),
-        (b'{"account": "a", "callback": "ftp://host/x"}', "callback"),
-    ],
-)
-def test_bad_requests_name_the_problem(body: bytes, field: str) -> None:
-    """Each malformed body is a BadRequest whose detail names the field or the problem."""
-    with pytest.raises(BadRequest) as raised:
-        JobRequest.parse(body)
-    assert field in raised.value.detail
-
-
-@pytest.mark.parametrize(
-    "callback",
-    ["127.0.0.1:9000/done", "client.test/cb", "HTTPS://client.test:443/a?b=c#d", "h.test"],
-)
-def test_callbacks_the_job_server_takes_are_taken(callback: str) -> None:
-    """A callback with or without a scheme (then called over http) is passed on as given."""
-    assert _parse({"account": "a", "callback": callback}).callback == callback
-
-
-@pytest.mark.parametrize(
-    "callback",
-    [
-        "http://client.test:99999/x",
-        "http://-bad-.test/",
-        "http://a b/",
-        "http://x.test/" + "a" * 2048,
-    ],
-)
-def test_callbacks_the_job_server_refuses_are_400(callback: str) -> None:
-    """A callback with a port out of range, a bad host, a space or too long is refused."""
-    with pytest.raises(BadRequest, match="callback"):
-        _parse({"account": "a", "callback": callback})
-
-
-@pytest.mark.parametrize("callback", ["http://[abc", "http://[::1/x", "https://]/"])
-def test_unparseable_callback_url_is_400(callback: str) -> None:
-    """A callback URL that cannot be read is a BadRequest, not an unexpected error."""
-    with pytest.raises(BadRequest, match="callback"):
-        _parse({"account": "a", "callback": callback})
-
-
-def test_upstream_body_never_waits() -> None:
-    """The body sent upstream always has wait false and carries the given callback only."""
-    request = _parse({"account": "a", "wait": True, "callback": "http://client.test/cb"})
-    assert request.upstream_body("http://proxy.test/callback/t") == {
-        "account": "a",
-        "wait": False,
-        "callback": "http://proxy.test/callback/t",
-    }
-    assert request.upstream_body(None) == {"account": "a", "wait": False}

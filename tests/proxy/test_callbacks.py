@@ -13,7 +13,9 @@ import pytest
 
 from proxy.callbacks import parse_job, verify_signature
 from proxy.config import signing_key
+from proxy.dialect import load_dialect
 from proxy.errors import BadRequest, BadSignature
+from proxy.waiters import Result
 from tests.proxy.conftest import ProxyFactory, ProxyUnderTest
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -156,10 +158,15 @@ def test_non_numeric_timestamp_is_refused(timestamp: str) -> None:
 # parse_job
 
 
+WORK_SAMPLE = load_dialect("work-sample")
+
+
 def test_parse_job_returns_the_object() -> None:
-    """A JSON object with a string id and state is the job, other fields kept."""
+    """A JSON object with a string id and state is the job, other fields kept; its id,
+    state and bytes are the result a waiter takes."""
     job = {"id": "abc", "state": "completed", "proof": "A" * 40, "extra": [1]}
-    assert parse_job(json.dumps(job).encode()) == job
+    body = json.dumps(job).encode()
+    assert parse_job(body, WORK_SAMPLE) == (job, Result("abc", "completed", body))
 
 
 @pytest.mark.parametrize(
@@ -181,7 +188,7 @@ def test_parse_job_returns_the_object() -> None:
 def test_parse_job_refuses_bad_bodies(body: bytes, message: str) -> None:
     """Bodies that are not a JSON object with a job id and state are BadRequest."""
     with pytest.raises(BadRequest, match=message):
-        parse_job(body)
+        parse_job(body, WORK_SAMPLE)
 
 
 # Signed callbacks through the app.

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.answers import json_answer
 from proxy.config import Settings
+from proxy.dialect import load_dialect
 from proxy.overdue import (
     LATE_FACTOR,
     MIN_SLACK,
@@ -25,13 +26,14 @@ from proxy.waiters import AnsweredBy, Waiter
 from tests.conftest import eventually
 
 INITIAL = 0.5
+WORK_SAMPLE = load_dialect("work-sample")
 
 
 @pytest.fixture
 async def watch() -> AsyncIterator[OverdueWatch]:
     never = httpx.MockTransport(lambda request: httpx.Response(200, json={"state": "running"}))
     async with httpx.AsyncClient(transport=never) as client:
-        yield OverdueWatch(Settings(poll_initial=INITIAL), client)
+        yield OverdueWatch(Settings(poll_initial=INITIAL), client, WORK_SAMPLE)
 
 
 def waiter(started_at: float, job_id: str = "abc", accepted_after: float = 0.001) -> Waiter:
@@ -184,7 +186,7 @@ async def test_poll_answer_settles_the_waiter(watch: OverdueWatch) -> None:
     finished = {"id": "abc", "state": "completed", "proof": "A" * 40}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=finished))
     async with httpx.AsyncClient(transport=transport) as client:
-        polling = OverdueWatch(Settings(poll_initial=INITIAL), client)
+        polling = OverdueWatch(Settings(poll_initial=INITIAL), client, WORK_SAMPLE)
         job = waiter(started_at=0.0)
         polling.track(job, deadline=time.monotonic() + 5)
         polling.check(now=10.0)
@@ -209,7 +211,9 @@ async def test_polls_in_flight_are_bounded_over_all_jobs() -> None:
             return httpx.Response(200, json={"id": job_id, "state": "completed"})
 
     async with httpx.AsyncClient(transport=Slow()) as client:
-        polling = OverdueWatch(Settings(poll_initial=INITIAL, poll_max_in_flight=4), client)
+        polling = OverdueWatch(
+            Settings(poll_initial=INITIAL, poll_max_in_flight=4), client, WORK_SAMPLE
+        )
         now = time.monotonic()
         jobs = [waiter(started_at=now - 5.0, job_id=f"j{n}") for n in range(20)]
         for each in jobs:
@@ -226,7 +230,9 @@ async def test_a_job_the_job_server_forgot_is_answered_job_lost() -> None:
     """A job whose status is 404 long after acceptance fails its waiter with JobLost."""
     forgot = httpx.MockTransport(lambda request: httpx.Response(404, json={"error": "not_found"}))
     async with httpx.AsyncClient(transport=forgot) as client:
-        polling = OverdueWatch(Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client)
+        polling = OverdueWatch(
+            Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client, WORK_SAMPLE
+        )
         now = time.monotonic()
         job = waiter(started_at=now - 5.0)
         polling.track(job, deadline=now + 5)
@@ -241,7 +247,9 @@ async def test_every_job_is_probed_when_the_job_server_forgot_them_all() -> None
     answered JobLost long before their deadline."""
     forgot = httpx.MockTransport(lambda request: httpx.Response(404, json={"error": "not_found"}))
     async with httpx.AsyncClient(transport=forgot) as client:
-        polling = OverdueWatch(Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client)
+        polling = OverdueWatch(
+            Settings(poll_initial=INITIAL, poll_lost_grace=0.1), client, WORK_SAMPLE
+        )
         now = time.monotonic()
         jobs = [waiter(started_at=now - 5.0 + n / 1000, job_id=f"j{n}") for n in range(200)]
         for each in jobs:

@@ -197,7 +197,8 @@ async def test_retry_after_is_honoured(clock: FakeClock, code: int) -> None:
 async def test_transient_errors_are_retried_and_on_update_sees_each_answer(
     clock: FakeClock,
 ) -> None:
-    """Transport errors, 5xx, 404 and malformed answers are skipped until the job ends."""
+    """Transport errors, 5xx, 404 and malformed answers are skipped until the job ends; a
+    state that does not end the job (whatever its word) is an update."""
     server = ScriptedJobServer(
         clock,
         job("running"),
@@ -229,6 +230,7 @@ async def test_transient_errors_are_retried_and_on_update_sees_each_answer(
     assert updates == [
         {"id": JOB_ID, "state": "running"},
         {"id": JOB_ID, "state": "running", "progress": 0.5},
+        {"id": JOB_ID, "state": "exploded"},
         answer,
     ]
 

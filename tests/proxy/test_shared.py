@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from httpx_sse import aconnect_sse
 
 from bench.harness import ServerProcess
+from proxy.dialect import load_dialect
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
 from tests.conftest import closed_port, run_program
@@ -322,7 +323,7 @@ async def test_only_the_owner_releases_a_claim(redis_server: RedisServer) -> Non
     a follower learns the ref of the owner's job."""
     redis = connect(redis_server.url)
     try:
-        bus = RedisBus(redis, WaiterRegistry("a", 10), ttl=60)
+        bus = RedisBus(redis, WaiterRegistry("a", 10), ttl=60, dialect=load_dialect("work-sample"))
         assert (await bus.claim("k", "digest", "a.tok", "ref1")).owner
         await bus.release("k", "a.to")
         follower = await bus.claim("k", "digest", "a.other", None)

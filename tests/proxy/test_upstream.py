@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import respx
 from starlette.applications import Starlette
@@ -18,12 +19,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from proxy.config import Settings
+from proxy.dialect import load_dialect
 from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
 from proxy.upstream import (
     RETRY_CAP,
     AccountLanes,
     Fate,
     Upstream,
+    UpstreamAnswer,
     backoff_delay,
     build_client,
     nothing_was_sent,
@@ -33,6 +36,14 @@ from tests.conftest import closed_port, run_server
 UPSTREAM_URL = "http://jobserver.test"
 START_URL = f"{UPSTREAM_URL}/start"
 BODY = {"account": "acme", "wait": False, "callback": "http://proxy.test/callback/r.t"}
+WORK_SAMPLE = load_dialect("work-sample")
+
+
+def _start(upstream: Upstream, body: dict[str, Any], **options: Any) -> Awaitable[UpstreamAnswer]:
+    """Start ``body``'s job in the lane of its account, as the held path does."""
+    return upstream.start(body["account"], orjson.dumps(body), **options)
+
+
 RUNNING = {"state": "running", "id": "0123456789abcdef"}
 # Scheduling slack on a loaded machine: a call may end this much after its budget.
 SLACK = 0.25
@@ -52,7 +63,7 @@ def _settings(**overrides: Any) -> Settings:
 async def _upstream(**overrides: Any) -> AsyncIterator[Upstream]:
     settings = _settings(**overrides)
     async with build_client(settings) as client:
-        yield Upstream(client, settings)
+        yield Upstream(client, settings, WORK_SAMPLE)
 
 
 @pytest.fixture
@@ -74,7 +85,7 @@ async def test_connection_refused_is_retried(mock: respx.MockRouter) -> None:
         side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json=RUNNING)]
     )
     async with _upstream() as upstream:
-        answer = await upstream.start(BODY, deadline=_soon())
+        answer = await _start(upstream, BODY, deadline=_soon())
     assert answer.status_code == 200
     assert answer.body == RUNNING
     assert route.call_count == 2
@@ -84,7 +95,7 @@ async def test_start_sends_the_body_as_json(mock: respx.MockRouter) -> None:
     """/start receives the body unchanged, as JSON."""
     route = mock.post("/start").respond(200, json=RUNNING)
     async with _upstream() as upstream:
-        await upstream.start(BODY, deadline=_soon())
+        await _start(upstream, BODY, deadline=_soon())
     assert route.calls.last.request.url == START_URL
     assert httpx.Response(200, content=route.calls.last.request.content).json() == BODY
 
@@ -101,7 +112,7 @@ async def test_busy_answers_are_retried_honouring_retry_after(
         ]
     )
     async with _upstream() as upstream:
-        answer = await upstream.start(BODY, deadline=_soon())
+        answer = await _start(upstream, BODY, deadline=_soon())
     assert answer.body == RUNNING
     assert route.call_count == 2
 
@@ -116,7 +127,7 @@ async def test_retry_after_delay_is_waited_for(mock: respx.MockRouter) -> None:
     )
     async with _upstream() as upstream:
         began = time.monotonic()
-        await upstream.start(BODY, deadline=_soon())
+        await _start(upstream, BODY, deadline=_soon())
     assert time.monotonic() - began >= 0.3
     assert route.call_count == 2
 
@@ -127,7 +138,7 @@ async def test_retry_after_beyond_the_budget_gives_up_at_once(mock: respx.MockRo
     async with _upstream(start_retry_budget=0.5) as upstream:
         began = time.monotonic()
         with pytest.raises(UpstreamUnavailable) as raised:
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert time.monotonic() - began < 0.5
     assert route.call_count == 1
     assert "503" in raised.value.detail
@@ -139,7 +150,7 @@ async def test_upstream_down_for_good_ends_within_the_budget(mock: respx.MockRou
     async with _upstream(start_retry_budget=0.4) as upstream:
         began = time.monotonic()
         with pytest.raises(UpstreamUnavailable):
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert time.monotonic() - began < 0.4 + SLACK
     assert route.call_count >= 2
 
@@ -149,7 +160,7 @@ async def test_zero_budget_means_a_single_attempt(mock: respx.MockRouter) -> Non
     route = mock.post("/start").mock(side_effect=httpx.ConnectError("refused"))
     async with _upstream(start_retry_budget=0.0) as upstream:
         with pytest.raises(UpstreamUnavailable):
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert route.call_count == 1
 
 
@@ -162,7 +173,7 @@ async def test_retries_stop_at_the_deadline(mock: respx.MockRouter) -> None:
     async with _upstream(start_retry_budget=30.0) as upstream:
         began = time.monotonic()
         with pytest.raises((UpstreamUnavailable, JobTimeout)):
-            await upstream.start(BODY, deadline=began + 0.3)
+            await _start(upstream, BODY, deadline=began + 0.3)
     assert time.monotonic() - began < 0.3 + SLACK
 
 
@@ -172,7 +183,7 @@ async def test_busy_upstream_is_not_retried_past_the_deadline(mock: respx.MockRo
     async with _upstream(start_retry_budget=30.0) as upstream:
         began = time.monotonic()
         with pytest.raises((UpstreamUnavailable, JobTimeout)):
-            await upstream.start(BODY, deadline=began + 0.2)
+            await _start(upstream, BODY, deadline=began + 0.2)
     assert time.monotonic() - began < 0.2 + SLACK
 
 
@@ -181,7 +192,7 @@ async def test_passed_deadline_makes_no_call(mock: respx.MockRouter) -> None:
     route = mock.post("/start").respond(200, json=RUNNING)
     async with _upstream() as upstream:
         with pytest.raises(JobTimeout):
-            await upstream.start(BODY, deadline=time.monotonic() - 1)
+            await _start(upstream, BODY, deadline=time.monotonic() - 1)
     assert route.call_count == 0
 
 
@@ -206,7 +217,7 @@ async def test_errors_after_sending_are_not_retried(
     route = mock.post("/start").mock(side_effect=error)
     async with _upstream() as upstream:
         with pytest.raises(UpstreamBadResponse):
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert route.call_count == 1
 
 
@@ -215,7 +226,7 @@ async def test_500_is_not_retried(mock: respx.MockRouter) -> None:
     route = mock.post("/start").respond(500, json={"error": "internal_error"})
     async with _upstream() as upstream:
         with pytest.raises(UpstreamBadResponse) as raised:
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert route.call_count == 1
     assert "500" in raised.value.detail
 
@@ -228,7 +239,7 @@ async def test_502_and_504_are_not_retried(mock: respx.MockRouter) -> None:
     async with _upstream() as upstream:
         for _ in range(2):
             with pytest.raises(UpstreamBadResponse):
-                await upstream.start(BODY, deadline=_soon())
+                await _start(upstream, BODY, deadline=_soon())
     assert route.call_count == 2
 
 
@@ -242,7 +253,7 @@ async def test_4xx_is_rejected_with_status_and_body(mock: respx.MockRouter, stat
     route = mock.post("/start").respond(status, json=answer)
     async with _upstream() as upstream:
         with pytest.raises(UpstreamRejected) as raised:
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
     assert raised.value.status_code == status
     assert raised.value.detail == answer
     assert raised.value.body() == {"error": "upstream_rejected", "detail": answer}
@@ -255,7 +266,7 @@ async def test_non_json_answer_is_a_bad_response(mock: respx.MockRouter, status:
     mock.post("/start").respond(status, text="<html>oops</html>")
     async with _upstream() as upstream:
         with pytest.raises(UpstreamBadResponse):
-            await upstream.start(BODY, deadline=_soon())
+            await _start(upstream, BODY, deadline=_soon())
 
 
 async def test_2xx_json_is_passed_on(mock: respx.MockRouter) -> None:
@@ -264,8 +275,8 @@ async def test_2xx_json_is_passed_on(mock: respx.MockRouter) -> None:
         side_effect=[httpx.Response(202, json=RUNNING), httpx.Response(200, json=[1])]
     )
     async with _upstream() as upstream:
-        first = await upstream.start(BODY, deadline=_soon())
-        second = await upstream.start(BODY, deadline=_soon())
+        first = await _start(upstream, BODY, deadline=_soon())
+        second = await _start(upstream, BODY, deadline=_soon())
     assert (first.status_code, first.body) == (202, RUNNING)
     assert second.body == [1]
 
@@ -354,7 +365,7 @@ async def test_native_transport_closed_port_ends_unavailable_within_budget() -> 
         ) as upstream:
             began = time.monotonic()
             with pytest.raises(UpstreamUnavailable):
-                await upstream.start(BODY, deadline=_soon())
+                await _start(upstream, BODY, deadline=_soon())
     assert time.monotonic() - began < 0.3 + SLACK
 
 
@@ -364,7 +375,7 @@ async def test_respx_still_mocks_the_job_server_with_the_native_transport() -> N
     async with respx.mock(base_url=UPSTREAM_URL, using="httpx") as router:
         route = router.post("/start").respond(200, json=RUNNING)
         async with _upstream(upstream_transport="native") as upstream:
-            answer = await upstream.start(BODY, deadline=_soon())
+            answer = await _start(upstream, BODY, deadline=_soon())
     assert answer.body == RUNNING
     assert route.call_count == 1
 
@@ -380,8 +391,8 @@ async def test_slow_answer_is_waited_for_beyond_start_timeout(transport: str) ->
     app = Starlette(routes=[Route("/start", slow_start, methods=["POST"])])
     options = {"upstream_transport": transport, "start_timeout": 0.1}
     async with run_server(app) as url, _upstream(upstream_url=url, **options) as upstream:
-        answer = await upstream.start(
-            {"account": "a", "wait": False}, deadline=time.monotonic() + 5
+        answer = await _start(
+            upstream, {"account": "a", "wait": False}, deadline=time.monotonic() + 5
         )
     assert answer.body["id"] == "abc1234567890"
 
@@ -422,7 +433,7 @@ async def _held_upstream(server: _HeldStarts, **overrides: Any) -> AsyncIterator
     settings = _settings(**overrides)
     transport = httpx.MockTransport(server.handle)
     async with build_client(settings, transport) as client:
-        yield Upstream(client, settings)
+        yield Upstream(client, settings, WORK_SAMPLE)
 
 
 def _body(n: int, account: str = "acme") -> dict[str, Any]:
@@ -434,7 +445,7 @@ async def test_starts_of_one_account_overlap() -> None:
     server = _HeldStarts()
     async with _held_upstream(server) as upstream:
         starts = [
-            asyncio.ensure_future(upstream.start(_body(n), deadline=_soon())) for n in range(10)
+            asyncio.ensure_future(_start(upstream, _body(n), deadline=_soon())) for n in range(10)
         ]
         await server.until_arrived(10)
         server.release.set()
@@ -449,7 +460,7 @@ async def test_an_accounts_starts_in_flight_are_bounded_and_go_in_order() -> Non
     async with _held_upstream(server, upstream_max_per_account=3) as upstream:
         starts = []
         for n in range(10):
-            starts.append(asyncio.ensure_future(upstream.start(_body(n), deadline=_soon())))
+            starts.append(asyncio.ensure_future(_start(upstream, _body(n), deadline=_soon())))
             await asyncio.sleep(0)  # each enters the lane in turn
         await server.until_arrived(3)
         held_back = len(server.arrived)
@@ -465,9 +476,9 @@ async def test_other_accounts_are_not_held_back_by_a_full_lane() -> None:
     """A full lane of one account does not delay another account's start."""
     server = _HeldStarts()
     async with _held_upstream(server, upstream_max_per_account=1) as upstream:
-        first = asyncio.ensure_future(upstream.start(_body(0, "a"), deadline=_soon()))
-        queued = asyncio.ensure_future(upstream.start(_body(1, "a"), deadline=_soon()))
-        other = asyncio.ensure_future(upstream.start(_body(2, "b"), deadline=_soon()))
+        first = asyncio.ensure_future(_start(upstream, _body(0, "a"), deadline=_soon()))
+        queued = asyncio.ensure_future(_start(upstream, _body(1, "a"), deadline=_soon()))
+        other = asyncio.ensure_future(_start(upstream, _body(2, "b"), deadline=_soon()))
         await server.until_arrived(2)
         arrived = list(server.arrived)
         server.release.set()
@@ -479,9 +490,9 @@ async def test_a_start_cancelled_while_waiting_in_its_lane_is_never_sent() -> No
     """A waiting start whose caller gives up is skipped: the job server never sees it."""
     server = _HeldStarts()
     async with _held_upstream(server, upstream_max_per_account=1) as upstream:
-        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
-        abandoned = asyncio.ensure_future(upstream.start(_body(1), deadline=_soon()))
-        last = asyncio.ensure_future(upstream.start(_body(2), deadline=_soon()))
+        first = asyncio.ensure_future(_start(upstream, _body(0), deadline=_soon()))
+        abandoned = asyncio.ensure_future(_start(upstream, _body(1), deadline=_soon()))
+        last = asyncio.ensure_future(_start(upstream, _body(2), deadline=_soon()))
         await server.until_arrived(1)
         abandoned.cancel()
         server.release.set()
@@ -495,10 +506,10 @@ async def test_a_deadline_reached_in_the_lane_is_a_job_timeout() -> None:
     """A start still waiting for its lane at the deadline ends JobTimeout, never sent."""
     server = _HeldStarts()
     async with _held_upstream(server, upstream_max_per_account=1) as upstream:
-        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
+        first = asyncio.ensure_future(_start(upstream, _body(0), deadline=_soon()))
         await server.until_arrived(1)
         with pytest.raises(JobTimeout):
-            await upstream.start(_body(1), deadline=time.monotonic() + 0.1)
+            await _start(upstream, _body(1), deadline=time.monotonic() + 0.1)
         server.release.set()
         await first
     assert server.arrived == [_body(0)["callback"]]
@@ -517,13 +528,13 @@ async def test_a_busy_answer_pauses_the_account_for_its_retry_after() -> None:
 
     settings = _settings(upstream_max_per_account=8)
     async with build_client(settings, httpx.MockTransport(handle)) as client:
-        upstream = Upstream(client, settings)
-        await upstream.start(_body(0, "busy"), deadline=_soon())
+        upstream = Upstream(client, settings, WORK_SAMPLE)
+        await _start(upstream, _body(0, "busy"), deadline=_soon())
         refused_at = sent[0][1]
         # The retry above was sent after the pause; so is a new start of the account.
         await asyncio.gather(
-            upstream.start(_body(1, "busy"), deadline=_soon()),
-            upstream.start(_body(2, "calm"), deadline=_soon()),
+            _start(upstream, _body(1, "busy"), deadline=_soon()),
+            _start(upstream, _body(2, "calm"), deadline=_soon()),
         )
     assert all(at >= refused_at + 0.3 - 0.01 for account, at in sent[1:] if account == "busy")
 
@@ -627,11 +638,11 @@ async def test_the_wait_for_a_lane_does_not_use_up_the_retry_budget() -> None:
 
     settings = _settings(upstream_max_per_account=1, start_retry_budget=0.3)
     async with build_client(settings, httpx.MockTransport(handle)) as client:
-        upstream = Upstream(client, settings)
-        first = asyncio.ensure_future(upstream.start(_body(0), deadline=_soon()))
+        upstream = Upstream(client, settings, WORK_SAMPLE)
+        first = asyncio.ensure_future(_start(upstream, _body(0), deadline=_soon()))
         async with asyncio.timeout(5):
             await first_arrived.wait()
-        second = await upstream.start(_body(1), deadline=_soon())
+        second = await _start(upstream, _body(1), deadline=_soon())
         await first
     assert second.body == RUNNING
     assert calls == [_body(0)["callback"], _body(1)["callback"], _body(1)["callback"]]

@@ -16,6 +16,7 @@ from proxy.waiters import (
     TOKEN_BYTES,
     AnsweredBy,
     Delivery,
+    Result,
     Waiter,
     WaiterRegistry,
     new_replica_id,
@@ -26,6 +27,7 @@ from proxy.waiters import (
 
 JOB = {"id": "abc", "state": "completed"}
 BODY = orjson.dumps(JOB)
+RESULT = Result("abc", "completed", BODY)
 TIMEOUT = 5.0
 
 
@@ -189,11 +191,8 @@ async def test_resolve_delivers_once() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     held = HeldRequest(registry)
     waiter = await held.started()
-    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.OK
-    assert (
-        registry.resolve(waiter.token, {"id": "abc", "state": "failed"}, b"{}")
-        is Delivery.DUPLICATE
-    )
+    assert registry.resolve(waiter.token, RESULT) is Delivery.OK
+    assert registry.resolve(waiter.token, Result("abc", "failed", b"{}")) is Delivery.DUPLICATE
     assert await held.outcome() == JOB
     assert len(registry) == 0
 
@@ -203,21 +202,21 @@ async def test_resolve_after_the_holder_left_is_a_duplicate() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         pass
-    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.DUPLICATE
+    assert registry.resolve(waiter.token, RESULT) is Delivery.DUPLICATE
 
 
 async def test_resolve_of_a_never_issued_token_is_unknown() -> None:
     """A result for a token the registry never issued is unknown."""
     registry = WaiterRegistry("r", max_pending=10)
-    assert registry.resolve("r.never-issued", JOB, BODY) is Delivery.UNKNOWN
-    assert registry.resolve("", JOB, BODY) is Delivery.UNKNOWN
+    assert registry.resolve("r.never-issued", RESULT) is Delivery.UNKNOWN
+    assert registry.resolve("", RESULT) is Delivery.UNKNOWN
 
 
 async def test_fail_all_fails_only_pending_waiters() -> None:
     """fail_all answers every unanswered waiter with the error and counts them."""
     registry = WaiterRegistry("r", max_pending=10)
     answered, pending = HeldRequest(registry), HeldRequest(registry)
-    registry.resolve((await answered.started()).token, JOB, BODY)
+    registry.resolve((await answered.started()).token, RESULT)
     await pending.started()
 
     def error(job_id: str | None) -> ShuttingDown:
@@ -240,7 +239,7 @@ async def test_drain_waits_for_held_waiters_to_finish() -> None:
     drain = asyncio.ensure_future(registry.drain(timeout=TIMEOUT))
     await asyncio.sleep(0)  # let drain start waiting
     assert not drain.done()
-    registry.resolve(waiter.token, JOB, BODY)
+    registry.resolve(waiter.token, RESULT)
     async with asyncio.timeout(TIMEOUT):
         assert await drain == (1, 0)
     assert await held.outcome() == JOB
@@ -279,7 +278,7 @@ async def test_drain_refuses_new_waiters_while_waiting() -> None:
     await asyncio.sleep(0)
     with pytest.raises(ShuttingDown), registry.hold():
         pass  # pragma: no cover
-    registry.resolve(waiter.token, JOB, BODY)
+    registry.resolve(waiter.token, RESULT)
     async with asyncio.timeout(TIMEOUT):
         assert await drain == (1, 0)
     assert await held.outcome() == JOB
@@ -295,7 +294,7 @@ async def test_pending_count_returns_to_zero_after_mixed_outcomes() -> None:
         await held.started()
     assert len(registry) == 15
     for held in answered:
-        registry.resolve((await held.started()).token, JOB, BODY)
+        registry.resolve((await held.started()).token, RESULT)
     for held in cancelled:
         held.task.cancel()
     await asyncio.gather(*(held.task for held in answered + cancelled), return_exceptions=True)
@@ -315,9 +314,11 @@ async def test_a_result_before_the_job_is_named_is_kept_then_judged() -> None:
     for the id): taken when the id matches, dropped and counted when it does not."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
-        other = {"id": "other", "state": "completed"}
-        assert await registry.deliver(waiter.token, other, b"{}") is Delivery.EARLY
-        assert await registry.deliver(waiter.token, JOB, BODY) is Delivery.EARLY
+        assert (
+            await registry.deliver(waiter.token, Result("other", "completed", b"{}"))
+            is Delivery.EARLY
+        )
+        assert await registry.deliver(waiter.token, RESULT) is Delivery.EARLY
         assert not waiter.settled
         assert waiter.bind("abc") == 1
         assert waiter.answered_by is AnsweredBy.CALLBACK
@@ -330,8 +331,8 @@ async def test_only_a_few_early_results_are_kept() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         for _ in range(MAX_EARLY_RESULTS):
-            assert registry.resolve(waiter.token, JOB, BODY) is Delivery.EARLY
-        assert registry.resolve(waiter.token, JOB, BODY) is Delivery.CROWDED
+            assert registry.resolve(waiter.token, RESULT) is Delivery.EARLY
+        assert registry.resolve(waiter.token, RESULT) is Delivery.CROWDED
         assert waiter.early is not None
         assert len(waiter.early) == MAX_EARLY_RESULTS
 
@@ -340,9 +341,9 @@ async def test_results_kept_for_a_waiter_that_leaves_are_for_nobody() -> None:
     """Early results of a waiter that goes away before its job is named are let go."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
-        assert await registry.deliver(waiter.token, JOB, BODY) is Delivery.EARLY
+        assert await registry.deliver(waiter.token, RESULT) is Delivery.EARLY
     assert waiter.early is None
-    assert registry.resolve(waiter.token, JOB, BODY) is Delivery.DUPLICATE
+    assert registry.resolve(waiter.token, RESULT) is Delivery.DUPLICATE
 
 
 async def test_a_result_of_another_job_is_a_mismatch() -> None:
@@ -350,7 +351,7 @@ async def test_a_result_of_another_job_is_a_mismatch() -> None:
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
         waiter.bind("abc")
-        assert registry.resolve(waiter.token, {"id": "xyz", "state": "completed"}, b"{}") is (
+        assert registry.resolve(waiter.token, Result("xyz", "completed", b"{}")) is (
             Delivery.MISMATCH
         )
         assert not waiter.settled
@@ -363,7 +364,7 @@ async def test_held_jobs_past_their_deadline_are_answered_504_in_order() -> None
     registry = WaiterRegistry("r", max_pending=10, job_deadline=0.05)
     answered, late = HeldRequest(registry), HeldRequest(registry)
     await answered.started()
-    registry.resolve((await answered.started()).token, JOB, BODY)
+    registry.resolve((await answered.started()).token, RESULT)
     await late.started()
     with registry.hold() as starting:  # no job id yet: its start is under way
         starting.future = asyncio.get_running_loop().create_future()
