@@ -71,10 +71,11 @@ class Pointer:
         return document
 
     def set(self, document: dict[str, Any], value: Any) -> None:
+        """Set the value, making the objects on the way (copies: the objects of the
+        document it was copied from are left as they were)."""
         for key in self.keys[:-1]:
             inner = document.get(key)
-            if not isinstance(inner, dict):
-                inner = document[key] = {}
+            document[key] = inner = dict(inner) if isinstance(inner, dict) else {}
             document = inner
         document[self.keys[-1]] = value
 
@@ -125,13 +126,14 @@ class Dialect:
     # -- the client's request
 
     def parse(
-        self, body: bytes, headers: Iterable[tuple[bytes, bytes]], wait: float | None
+        self, body: bytes, headers: Iterable[tuple[bytes, bytes]], asks_proxy: bool
     ) -> JobRequest:
-        """The client's request, checked; ``wait`` is its ``Prefer: wait`` (None: none).
+        """The client's request, checked; ``asks_proxy``: whether it asked the proxy to
+        hold or track it (``Prefer: wait`` or ``respond-async``, an event stream).
         BadRequest names the dialect's field that is wrong."""
         document = parse_object(body)
         lane = self._lane(document, headers)
-        held = self._held(document, wait)
+        held = self._held(document, asks_proxy)
         callback = self.callback.get(document)
         if callback is not None and not (
             isinstance(callback, str)
@@ -170,11 +172,11 @@ class Dialect:
             return value.decode("latin-1")
         return ""
 
-    def _held(self, document: dict[str, Any], wait: float | None) -> bool:
+    def _held(self, document: dict[str, Any], asks_proxy: bool) -> bool:
         if self.hold_by == "always":
             return True
         if self.hold_by == "prefer":
-            return wait is not None
+            return asks_proxy
         assert self.hold is not None
         held = self.hold.get(document, False)  # absent: not held; null: not a boolean
         if not isinstance(held, bool):

@@ -64,6 +64,12 @@ class Wishes:
     stream: bool = False
 
     @property
+    def asks_proxy(self) -> bool:
+        """Whether the client asked the proxy to hold or track its job (a dialect that
+        holds by ``Prefer`` holds only such requests)."""
+        return self.stream or self.prefer.any
+
+    @property
     def tracked(self) -> bool:
         """Whether the client may come back to its job (it gets a ref): a bare ``Prefer:
         wait`` holds until the deadline, as a plain hold."""
@@ -151,7 +157,7 @@ async def held(
     outcome: str = Outcome.INTERNAL_ERROR
     try:
         body = await receive_body(scope, receive, services.settings.max_body_size)
-        job_request = services.dialect.parse(body, scope["headers"], wishes.prefer.wait)
+        job_request = services.dialect.parse(body, scope["headers"], wishes.asks_proxy)
         tracked = job_request.held and wishes.tracked
         with services.waiters.hold() as waiter:
             key = _key(scope) if wishes.keyed else None

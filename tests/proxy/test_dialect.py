@@ -78,7 +78,7 @@ def test_null_callback_means_none() -> None:
 def test_bad_requests_name_the_problem(body: bytes, field: str) -> None:
     """Each malformed body is a BadRequest whose detail names the field or the problem."""
     with pytest.raises(BadRequest) as raised:
-        WORK_SAMPLE.parse(body, [], None)
+        WORK_SAMPLE.parse(body, [], False)
     assert field in raised.value.detail
 
 
@@ -147,8 +147,8 @@ def test_a_prediction_is_held_by_prefer_wait_in_the_lane_of_its_token() -> None:
     """Prefer: wait holds it; without, it is forwarded; the token is its lane and goes
     along; every field is passed on."""
     body = orjson.dumps({"input": {"prompt": "x"}, "version": "v1"})
-    held = PREDICTIONS.parse(body, TOKEN, float("inf"))
-    forwarded = PREDICTIONS.parse(body, TOKEN, None)
+    held = PREDICTIONS.parse(body, TOKEN, True)
+    forwarded = PREDICTIONS.parse(body, TOKEN, False)
     assert (held.held, forwarded.held) == (True, False)
     assert held.lane == "Bearer r8_secret"
     assert held.headers == ((b"authorization", b"Bearer r8_secret"),)
@@ -159,20 +159,20 @@ def test_a_held_prediction_gets_the_proxys_webhook_and_only_completed_events() -
     """A held prediction's webhook is the proxy's, its filter completed only; a forwarded
     one is passed on as the client sent it."""
     body = orjson.dumps({"input": {}, "webhook": "https://client.test/hook"})
-    held = PREDICTIONS.parse(body, TOKEN, 5.0)
+    held = PREDICTIONS.parse(body, TOKEN, True)
     assert orjson.loads(PREDICTIONS.upstream_body(held, "http://proxy.test/callback/t")) == {
         "input": {},
         "webhook": "http://proxy.test/callback/t",
         "webhook_events_filter": ["completed"],
     }
-    forwarded = PREDICTIONS.parse(body, TOKEN, None)
+    forwarded = PREDICTIONS.parse(body, TOKEN, False)
     assert PREDICTIONS.upstream_body(forwarded, forwarded.callback) == body
 
 
 def test_a_prediction_without_its_token_is_400_naming_the_header() -> None:
     """The lane header is required: its absence is a 400 that names it."""
     with pytest.raises(BadRequest, match="authorization"):
-        PREDICTIONS.parse(b'{"input": {}}', [], None)
+        PREDICTIONS.parse(b'{"input": {}}', [], True)
 
 
 def test_prediction_states() -> None:
