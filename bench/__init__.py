@@ -14,13 +14,18 @@ them from a third (the load generator, :mod:`bench.load`), prints tables and wri
   latency), 50 jobs on one account and 1,000 over 20 accounts through the proxy, against
   the lower bound the protocol allows (one job, one round trip, one account's starts).
 
+Every scenario runs in the dialect ``--dialect`` names (:mod:`bench.dialects`): the work
+sample's (the default) or the predictions API's, spoken by the job server, the proxy
+and the load generator alike.
+
 Modules: :mod:`bench.options` (what shapes a bench), :mod:`bench.servers` (starting the
 servers under test), :mod:`bench.scenarios` (what runs), :mod:`bench.load`,
-:mod:`bench.http` and :mod:`bench.outcomes` (the generator, its HTTP client, and what an
-answer means), :mod:`bench.floor` (the serving stack alone), :mod:`bench.procfs` (what a
-process spent), :mod:`bench.counters` (the proxy's own counters), :mod:`bench.stats`
-(the arithmetic), :mod:`bench.targets` (the verdicts), :mod:`bench.report` (tables,
-JSON), :mod:`bench.plot` (the PNGs), :mod:`bench.system` (machine, open-file limit).
+:mod:`bench.http`, :mod:`bench.dialects` and :mod:`bench.outcomes` (the generator, its
+HTTP client, the APIs it speaks, and what an answer means), :mod:`bench.floor` (the
+serving stack alone), :mod:`bench.procfs` (what a process spent), :mod:`bench.counters`
+(the proxy's own counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.targets`
+(the verdicts), :mod:`bench.report` (tables, JSON), :mod:`bench.plot` (the PNGs),
+:mod:`bench.system` (machine, open-file limit).
 
 Beside the benchmarks, the project's other tools that drive both servers at once:
 :mod:`bench.harness` (start a server's console script and wait for its ready line; the

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from rich.console import Console
 
+from bench.dialects import DIALECT_NAMES
 from bench.harness import ServerFailed
 from bench.load import LoadFailed
 from bench.options import SCENARIOS, SHAPE_NAMES, TRANSPORTS, BenchOptions
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the proxy's upstream transport: native, httpx or both (default native)",
     )
     add(
+        "--dialect",
+        choices=DIALECT_NAMES,
+        help="the API the job server, the proxy and the clients speak: work-sample or "
+        "predictions (default work-sample)",
+    )
+    add(
         "--fifty-jobs",
         type=int,
         help=f"jobs of the one-account run (default {defaults.fifty_jobs})",
@@ -240,6 +247,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         "hold_jobs": args.hold_jobs,
         "async_jobs": args.async_jobs,
         "transports": args.transport,
+        "dialect": args.dialect,
         "fifty_jobs": args.fifty_jobs,
         "fifty_repeats": args.fifty_repeats,
         "rtts": args.rtts,

@@ -15,9 +15,10 @@ import asyncio
 import math
 from dataclasses import dataclass
 
-from bench.load import Form, LoadPlan
+from bench.dialects import DIALECTS
+from bench.load import Form
 from bench.options import BenchOptions
-from bench.scenarios import SETTLE, MeasuredRun, Progress, measure, warm_up
+from bench.scenarios import SETTLE, MeasuredRun, Progress, load_plan, measure, warm_up
 from bench.servers import job_server, proxy_server
 
 
@@ -64,12 +65,10 @@ async def run_form(
         job_server(options) as jobserver,
         proxy_server(jobserver.url, "native", options) as proxy,
     ):
-        url = f"{proxy.url}/proxy"
+        url = proxy.url + DIALECTS[options.dialect].proxy_path
         await warm_up(url, options.warmup, min(options.warmup, options.accounts), options, progress)
         progress(f"holds: {jobs:,} jobs, {label}")
-        plan = LoadPlan(
-            url, jobs, options.accounts, f"hold-{form}", timeout=options.request_timeout, form=form
-        )
+        plan = load_plan(options, url, jobs, options.accounts, f"hold-{form}", form=form)
         run = await measure(plan, options, jobserver=jobserver, proxy=proxy)
         await asyncio.sleep(SETTLE)
     return HoldResult(form, f"{jobs:,} {label}", run, lag_run)

@@ -9,10 +9,10 @@ was answered by then (outcome ``"left"``). ``--form`` says how each client holds
 ``plain``, ``stream`` (``Accept: text/event-stream``: the job is the final event's data)
 or ``async`` (``Prefer: respond-async``: a ``202``, then a long poll of its
 ``Location`` for the job; how long the proxy took from the job server's answer to the
-``202``, by its ``Server-Timing: accept``, is recorded as the *accept lag*). It prints
-one JSON
-document on stdout: a :class:`LoadResult` with each request's latency, completion time
-and outcome (``"ok"`` or a short word saying what went wrong).
+``202``, by its ``Server-Timing: accept``, is recorded as the *accept lag*).
+``--dialect`` says which API its requests and answers speak (:mod:`bench.dialects`).
+It prints one JSON document on stdout: a :class:`LoadResult` with each request's
+latency, completion time and outcome (``"ok"`` or a short word saying what went wrong).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from bench.dialects import DIALECT_NAMES, DIALECTS, DialectName
 from bench.http import HttpAnswer, HttpConnection, MalformedResponse, build_get, build_post
 from bench.outcomes import (
     LEFT,
@@ -66,6 +67,7 @@ class LoadPlan:
     timeout: float = 40.0
     leave_after: float | None = None  # seconds after sending; then the client resets
     form: Form = "plain"
+    dialect: DialectName = "work-sample"
 
     def account(self, number: int) -> str:
         """Requests go round-robin over the accounts."""
@@ -82,6 +84,8 @@ class LoadPlan:
             flags += ["--leave-after", str(self.leave_after)]
         if self.form != "plain":
             flags += ["--form", self.form]
+        if self.dialect != "work-sample":
+            flags += ["--dialect", self.dialect]
         return flags
 
 
@@ -199,7 +203,7 @@ async def _concurrent_request(
                 wait = f"Prefer: wait={max(1, int(plan.timeout))}\r\n"
                 get = build_get(host, port, location, headers=wait)
                 answer = await _exchange(host, port, get, plan, []) or answer
-        verdict = judge(answer, wait=plan.wait)
+        verdict = judge(answer, wait=plan.wait, dialect=DIALECTS[plan.dialect])
     except (OSError, TimeoutError, MalformedResponse) as exc:
         verdict = failure(error_kind(exc, connected=bool(written)), exc)
     start_delay = None if verdict.started_at is None else verdict.started_at - sent_at
@@ -224,9 +228,15 @@ async def run_concurrent(plan: LoadPlan) -> LoadResult:
     """Every request at once, each on its own connection."""
     parts = urlsplit(plan.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    headers = FORM_HEADERS[plan.form]
     requests = [
-        build_post(host, port, parts.path, _body(plan, number), keep_alive=False, headers=headers)
+        build_post(
+            host,
+            port,
+            parts.path,
+            _body(plan, number),
+            keep_alive=False,
+            headers=FORM_HEADERS[plan.form] + _headers(plan, number),
+        )
         for number in range(plan.jobs)
     ]
     cpu_before = _cpu_seconds()
@@ -265,7 +275,8 @@ async def run_sequential(plan: LoadPlan) -> LoadResult:
     began = time.perf_counter()
     deadline = loop.time() + plan.timeout
     for number in range(plan.jobs):
-        request = build_post(host, port, parts.path, _body(plan, number), keep_alive=True)
+        body, headers = _body(plan, number), _headers(plan, number)
+        request = build_post(host, port, parts.path, body, keep_alive=True, headers=headers)
         sent = time.perf_counter()
         sent_at = time.time()
         connected = connection is not None and not connection.closed
@@ -275,7 +286,7 @@ async def run_sequential(plan: LoadPlan) -> LoadResult:
                     _, connection = await loop.create_connection(HttpConnection, host, port)
                     connected = True
                 answer = await connection.send(request)
-            verdict = judge(answer, wait=plan.wait)
+            verdict = judge(answer, wait=plan.wait, dialect=DIALECTS[plan.dialect])
         except (OSError, TimeoutError, MalformedResponse) as exc:
             verdict = failure(error_kind(exc, connected=connected), exc)
             if connection is not None:
@@ -302,7 +313,11 @@ async def run_sequential(plan: LoadPlan) -> LoadResult:
 
 
 def _body(plan: LoadPlan, number: int) -> bytes:
-    return json.dumps({"account": plan.account(number), "wait": plan.wait}).encode()
+    return DIALECTS[plan.dialect].body(plan.account(number), number, plan.wait)
+
+
+def _headers(plan: LoadPlan, number: int) -> str:
+    return DIALECTS[plan.dialect].headers(plan.account(number), plan.wait)
 
 
 async def spawn_load(plan: LoadPlan) -> LoadResult:
@@ -348,6 +363,9 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
     parser.add_argument(
         "--form", choices=tuple(FORM_HEADERS), default="plain", help="how each client holds"
     )
+    parser.add_argument(
+        "--dialect", choices=DIALECT_NAMES, default="work-sample", help="the API spoken"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.accounts < 1 or args.timeout <= 0:
         parser.error("--jobs and --accounts must be at least 1, --timeout above 0")
@@ -363,6 +381,7 @@ def parse_plan(argv: Sequence[str] | None) -> LoadPlan:
         timeout=args.timeout,
         leave_after=args.leave_after,
         form=args.form,
+        dialect=args.dialect,
     )
 
 

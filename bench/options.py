@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bench.dialects import DialectName
+
 Transport = Literal["native", "httpx"]
 Scenario = Literal["fifty", "scale", "floor", "network", "shapes", "holds", "fifty-direct"]
 TRANSPORTS: tuple[Transport, ...] = ("native", "httpx")
@@ -42,6 +44,8 @@ class BenchOptions:
     hold_jobs: int = 10_000
     async_jobs: int = 1_000
     transports: tuple[Transport, ...] = ("native",)
+    # The API the job server, the proxy and the clients speak (bench.dialects).
+    dialect: DialectName = "work-sample"
     # (name, value) pairs that every proxy gets as JOBPROXY_<NAME>=value.
     proxy_settings: tuple[tuple[str, str], ...] = ()
     warmup: int = 100
@@ -65,6 +69,7 @@ class BenchOptions:
             "hold_jobs": self.hold_jobs,
             "async_jobs": self.async_jobs,
             "transports": list(self.transports),
+            "dialect": self.dialect,
             "proxy_settings": dict(self.proxy_settings),
             "warmup": self.warmup,
             "request_timeout_s": self.request_timeout,

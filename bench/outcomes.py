@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
+from bench.dialects import DIALECTS, BenchDialect
 from bench.http import HttpAnswer, MalformedResponse, ResponseIncomplete
 
 OK = "ok"
@@ -39,9 +40,12 @@ def failure(outcome: str, evidence: bytes | BaseException) -> Verdict:
     return Verdict(outcome, example=text[:EXAMPLE_LENGTH])
 
 
-def judge(answer: HttpAnswer, *, wait: bool) -> Verdict:
+def judge(
+    answer: HttpAnswer, *, wait: bool, dialect: BenchDialect = DIALECTS["work-sample"]
+) -> Verdict:
     """``"ok"`` for the answer the protocol promises, else a short word for what came."""
-    if answer.status != 200:
+    # A job server may answer a held job as it answers an accepted one (201 Created).
+    if answer.status not in (200, dialect.accepted_status):
         return failure(f"http-{answer.status}" + _error_word(answer.body), answer.body)
     try:
         job = json.loads(answer.body)
@@ -49,12 +53,13 @@ def judge(answer: HttpAnswer, *, wait: bool) -> Verdict:
         job = None
     if not isinstance(job, dict):
         return failure("bad-json", answer.body)
-    state = job.get("state")
-    if state != ("completed" if wait else "running"):
+    state = job.get(dialect.state_field)
+    if state != (dialect.completed if wait else dialect.accepted):
         return failure(f"state-{state}", answer.body)
     if not wait:
         return Verdict(OK) if isinstance(job.get("id"), str) else failure("bad-job", answer.body)
-    proof, job_id, started_at = job.get("proof"), job.get("id"), _unix_time(job.get("startedAt"))
+    proof, job_id = dialect.proof_of(job), job.get("id")
+    started_at = _unix_time(job.get(dialect.started_field))
     well_formed = isinstance(proof, str) and PROOF.fullmatch(proof) is not None
     if well_formed and isinstance(job_id, str) and started_at is not None:
         return Verdict(OK, started_at)

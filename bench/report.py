@@ -355,6 +355,8 @@ def _all_runs(results: BenchResults) -> list[tuple[str, RunSummary]]:
 
 def print_report(results: BenchResults, console: Console) -> list[Target]:
     """Print every table that has rows; returns the targets judged."""
+    if results.options.dialect != "work-sample":
+        console.print(f"dialect: {results.options.dialect} (job server, proxy and clients)")
     if results.fifty or results.fifty_direct is not None:
         console.print(fifty_table(results))
     if results.scale or results.floor is not None:

@@ -13,8 +13,11 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from bench.counters import scrape_counters
+from bench.dialects import DIALECTS, DialectName
 from bench.floor import HOLD_PATH
 from bench.harness import ServerProcess
 from bench.load import LoadPlan, LoadResult, spawn_load
@@ -220,6 +223,15 @@ async def measure(
     )
 
 
+def load_plan(
+    options: BenchOptions, url: str, jobs: int, accounts: int, prefix: str, **more: Any
+) -> LoadPlan:
+    """A generator run as ``options`` have it (their deadline, their dialect); ``more``:
+    the plan's other fields."""
+    settings: dict[str, Any] = {"timeout": options.request_timeout, **more}
+    return LoadPlan(url, jobs, accounts, prefix, dialect=options.dialect, **settings)
+
+
 async def warm_up(
     url: str, jobs: int, accounts: int, options: BenchOptions, progress: Progress
 ) -> None:
@@ -230,8 +242,7 @@ async def warm_up(
     """
     if jobs < 1:
         return
-    plan = LoadPlan(url, jobs, accounts, "warmup", timeout=options.request_timeout)
-    result = await spawn_load(plan)
+    result = await spawn_load(load_plan(options, url, jobs, accounts, "warmup"))
     failed = Counter(outcome for outcome in result.outcomes if outcome != OK)
     if failed:
         kinds = ", ".join(f"{kind} x{count}" for kind, count in failed.most_common(3))
@@ -239,12 +250,12 @@ async def warm_up(
     await asyncio.sleep(SETTLE)
 
 
-async def time_starts(jobserver: ServerProcess, jobs: int) -> LoadResult:
-    """``jobs`` sequential ``wait: false`` starts on one account, after a few untimed ones."""
-    start_url = f"{jobserver.url}/start"
-    warmup = LoadPlan(start_url, WARMUP_STARTS, 1, "warmup-start", wait=False, sequential=True)
-    await spawn_load(warmup)
-    return await spawn_load(LoadPlan(start_url, jobs, 1, "per-start", wait=False, sequential=True))
+async def time_starts(jobserver: ServerProcess, jobs: int, dialect: DialectName) -> LoadResult:
+    """``jobs`` sequential unheld starts on one account, after a few untimed ones."""
+    start_url = jobserver.url + DIALECTS[dialect].start_path
+    sequential = partial(LoadPlan, wait=False, sequential=True, dialect=dialect)
+    await spawn_load(sequential(start_url, WARMUP_STARTS, 1, "warmup-start"))
+    return await spawn_load(sequential(start_url, jobs, 1, "per-start"))
 
 
 async def run_fifty(
@@ -257,15 +268,16 @@ async def run_fifty(
         proxy_server(jobserver.url, transport, options) as proxy,
     ):
         progress(f"{jobs} jobs on one account: timing sequential /start on the job server")
-        per_start = await time_starts(jobserver, jobs)
+        per_start = await time_starts(jobserver, jobs, options.dialect)
         # The jobs those starts began are still running: let them end first.
         await asyncio.sleep(options.job_duration + SETTLE)
-        await warm_up(f"{proxy.url}/proxy", min(options.warmup, jobs), 1, options, progress)
+        proxy_url = proxy.url + DIALECTS[options.dialect].proxy_path
+        await warm_up(proxy_url, min(options.warmup, jobs), 1, options, progress)
         progress(f"{jobs} jobs on one account through the proxy ({transport})")
         runs: list[MeasuredRun] = []
         for repeat in range(max(1, options.fifty_repeats)):
             account = f"fifty{repeat}"
-            plan = LoadPlan(f"{proxy.url}/proxy", jobs, 1, account, timeout=options.request_timeout)
+            plan = load_plan(options, proxy_url, jobs, 1, account)
             runs.append(await measure(plan, options, jobserver=jobserver, proxy=proxy))
             await asyncio.sleep(SETTLE)
     return FiftyResult(
@@ -283,17 +295,18 @@ async def run_fifty_direct(options: BenchOptions, progress: Progress = quiet) ->
     timeout = max(options.request_timeout, jobs * options.job_duration * 1.5 + 10)
     async with job_server(options) as jobserver:
         progress(f"{jobs} jobs on one account straight to the job server (slow: one at a time)")
-        plan = LoadPlan(f"{jobserver.url}/start", jobs, 1, "fifty-direct", timeout=timeout)
+        start_url = jobserver.url + DIALECTS[options.dialect].start_path
+        plan = load_plan(options, start_url, jobs, 1, "fifty-direct", timeout=timeout)
         return await measure(plan, options, jobserver=jobserver)
 
 
 async def run_scale(options: BenchOptions, size: int, progress: Progress = quiet) -> ScaleResult:
     """``size`` held requests: direct (one account each), then through each transport."""
     async with job_server(options) as jobserver:
-        start_url = f"{jobserver.url}/start"
+        start_url = jobserver.url + DIALECTS[options.dialect].start_path
         await warm_up(start_url, options.warmup, options.warmup, options, progress)
         progress(f"scale {size:,}: straight to the job server, one account per request")
-        plan = LoadPlan(start_url, size, size, "direct", timeout=options.request_timeout)
+        plan = load_plan(options, start_url, size, size, "direct")
         direct = await measure(plan, options, jobserver=jobserver)
     result = ScaleResult(size=size, accounts=options.accounts, direct=direct)
     for transport in options.transports:
@@ -301,15 +314,13 @@ async def run_scale(options: BenchOptions, size: int, progress: Progress = quiet
             job_server(options) as jobserver,
             proxy_server(jobserver.url, transport, options) as proxy,
         ):
-            proxy_url = f"{proxy.url}/proxy"
+            proxy_url = proxy.url + DIALECTS[options.dialect].proxy_path
             warmup_accounts = min(options.warmup, options.accounts)
             await warm_up(proxy_url, options.warmup, warmup_accounts, options, progress)
             progress(
                 f"scale {size:,}: through the proxy ({transport}), {options.accounts} accounts"
             )
-            plan = LoadPlan(
-                proxy_url, size, options.accounts, "scale", timeout=options.request_timeout
-            )
+            plan = load_plan(options, proxy_url, size, options.accounts, "scale")
             result.proxied[transport] = await measure(
                 plan, options, jobserver=jobserver, proxy=proxy
             )
@@ -339,7 +350,7 @@ async def time_network_starts(options: BenchOptions, progress: Progress = quiet)
     jobs = max(options.fifty_jobs, jobs_per_account(options.network_jobs, options.network_accounts))
     async with job_server(options) as jobserver:
         progress(f"network: timing {jobs} sequential /start on a job server without latency")
-        starts = await time_starts(jobserver, jobs)
+        starts = await time_starts(jobserver, jobs, options.dialect)
     return StartTiming(summarize(starts, job_duration=0.0), per_start_seconds(starts))
 
 
@@ -360,16 +371,14 @@ async def run_network(
         job_server(options, latency=rtt_ms / 2_000) as jobserver,
         proxy_server(jobserver.url, transport, options) as proxy,
     ):
-        proxy_url = f"{proxy.url}/proxy"
+        proxy_url = proxy.url + DIALECTS[options.dialect].proxy_path
         warmup_accounts = min(options.warmup, options.network_accounts)
         await warm_up(proxy_url, options.warmup, warmup_accounts, options, progress)
         for number, (jobs, accounts) in enumerate(shapes):
             progress(
                 f"network, {rtt_ms:g} ms round trip: {run_label(jobs, accounts)} ({transport})"
             )
-            plan = LoadPlan(
-                proxy_url, jobs, accounts, f"network{number}", timeout=options.request_timeout
-            )
+            plan = load_plan(options, proxy_url, jobs, accounts, f"network{number}")
             run = await measure(plan, options, jobserver=jobserver, proxy=proxy)
             peak = await read_start_queue_peak(jobserver)
             results.append(

@@ -28,7 +28,7 @@ HEALTHZ_TIMEOUT = 5.0
 PROXY_ENV_PREFIX = "JOBPROXY_"
 # What the bench decides for every proxy it starts; --proxy-setting may not change these.
 BENCH_PROXY_SETTINGS = frozenset(
-    {"host", "port", "upstream_url", "public_url", "upstream_transport"}
+    {"host", "port", "upstream_url", "public_url", "upstream_transport", "upstream_dialect"}
 )
 
 
@@ -41,6 +41,7 @@ async def job_server(
     argv = ["jobserver", "--host", HOST, "--port", "0"]
     argv += ["--job-duration", str(options.job_duration)]
     argv += ["--job-duration-spread", str(options.job_spread), "--seed", str(options.seed)]
+    argv += ["--dialect", options.dialect]
     if latency > 0:
         argv += ["--latency", str(latency)]
     async with run_server([*argv, *flags], echo=options.echo) as server:
@@ -88,6 +89,7 @@ def proxy_environment(options: BenchOptions, transport: Transport) -> dict[str, 
         "drain_timeout": str(DRAIN_TIMEOUT),
         **dict(options.proxy_settings),
         "upstream_transport": transport,
+        "upstream_dialect": options.dialect,
     }
     return {PROXY_ENV_PREFIX + name.upper(): value for name, value in settings.items()}
 

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field, replace
 
 from bench.counters import scrape_sample
+from bench.dialects import DIALECTS
 from bench.harness import ServerProcess
-from bench.load import LoadPlan
 from bench.options import BenchOptions
-from bench.scenarios import SETTLE, MeasuredRun, Progress, measure, warm_up
+from bench.scenarios import SETTLE, MeasuredRun, Progress, load_plan, measure, warm_up
 from bench.servers import job_server, proxy_server, read_health
 
 PENDING_SERIES = "jobproxy_pending_jobs"
@@ -142,18 +142,18 @@ async def run_shape(options: BenchOptions, shape: Shape, progress: Progress) -> 
         job_server(shaped, flags=shape.flags) as jobserver,
         proxy_server(jobserver.url, "native", shaped) as proxy,
     ):
-        proxy_url = f"{proxy.url}/proxy"
+        proxy_url = proxy.url + DIALECTS[shaped.dialect].proxy_path
         if shape.warmup:
             accounts = min(shaped.warmup, shape.accounts)
             await warm_up(proxy_url, shaped.warmup, accounts, shaped, progress)
         progress(f"job server shape {shape.name}: {shape.label}")
         before = await read_health(jobserver)
-        plan = LoadPlan(
+        plan = load_plan(
+            shaped,
             proxy_url,
             shape.jobs,
             shape.accounts,
             f"shape-{shape.name}",
-            timeout=shaped.request_timeout,
             leave_after=shape.leave_after,
         )
         run = await measure(plan, shaped, jobserver=jobserver, proxy=proxy)
