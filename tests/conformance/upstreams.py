@@ -1,11 +1,12 @@
 """The job servers the proxy is tried against: every shape of the simulator, and a second
-server written independently (``tests.upstreams.aioserver``), behind one interface.
+server written independently (``tests.upstreams.aioserver``), behind one interface, in
+each dialect they speak.
 
 Each :data:`UPSTREAMS` entry starts a job server of its shape on a real port for a
 block, given the :class:`Faults` a behaviour needs, and yields an :class:`Upstream`: its
-URL and the counts it keeps. The proxy in front of it (:func:`proxy_in_front`) is the
-proxy app, served by uvicorn on a real port too, so that every callback, start and poll
-crosses a socket.
+URL and the counts it keeps. Its :class:`Speaker` is how a client of the proxy speaks
+that dialect. The proxy in front of it (:func:`proxy_in_front`) is the proxy app, served
+by uvicorn on a real port too, so that every callback, start and poll crosses a socket.
 """
 
 from __future__ import annotations
@@ -35,6 +36,38 @@ class Faults:
     drop_rate: float = 0.0
     duplicate_rate: float = 0.0
     gate_time: float = 0.0  # seconds each /start spends in its account's gate
+
+
+@dataclass(frozen=True, slots=True)
+class Speaker:
+    """A dialect as a client of the proxy speaks it: where it asks, how it asks to be
+    held, where a job's id and state are and what they are called."""
+
+    dialect: str
+    path: str
+    completed: str
+    failed: str
+    state_field: str
+
+    def held(self, lane: str, prefer: str = "") -> dict[str, Any]:
+        """``client.post``'s arguments for a job of ``lane`` held by the proxy;
+        ``prefer``: a ``Prefer`` beyond what holding takes in this dialect."""
+        if self.dialect == "work-sample":
+            headers = {"prefer": prefer} if prefer else {}
+            return {"json": {"account": lane, "wait": True}, "headers": headers}
+        return {
+            "json": {"input": {"prompt": lane}},
+            "headers": {"authorization": f"Bearer {lane}", "prefer": prefer or "wait"},
+        }
+
+    def state(self, job: dict[str, Any]) -> str:
+        return str(job[self.state_field])
+
+
+SPEAKERS = {
+    "work-sample": Speaker("work-sample", "/proxy", "completed", "failed", "state"),
+    "predictions": Speaker("predictions", "/v1/predictions", "succeeded", "failed", "status"),
+}
 
 
 class Upstream(Protocol):
@@ -88,6 +121,14 @@ class Independent:
 UpstreamShape = Callable[[Faults], contextlib.AbstractAsyncContextManager[Upstream]]
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A job server of a shape in a dialect, and how a client speaks to it."""
+
+    run: UpstreamShape
+    speaker: Speaker
+
+
 def simulator(**shape: Any) -> UpstreamShape:
     """Our simulator, ``jobserver``, with the settings that give it a shape."""
 
@@ -130,18 +171,25 @@ def independent(**shape: Any) -> UpstreamShape:
     return run
 
 
-UPSTREAMS: dict[str, UpstreamShape] = {
-    "simulator": simulator(),
-    "simulator-shuffled": simulator(callback_order="shuffled", callback_senders=2),
-    "simulator-callback-first": simulator(callback_before_answer=1.0),
-    "simulator-flaky-status": simulator(status_error_rate=0.5),
-    "simulator-honours-disconnects": simulator(honour_disconnects=True),
-    "independent": independent(),
-    "independent-callback-first": independent(early_callbacks=True),
-    "independent-foreign-callback": independent(foreign_early_callback=True),
-    "independent-out-of-order": independent(out_of_order=True, senders=2),
-    "independent-flaky-status": independent(status_error_rate=0.5),
-    "independent-honours-disconnects": independent(honour_disconnects=True),
+SHAPES: dict[str, tuple[Callable[..., UpstreamShape], dict[str, Any]]] = {
+    "simulator": (simulator, {}),
+    "simulator-shuffled": (simulator, {"callback_order": "shuffled", "callback_senders": 2}),
+    "simulator-callback-first": (simulator, {"callback_before_answer": 1.0}),
+    "simulator-flaky-status": (simulator, {"status_error_rate": 0.5}),
+    "simulator-honours-disconnects": (simulator, {"honour_disconnects": True}),
+    "independent": (independent, {}),
+    "independent-callback-first": (independent, {"early_callbacks": True}),
+    "independent-foreign-callback": (independent, {"foreign_early_callback": True}),
+    "independent-out-of-order": (independent, {"out_of_order": True, "senders": 2}),
+    "independent-flaky-status": (independent, {"status_error_rate": 0.5}),
+    "independent-honours-disconnects": (independent, {"honour_disconnects": True}),
+}
+
+#: Every shape in every dialect, as ``<dialect>/<shape>``.
+UPSTREAMS: dict[str, Shape] = {
+    f"{dialect}/{name}": Shape(kind(dialect=dialect, **shape), speaker)
+    for dialect, speaker in SPEAKERS.items()
+    for name, (kind, shape) in SHAPES.items()
 }
 
 

@@ -9,13 +9,32 @@ off by default.
     async with run_aioserver(AioServerConfig(early_callbacks=True)) as server:
         ...  # server.url, server.jobs_started, await server.idle()
 
+It speaks one of two dialects, ``AioServerConfig.dialect``; the options mean the same in
+both, with a start, a callback and a status read in the dialect's words:
+
+- ``"work-sample"``: ``POST /start {"account", "wait", "callback"}`` answered
+  ``{"state": "running", "id"}`` (or the ended job, with ``wait``); callbacks and
+  ``GET /status/{id}`` of ``{"id", "state", "startedAt", "proof"}``; errors
+  ``{"error", "detail"}``.
+- ``"predictions"``, shaped like Replicate's: ``POST /v1/predictions {"input", "webhook",
+  "webhook_events_filter"}`` with ``Authorization: Bearer <token>`` (the token is the
+  account: one gate per token), answered 201 with the prediction ``"starting"``; it is
+  ``"processing"`` from then until it ends ``"succeeded"`` (``"output": {"proof"}``),
+  ``"failed"`` (an ``"error"``) or ``"canceled"``, when the whole prediction is POSTed to
+  its webhook (only the ``completed`` event is sent: a filter without it means no
+  webhook). ``GET /v1/predictions/{id}`` reads it, ``POST /v1/predictions/{id}/cancel``
+  cancels it, neither with a token. Errors are ``{"detail"}``: 401 without a token, 422
+  for a bad body, 404 for an unknown id. The proof is the work sample's, over the token
+  and ``created_at``.
+
 Counters, read from the yielded :class:`AioServer`: ``jobs_started``, ``status_polls``,
 ``callbacks_sent`` (POSTs answered below 500, early, foreign and duplicate ones
 included), ``early_callbacks_sent``, ``foreign_callbacks_sent``, ``callbacks_dropped``,
-``callbacks_failed`` (retries spent), ``starts_abandoned`` (a ``/start`` cancelled
-before its job was created), ``starts_orphaned`` (a job created for a client already
-gone), ``start_queue_peak``; and ``callbacks_owed``, ``callbacks_queued``,
-``starts_in_progress``. ``await server.until(predicate)`` waits for any of them.
+``callbacks_failed`` (retries spent), ``starts_abandoned`` (a start cancelled before its
+job was created), ``starts_orphaned`` (a job created for a client already gone),
+``start_queue_peak``; and ``callbacks_owed``, ``callbacks_queued``,
+``starts_in_progress``. ``await server.until(predicate)`` waits for any of them. A
+prediction is a job, a webhook a callback, a ``GET /v1/predictions/{id}`` a status poll.
 """
 
 from __future__ import annotations
@@ -34,7 +53,7 @@ from enum import Enum
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 logger = logging.getLogger(__name__)
@@ -47,6 +66,9 @@ CALLBACK_CONNECTIONS = 64
 CALLBACK_BACKOFF = 0.05  # before the first retry; doubles with each retry
 SHUTDOWN_GRACE = 0.25  # for a /start still held when the server stops; then it is cancelled
 UNTIL_TIMEOUT = 10.0
+DIALECTS = ("work-sample", "predictions")
+PREDICTION_EVENTS = ("start", "output", "logs", "completed")
+FAILURE = "the job failed"
 
 
 class JobState(str, Enum):
@@ -56,12 +78,23 @@ class JobState(str, Enum):
     COMPLETED = "completed"
     #: ended with an error
     FAILED = "failed"
+    #: cancelled by its client (predictions only)
+    CANCELED = "canceled"
+
+
+#: A prediction's status once it has ended; before, "starting" then "processing".
+PREDICTION_STATUS = {
+    JobState.COMPLETED: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.CANCELED: "canceled",
+}
 
 
 @dataclass(frozen=True)
 class AioServerConfig:
     """How this job server behaves; the defaults are a plain, well-behaved server."""
 
+    dialect: str = "work-sample"  # or "predictions"
     job_duration: float = 0.5
     gate_time: float = 0.0
     failure_rate: float = 0.0
@@ -87,6 +120,9 @@ class AioServerConfig:
                 raise ValueError(f"{option.name} must not be negative, not {value!r}")
         if self.senders < 1:
             raise ValueError(f"senders must be at least 1, not {self.senders!r}")
+        if self.dialect not in DIALECTS:
+            expected = " or ".join(DIALECTS)
+            raise ValueError(f"dialect must be {expected}, not {self.dialect!r}")
 
 
 def sign(secret: str, job_id: str, account: str, started_at: str) -> str:
@@ -100,7 +136,8 @@ def utc_now() -> str:
 
 
 class ProtocolError(Exception):
-    """An answer other than 200, as ``{"error", "detail"}``; mapped in :func:`json_errors`."""
+    """An answer other than 2xx, as ``{"error", "detail"}`` (work-sample) or ``{"detail"}``
+    (predictions); mapped in :func:`json_errors`."""
 
     status = 400
 
@@ -110,12 +147,23 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
+class Unauthenticated(ProtocolError):
+    status = 401
+
+
 class UnknownJob(ProtocolError):
     status = 404
 
 
+class InvalidPrediction(ProtocolError):
+    status = 422
+
+
 class StatusFault(ProtocolError):
     status = 500
+
+
+DIALECT = web.AppKey("dialect", str)
 
 
 @web.middleware
@@ -125,24 +173,44 @@ async def json_errors(
     try:
         return await handler(request)
     except ProtocolError as exc:
-        return web.json_response({"error": exc.error, "detail": exc.detail}, status=exc.status)
+        body = {"error": exc.error, "detail": exc.detail}
+        if request.app[DIALECT] == "predictions":
+            body = {"detail": exc.detail}
+        return web.json_response(body, status=exc.status)
 
 
 @dataclass(frozen=True)
 class StartRequest:
-    account: str
+    account: str  # whose gate: the account, or a prediction's token
     wait: bool
     callback: URL | None
+    input: dict[str, Any] = field(default_factory=dict)  # a prediction's
+
+
+def json_object(raw: bytes, error: type[ProtocolError]) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise error("invalid_json", "the body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise error("invalid_json", "the body must be a JSON object")
+    return body
+
+
+def absolute_url(value: object) -> URL | None:
+    """``value`` as an absolute http(s) URL, or None if it is not one."""
+    url = None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            url = URL(value)
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url
 
 
 def parse_start(raw: bytes) -> StartRequest:
     """The body of ``POST /start``, or a 400 naming the field that is wrong."""
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ProtocolError("invalid_json", "the body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError("invalid_json", "the body must be a JSON object")
+    body = json_object(raw, ProtocolError)
     account = body.get("account")
     if not isinstance(account, str) or not 1 <= len(account) <= MAX_ACCOUNT_LENGTH:
         detail = f"account must be a string of 1 to {MAX_ACCOUNT_LENGTH} characters"
@@ -153,13 +221,30 @@ def parse_start(raw: bytes) -> StartRequest:
     callback = body.get("callback")
     if callback is None:
         return StartRequest(account, wait, None)
-    url = None
-    if isinstance(callback, str):
-        with contextlib.suppress(ValueError):
-            url = URL(callback)
-    if url is None or url.scheme not in ("http", "https") or not url.host:
+    url = absolute_url(callback)
+    if url is None:
         raise ProtocolError("invalid_callback", "callback must be an absolute http(s) URL")
     return StartRequest(account, wait, url)
+
+
+def parse_prediction(raw: bytes, authorization: str) -> StartRequest:
+    """``POST /v1/predictions``: a 401 without a bearer token, a 422 for a wrong field."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not 1 <= len(token) <= MAX_ACCOUNT_LENGTH:
+        raise Unauthenticated("unauthenticated", "Authorization: Bearer <token> is required")
+    body = json_object(raw, InvalidPrediction)
+    if not isinstance(body.get("input"), dict):
+        raise InvalidPrediction("invalid_input", "input must be a JSON object")
+    events = body.get("webhook_events_filter", list(PREDICTION_EVENTS))
+    if not isinstance(events, list) or not all(event in PREDICTION_EVENTS for event in events):
+        detail = f"webhook_events_filter must be a list of {', '.join(PREDICTION_EVENTS)}"
+        raise InvalidPrediction("invalid_webhook_events_filter", detail)
+    webhook = body.get("webhook")
+    url = None if webhook is None else absolute_url(webhook)
+    if webhook is not None and url is None:
+        raise InvalidPrediction("invalid_webhook", "webhook must be an absolute http(s) URL")
+    return StartRequest(token, False, url if "completed" in events else None, body["input"])
 
 
 @dataclass(eq=False)
@@ -175,14 +260,36 @@ class Job:
     timer: asyncio.TimerHandle | None = None
     # The /start handling sends this job's callback itself (early callbacks).
     callback_held: bool = False
+    # A prediction's: its input, and when it began processing and ended (its created_at
+    # is started_at).
+    input: dict[str, Any] = field(default_factory=dict)
+    processing_at: str | None = None
+    ended_at: str | None = None
 
     def body(self) -> dict[str, str]:
+        """The job in the work sample's words."""
         body = {"id": self.id, "state": self.state.value, "startedAt": self.started_at}
         if self.state is JobState.COMPLETED:
             body["proof"] = self.proof
         elif self.state is JobState.FAILED:
-            body["error"] = "the job failed"
+            body["error"] = FAILURE
         return body
+
+    def prediction(self, base_url: str) -> dict[str, Any]:
+        """The job as a prediction, its URLs below ``base_url``."""
+        status = PREDICTION_STATUS.get(self.state)
+        get = f"{base_url}/v1/predictions/{self.id}"
+        return {
+            "id": self.id,
+            "status": status or ("processing" if self.processing_at else "starting"),
+            "input": self.input,
+            "output": {"proof": self.proof} if self.state is JobState.COMPLETED else None,
+            "error": FAILURE if self.state is JobState.FAILED else None,
+            "created_at": self.started_at,
+            "started_at": self.processing_at,
+            "completed_at": self.ended_at,
+            "urls": {"get": get, "cancel": f"{get}/cancel"},
+        }
 
 
 @dataclass(eq=False)
@@ -199,6 +306,7 @@ class AioServer:
     def __init__(self, config: AioServerConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
         self.url = ""
+        self.predictions = config.dialect == "predictions"
         self.jobs: dict[str, Job] = {}  # in the order they were created
         self.jobs_started = 0
         self.status_polls = 0
@@ -245,8 +353,14 @@ class AioServer:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[json_errors])
-        app.router.add_post("/start", self._start)
-        app.router.add_get("/status/{id}", self._status)
+        app[DIALECT] = self.config.dialect
+        if self.predictions:
+            app.router.add_post("/v1/predictions", self._start)
+            app.router.add_get("/v1/predictions/{id}", self._status)
+            app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
+        else:
+            app.router.add_post("/start", self._start)
+            app.router.add_get("/status/{id}", self._status)
         return app
 
     async def until(self, predicate: Callable[[], bool], timeout: float = UNTIL_TIMEOUT) -> None:
@@ -292,8 +406,23 @@ class AioServer:
             self._callbacks_owed,
         )
 
+    def _body(self, job: Job) -> dict[str, Any]:
+        """The job in the dialect's words: a callback's body and a status answer."""
+        return job.prediction(self.url) if self.predictions else job.body()
+
+    def _job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            detail = "Not found." if self.predictions else f"no job {job_id}"
+            raise UnknownJob("unknown_job", detail)
+        return job
+
     async def _start(self, request: web.Request) -> web.Response:
-        start = parse_start(await request.read())
+        raw = await request.read()
+        if self.predictions:
+            start = parse_prediction(raw, request.headers.get(hdrs.AUTHORIZATION, ""))
+        else:
+            start = parse_start(raw)
         handling = asyncio.current_task()
         assert handling is not None
         self._handlings.add(handling)
@@ -327,6 +456,7 @@ class AioServer:
     def _create(self, start: StartRequest, *, orphaned: bool) -> Job:
         # A wait:true start is answered with the job itself: its callback is not called.
         job = self._new_job(start.account, None if start.wait else start.callback)
+        job.input = start.input
         job.timer = asyncio.get_running_loop().call_later(self.config.job_duration, self._end, job)
         self.jobs_started += 1
         self.starts_orphaned += orphaned
@@ -350,13 +480,23 @@ class AioServer:
         if start.wait:
             async with asyncio.timeout(self.config.job_duration + WAIT_MARGIN):
                 await job.ended.wait()
-            return web.json_response(job.body())
+            return web.json_response(self._body(job))
+        # The answer says what the job was when it was created, even if it is sent after
+        # the job's early callback.
+        if self.predictions:
+            answer = web.json_response(self._body(job), status=201)
+            job.processing_at = utc_now()
+        else:
+            answer = web.json_response({"state": JobState.RUNNING.value, "id": job.id})
         if job.callback is not None and self.config.early_callbacks:
             await self._call_back_early(job)
-        return web.json_response({"state": JobState.RUNNING.value, "id": job.id})
+        return answer
 
-    def _end(self, job: Job) -> None:
-        job.state = JobState.FAILED if job.fails else JobState.COMPLETED
+    def _end(self, job: Job, state: JobState | None = None) -> None:
+        if state is None:
+            state = JobState.FAILED if job.fails else JobState.COMPLETED
+        job.state = state
+        job.ended_at = utc_now()
         job.timer = None
         job.ended.set()
         self._last_ended = job
@@ -398,7 +538,7 @@ class AioServer:
         assert job.callback is not None
         for _ in range(copies):
             try:
-                if await self._post(job.callback, job.body()) and job.callback_held:
+                if await self._post(job.callback, self._body(job)) and job.callback_held:
                     self.early_callbacks_sent += 1
             finally:
                 self._callbacks_owed -= 1
@@ -429,13 +569,14 @@ class AioServer:
         if other is None:
             other = self._new_job("another-account", None)
             other.state = JobState.COMPLETED
+            other.processing_at = other.ended_at = other.started_at
             other.ended.set()
             self._last_ended = other
-        if await self._post(callback, other.body()):
+        if await self._post(callback, self._body(other)):
             self.foreign_callbacks_sent += 1
             self._note()
 
-    async def _post(self, url: URL, body: dict[str, str]) -> bool:
+    async def _post(self, url: URL, body: dict[str, Any]) -> bool:
         """POST ``body`` to ``url``; retried on connection errors and 5xx."""
         reason = ""
         for attempt in range(self.config.callback_retries + 1):
@@ -461,11 +602,17 @@ class AioServer:
         self._note()
         if self._status_faults.random() < self.config.status_error_rate:
             raise StatusFault("status_fault", "the status could not be read; try again")
-        job_id = request.match_info["id"]
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise UnknownJob("unknown_job", f"no job {job_id}")
-        return web.json_response(job.body())
+        return web.json_response(self._body(self._job(request.match_info["id"])))
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        """A prediction still running ends canceled, and is called back so; an ended one
+        is answered as it is."""
+        job = self._job(request.match_info["id"])
+        if job.state is JobState.RUNNING:
+            if job.timer is not None:
+                job.timer.cancel()
+            self._end(job, JobState.CANCELED)
+        return web.json_response(self._body(job))
 
 
 @contextlib.asynccontextmanager
