@@ -96,10 +96,6 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 for name, run in work.items():
                     task = asyncio.create_task(run(), name=name)
                     resources.push_async_callback(_cancel, task)
-            watch = OverdueWatch(settings, client, dialect)
-            watching = asyncio.create_task(watch.run(), name="overdue-watch")
-            resources.push_async_callback(_cancel, watching)
-            upstream = Upstream(client, settings, dialect)
             results: ResultStore
             local: LocalResults | None = None
             if bus is None:
@@ -107,11 +103,15 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 resources.callback(local.close)
             else:
                 results = bus
+            metrics = Metrics.create(lambda: len(waiters), lambda: tracked.streams, local)
+            watch = OverdueWatch(settings, client, dialect, metrics.upstream_error)
+            watching = asyncio.create_task(watch.run(), name="overdue-watch")
+            resources.push_async_callback(_cancel, watching)
+            upstream = Upstream(client, settings, dialect)
             heartbeats = asyncio.create_task(
                 tracked.send_heartbeats(settings.stream_heartbeat), name="stream-heartbeats"
             )
             resources.push_async_callback(_cancel, heartbeats)
-            metrics = Metrics.create(lambda: len(waiters), lambda: tracked.streams, local)
             keyed = KeyedRequests(results, watch, settings, dialect)
             resources.push_async_callback(keyed.aclose)
             services = Services(
@@ -242,6 +242,8 @@ def held_paths_of(dialect: Dialect) -> tuple[str, ...]:
 
 
 CALLBACK_PREFIX = "/callback/"
+#: How a job whose callback was overdue may end: its callback, a poll, or shown lost.
+POLLED_ENDS = frozenset({AnsweredBy.CALLBACK, AnsweredBy.POLL, AnsweredBy.LOST})
 
 
 def observe(services: Services, waiter: Waiter) -> None:
@@ -249,14 +251,15 @@ def observe(services: Services, waiter: Waiter) -> None:
     one's result for the key's retries."""
     if waiter.keyed:
         services.keyed.decided(waiter)
-    if waiter.answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
-        return
+    answered_by = waiter.answered_by
+    if waiter.poll is not None and answered_by in POLLED_ENDS:
+        services.metrics.poll_fallback(answered_by)
+    if answered_by not in (AnsweredBy.CALLBACK, AnsweredBy.POLL):
+        return  # a lost job has no duration, nor the deadline's, the drain's or the start's
     now = time.monotonic()
-    services.metrics.job_duration(waiter.answered_by).observe(now - waiter.started_at)
-    if waiter.answered_by is AnsweredBy.CALLBACK:
+    services.metrics.job_duration(answered_by).observe(now - waiter.started_at)
+    if answered_by is AnsweredBy.CALLBACK:
         services.watch.answered(waiter, now)
-    if waiter.poll is not None:
-        services.metrics.poll_fallback(waiter.answered_by)
 
 
 # -- the rest of the API -------------------------------------------------------------

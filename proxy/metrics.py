@@ -142,7 +142,7 @@ class Metrics:
             poll_fallbacks=Labelled(
                 Counter(
                     "jobproxy_status_poll_fallbacks",
-                    "Jobs whose callback was late, by who answered first (callback or poll).",
+                    "Jobs whose callback was late, by how they ended: callback, poll or lost.",
                     ["answered_by"],
                     registry=registry,
                 )

@@ -41,7 +41,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -112,8 +112,16 @@ class Lateness:
 class OverdueWatch:
     """Starts a status poll for each held job whose callback is presumed lost."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, dialect: Dialect) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        dialect: Dialect,
+        on_poll_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_poll_failure`` is told the kind of each status poll that got no answer."""
         self._dialect = dialect
+        self._on_poll_failure = on_poll_failure
         self.lateness = Lateness()
         self._settings = settings
         self._client = client
@@ -214,6 +222,7 @@ class OverdueWatch:
             poll_timeout=settings.poll_timeout,
             slots=self._polls,
             dialect=self._dialect,
+            on_failure=self._on_poll_failure,
         )
 
     async def _settle_by_poll(self, waiter: Waiter, deadline: float) -> None:

@@ -103,6 +103,8 @@ class LostJob:
 
 class _Failure(NamedTuple):
     reason: str
+    #: ``jobproxy_upstream_errors_total``'s kind for a failure to ask the job server.
+    kind: str = "status_error"
     retry_after: float = 0.0
     not_found: bool = False  # a 404 early on is normal: the job may not be visible yet
     busy: bool = False  # 429/503: the job server asks to come back later
@@ -129,6 +131,7 @@ async def wait_for_job(
     poll_timeout: float = MAX_POLL_TIMEOUT,
     slots: asyncio.Semaphore | None = None,
     dialect: Dialect | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Poll the job's status until it has ended, and return that answer: the work
     sample's job (completed or failed), or the job of ``dialect``.
@@ -140,8 +143,11 @@ async def wait_for_job(
     (see :class:`LostJob`). ``on_update`` sees every well-formed answer, running or final
     (its exceptions propagate). Each poll waits at most ``poll_timeout`` for its answer;
     with ``slots``, each holds one of them while it is under way (so that many jobs polled
-    at once send only so many requests at a time). Raises ``JobTimeout`` when the
-    deadline passes; never sleeps past it.
+    at once send only so many requests at a time). ``on_failure`` is told the kind of
+    each poll that failed to get an answer (``status_unreachable``, ``status_timeout``,
+    ``status_error``, ``status_bad_response``; not a 404, a busy answer or a poll the
+    deadline cut short). Raises ``JobTimeout`` when the deadline passes; never sleeps
+    past it.
     """
     if not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
@@ -152,7 +158,7 @@ async def wait_for_job(
     url = status_url(base_url, job_id, dialect)
     delays = schedule.delays(rng)
     polls = 0
-    streak = FailureStreak()
+    streak = FailureStreak(on_failure=on_failure)
     last_answer = "none yet"
 
     def time_left() -> float:
@@ -180,9 +186,9 @@ async def wait_for_job(
             # A 404 or a busy answer is the job server answering: not a failure to ask it.
             counted = not (outcome.not_found or outcome.busy)
             if counted:
-                streak.failed(clock())
+                streak.failed(clock(), outcome.kind)
             else:
-                streak = FailureStreak()
+                streak.end()
             last_answer = outcome.reason
             if lost is not None:
                 _check_lost(lost, outcome, streak, job_id, clock())
@@ -191,7 +197,7 @@ async def wait_for_job(
             logger.log(level, "status poll %d of job %s failed: %s", polls, job_id, last_answer)
             pause = max(next(delays), outcome.retry_after)
             continue
-        streak = FailureStreak()
+        streak.end()
         state = dialect.state(outcome)
         last_answer = f"state {state}"
         if on_update is not None:
@@ -204,15 +210,23 @@ async def wait_for_job(
 
 @dataclass(slots=True)
 class FailureStreak:
-    """Failed polls with no usable answer between them, and since when."""
+    """Failed polls with no usable answer between them, and since when; each failure is
+    told to ``on_failure`` by its kind."""
 
     count: int = 0
     since: float = 0.0
+    on_failure: Callable[[str], None] | None = None
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float, kind: str) -> None:
         if not self.count:
             self.since = now
         self.count += 1
+        if self.on_failure is not None:
+            self.on_failure(kind)
+
+    def end(self) -> None:
+        """A usable answer, or the job server answering: the streak is over."""
+        self.count = 0
 
 
 def _check_lost(
@@ -239,11 +253,13 @@ async def _poll_once(
         # httpx timeouts bound each network step; asyncio.timeout bounds the whole request.
         async with asyncio.timeout(budget):
             response = await client.get(url, timeout=httpx.Timeout(budget))
-    except (httpx.TransportError, TimeoutError) as exc:
-        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "), "status_timeout")
+    except httpx.TransportError as exc:
+        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "), "status_unreachable")
     status = response.status_code
     if status in (429, 503):
-        return _Failure(f"HTTP {status}", retry_after_seconds(response), busy=True)
+        return _Failure(f"HTTP {status}", retry_after=retry_after_seconds(response), busy=True)
     if status == 404:
         return _Failure("HTTP 404", not_found=True)
     if not response.is_success:
@@ -257,12 +273,17 @@ def _parse_job(
     try:
         job = decode_json(response.content)
     except ValueError:
-        return _Failure("an answer that is not JSON")
+        return _Failure("an answer that is not JSON", "status_bad_response")
     # The answer must name the job asked about: any other is no answer about it.
     if not isinstance(job, dict) or dialect.job_id_at.get(job) != job_id:
-        return _Failure(f"a status answer of another job, or none: {response.text[:200]!r}")
+        return _Failure(
+            f"a status answer of another job, or none: {response.text[:200]!r}",
+            "status_bad_response",
+        )
     if dialect.state(job) is None:
-        return _Failure(f"a malformed status answer: {response.text[:200]!r}")
+        return _Failure(
+            f"a malformed status answer: {response.text[:200]!r}", "status_bad_response"
+        )
     answer: dict[str, Any] = job
     return answer
 

@@ -50,6 +50,7 @@ class FakeJobServer:
     callbacks: dict[str, str] = field(default_factory=dict)
     started: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     on_start: StartHook | None = None
+    #: A job's status answered with this code instead of the job.
     status_codes: dict[str, int] = field(default_factory=dict)
     to_proxy: httpx.AsyncClient | None = None
     proxy_services: Services | None = None
@@ -78,6 +79,9 @@ class FakeJobServer:
         return JSONResponse({"state": "running", "id": job_id})
 
     async def _status(self, request: Request) -> Response:
+        code = self.status_codes.get(request.path_params["id"])
+        if code is not None:
+            return JSONResponse({"error": "scripted", "detail": "as the test asked"}, code)
         job = self.jobs.get(request.path_params["id"])
         if job is None:
             return JSONResponse({"error": "not_found", "detail": "no such job"}, 404)

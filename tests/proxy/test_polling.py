@@ -457,3 +457,31 @@ async def test_without_lost_rules_404_is_polled_until_the_deadline(clock: FakeCl
                 client, BASE_URL, JOB_ID, deadline=clock() + 10, clock=clock, sleep=clock.sleep
             )
     assert len(server.requests) > 5
+
+
+async def test_each_poll_that_gets_no_answer_is_told_by_its_kind(clock: FakeClock) -> None:
+    """Unreachable, timed out, erring and malformed polls are told (for the upstream
+    errors metric); a 404, a busy answer and a running job are not."""
+    server = ScriptedJobServer(
+        clock,
+        raises(httpx.ConnectError),
+        raises(httpx.ReadTimeout),
+        status(500),
+        body("<html>"),
+        status(404),
+        status(503, {"Retry-After": "1"}),
+        job("running"),
+        job("completed", proof="P"),
+    )
+    told: list[str] = []
+    async with server.client() as client:
+        await wait_for_job(
+            client,
+            BASE_URL,
+            JOB_ID,
+            deadline=clock() + 60,
+            clock=clock,
+            sleep=clock.sleep,
+            on_failure=told.append,
+        )
+    assert told == ["status_unreachable", "status_timeout", "status_error", "status_bad_response"]
