@@ -17,7 +17,10 @@ from starlette.types import Send
 Headers = list[tuple[bytes, bytes]]
 Answer = tuple[int, Headers, bytes]
 
-JSON_TYPE = (b"content-type", b"application/json")
+#: The type of every JSON answer: the job server's own (its answers are passed on as
+#: they came), and the proxy's.
+JSON_MEDIA_TYPE = "application/json; charset=utf-8"
+JSON_TYPE = (b"content-type", JSON_MEDIA_TYPE.encode())
 
 
 def json_answer(body: bytes, status: int = 200, headers: Headers | None = None) -> Answer:

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.answers import as_response, encode, send_answer
+from proxy.answers import JSON_MEDIA_TYPE, as_response, encode, send_answer
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
 from proxy.dialect import Dialect, load_dialect
@@ -271,7 +271,7 @@ async def _served_by_hot_paths(request: Request) -> Response:
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(encode(value), status, media_type="application/json")
+    return Response(encode(value), status, media_type=JSON_MEDIA_TYPE)
 
 
 async def healthz(request: Request) -> Response:
@@ -311,7 +311,7 @@ async def proxy_error_response(request: Request, exc: Exception) -> Response:
 async def http_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body: dict[str, Any] = {"error": _http_error_word(exc.status_code), "detail": exc.detail}
-    return Response(encode(body), exc.status_code, exc.headers, "application/json")
+    return Response(encode(body), exc.status_code, exc.headers, JSON_MEDIA_TYPE)
 
 
 async def unexpected_error_response(request: Request, exc: Exception) -> Response:

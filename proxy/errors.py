@@ -31,7 +31,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from proxy.answers import Answer, encode, json_answer
+
+#: The most characters of a job server's answer an error's sentence quotes.
+SAID_LENGTH = 200
 
 
 class ProxyError(Exception):
@@ -137,13 +142,31 @@ class JobLost(UpstreamError):
 
 
 class UpstreamRejected(UpstreamError):
-    """The job server refused the request; its status and answer are passed on."""
+    """The job server refused the request; its status is kept, and its answer is passed
+    on whole as ``upstream`` beside the sentence that says what it said."""
 
     error = "upstream_rejected"
 
-    def __init__(self, status_code: int, detail: Any) -> None:
-        super().__init__(detail)
+    def __init__(self, status_code: int, upstream: Any) -> None:
+        super().__init__(f"the job server refused the job with {status_code}: {said(upstream)}")
         self.status_code = status_code
+        self.upstream = upstream
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "upstream": self.upstream}
+
+
+def said(answer: Any) -> str:
+    """What a job server's answer says, in a few words: its own message (``detail``,
+    ``message``, ``error``, as error bodies name it), else its JSON, cut short."""
+    if isinstance(answer, dict):
+        words = [answer[key] for key in ("error", "detail", "message") if key in answer]
+        if words and all(isinstance(word, str) for word in words):
+            return ": ".join(dict.fromkeys(words))[:SAID_LENGTH]
+    if isinstance(answer, str):
+        return answer[:SAID_LENGTH] or "nothing"
+    text = orjson.dumps(answer).decode()
+    return text if len(text) <= SAID_LENGTH else text[: SAID_LENGTH - 3] + "..."
 
 
 class Unavailable(ProxyError):

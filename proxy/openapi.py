@@ -131,9 +131,12 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error", "detail"],
         "properties": {
             "error": {"type": "string", "description": "a short machine word"},
-            "detail": {
-                "description": "a human sentence; for upstream_rejected, the job server's answer"
+            "detail": {"type": "string", "description": "a human sentence"},
+            "job_id": {
+                "type": "string",
+                "description": "the job server's job the error is about, when one was started",
             },
+            "upstream": {"description": "upstream_rejected: the job server's answer, whole"},
         },
     },
 }

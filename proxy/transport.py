@@ -195,7 +195,9 @@ class _Connection(asyncio.Protocol):
                 f"{self.pool.origin} closed the connection before the answer was complete"
             )
         else:
-            failure = httpx.ReadError(f"the connection to {self.pool.origin} failed: {exc!r}")
+            failure = httpx.ReadError(
+                f"the connection to {self.pool.origin} failed: {type(exc).__name__}: {exc}"
+            )
         self.fail(failure)
 
     # -- httptools callbacks (an exception raised here ends the exchange)

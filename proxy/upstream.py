@@ -41,6 +41,7 @@ from proxy.errors import (
     UpstreamBadResponse,
     UpstreamRejected,
     UpstreamUnavailable,
+    said,
 )
 from proxy.jobs import Job, parse_retry_after
 from proxy.transport import UpstreamTransport
@@ -83,6 +84,12 @@ def nothing_was_sent(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception in words: its kind, and its message when it has one."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def job_server_errors(url: httpx.URL) -> Iterator[None]:
     """The one place where httpx's errors become the proxy's, as httpx itself maps
@@ -92,10 +99,16 @@ def job_server_errors(url: httpx.URL) -> Iterator[None]:
         yield
     except httpx.TransportError as exc:
         if nothing_was_sent(exc):
-            raise UpstreamUnavailable(f"cannot reach the job server at {url}: {exc!r}") from exc
+            raise UpstreamUnavailable(
+                f"cannot reach the job server at {url} ({_reason(exc)})"
+            ) from exc
         if isinstance(exc, httpx.TimeoutException):
-            raise UpstreamBadResponse(f"the job server did not answer in time: {exc!r}") from exc
-        raise UpstreamBadResponse(f"the connection to the job server failed: {exc!r}") from exc
+            raise UpstreamBadResponse(
+                f"the job server did not answer in time ({_reason(exc)})"
+            ) from exc
+        raise UpstreamBadResponse(
+            f"the connection to the job server failed ({_reason(exc)})"
+        ) from exc
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -365,7 +378,7 @@ class UpstreamAnswer:
         """The job the answer carries (its id is the dialect's to check): an answer that
         is not a JSON object is UpstreamBadResponse."""
         if not isinstance(self.body, dict):
-            raise UpstreamBadResponse(f"the job server answered {self.body!r:.200}")
+            raise UpstreamBadResponse(f"the job server answered {said(self.body)}, not a job")
         job: Job = self.body
         return job
 
@@ -521,5 +534,5 @@ def _answer(status: int, raw: bytes, sent_at: float) -> UpstreamAnswer:
     if 400 <= status < 500:
         raise UpstreamRejected(status, body)
     if not 200 <= status < 300:
-        raise UpstreamBadResponse(f"the job server answered {status}: {body!r:.200}")
+        raise UpstreamBadResponse(f"the job server answered {status}: {said(body)}")
     return UpstreamAnswer(status, body, sent_at, raw)

@@ -325,8 +325,11 @@ async def test_upstream_400_is_passed_on(proxy_factory: ProxyFactory) -> None:
     async with proxy_factory(upstream) as proxy:
         response = await proxy.client.post("/proxy", json={"account": "a", "wait": True})
     assert response.status_code == 400
-    assert response.json()["error"] == "upstream_rejected"
-    assert response.json()["detail"] == {"error": "bad_request", "detail": "account: banned"}
+    assert response.json() == {
+        "error": "upstream_rejected",
+        "detail": "the job server refused the job with 400: bad_request: account: banned",
+        "upstream": {"error": "bad_request", "detail": "account: banned"},
+    }
 
 
 async def test_at_capacity_is_503_with_retry_after(proxy_factory: ProxyFactory) -> None:

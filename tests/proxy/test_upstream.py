@@ -255,8 +255,11 @@ async def test_4xx_is_rejected_with_status_and_body(mock: respx.MockRouter, stat
         with pytest.raises(UpstreamRejected) as raised:
             await _start(upstream, BODY, deadline=_soon())
     assert raised.value.status_code == status
-    assert raised.value.detail == answer
-    assert raised.value.body() == {"error": "upstream_rejected", "detail": answer}
+    assert raised.value.body() == {
+        "error": "upstream_rejected",
+        "detail": f"the job server refused the job with {status}: bad_request: account: banned",
+        "upstream": answer,
+    }
     assert route.call_count == 1
 
 
