@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hold blocking job requests open while the job server works via callbacks.",
     )
     parser.add_argument(
-        "--config", type=Path, metavar="PATH", help="TOML settings file (see config/proxy.toml)"
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML settings file (see config/proxy.toml); default: $JOBPROXY_CONFIG",
     )
     Settings.add_flags(parser)
     return parser

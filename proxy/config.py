@@ -1,9 +1,9 @@
 """The proxy's settings: one frozen pydantic-settings class, built once at start-up.
 
-Precedence, lowest first: the defaults below, the TOML file (``--config PATH``),
-environment variables ``JOBPROXY_<NAME>`` and command-line flags ``--<name>`` (see
-:mod:`proxy.settings_layers`). ``config/proxy.toml`` documents every setting with its
-default.
+Precedence, lowest first: the defaults below, the TOML file (``--config PATH``, or
+``JOBPROXY_CONFIG=PATH`` without the flag), environment variables ``JOBPROXY_<NAME>``
+and command-line flags ``--<name>`` (see :mod:`proxy.settings_layers`).
+``config/proxy.toml`` documents every setting with its default.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Settings(LayeredSettings):
     """Every knob of the proxy. See ``config/proxy.toml`` for what each one does."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+    config_variable = ENV_PREFIX + "CONFIG"
 
     host: str = Field(
         default="127.0.0.1", description="address to listen on; 0.0.0.0 in a container"

@@ -161,3 +161,18 @@ def test_a_flag_overrides_a_bad_environment_value() -> None:
     """Only the winning value is checked: --port beats an injected JOBPROXY_PORT."""
     settings = Settings.load(env={"JOBPROXY_PORT": "tcp://10.0.0.7:8000"}, flags={"port": "80"})
     assert settings.port == 80
+
+
+def test_jobproxy_config_names_the_file_when_no_flag_does(tmp_path: Path) -> None:
+    """JOBPROXY_CONFIG is the file (not an unknown setting); --config wins over it, and
+    the file's values lose to the environment's."""
+    by_env = tmp_path / "env.toml"
+    by_env.write_text("port = 9000\njob_deadline = 12\n")
+    by_flag = tmp_path / "flag.toml"
+    by_flag.write_text("port = 9100\n")
+    warnings: list[str] = []
+    env = {"JOBPROXY_CONFIG": str(by_env), "JOBPROXY_JOB_DEADLINE": "7"}
+    settings = Settings.load(env=env, warn=warnings.append)
+    assert (settings.port, settings.job_deadline) == (9000, 7)
+    assert warnings == []
+    assert Settings.load(env=env, config_path=by_flag).port == 9100
