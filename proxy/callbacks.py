@@ -44,7 +44,7 @@ from proxy.errors import (
 from proxy.jobs import Job
 from proxy.metrics import Outcome
 from proxy.services import Services, services_of
-from proxy.waiters import Delivery, Result
+from proxy.waiters import Delivery, Result, log_late
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ def _refuse(delivery: Delivery, result: Result) -> None:
             "this callback token already has results waiting for the job server to name "
             "its job: send it again once /start is answered"
         )
+    if delivery is Delivery.LATE:
+        log_late(result.job_id)
+        raise UnknownCallback()
     if delivery in (Delivery.DUPLICATE, Delivery.UNKNOWN):
         logger.debug("dropped the result of job %s: %s token", result.job_id, delivery.value)
         raise UnknownCallback()

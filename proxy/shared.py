@@ -39,7 +39,14 @@ from proxy.dialect import Dialect
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim
 from proxy.jobs import Job
-from proxy.waiters import Delivery, Result, WaiterRegistry, replica_of, token_is_genuine
+from proxy.waiters import (
+    Delivery,
+    Result,
+    WaiterRegistry,
+    log_late,
+    replica_of,
+    token_is_genuine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +289,10 @@ class RedisBus:
             waiter = self._waiters.get(token)
             if waiter is not None:
                 self._waiters.respond_soon(waiter)
+        elif delivery is Delivery.LATE:
+            log_late(job_id)
         elif delivery is not Delivery.EARLY:
-            logger.debug("dropped the result of job %s: %s", job.get("id"), delivery.value)
+            logger.debug("dropped the result of job %s: %s", job_id, delivery.value)
         return delivery is Delivery.OK
 
     async def _reread(self) -> int:

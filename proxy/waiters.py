@@ -65,11 +65,31 @@ class Delivery(str, Enum):
 
     OK = "ok"
     STORED = "stored"  # kept for an Idempotency-Key retry; no waiter is listening now
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # its waiter was answered with the job already
+    LATE = "late"  # its waiter ended without the job (client gone, deadline, drain, lost)
     UNKNOWN = "unknown"
     MISMATCH = "mismatch"  # another job's result on this waiter's token: refused
     EARLY = "early"  # came before /start named the job: kept, judged once the id is known
     CROWDED = "crowded"  # came early, but the waiter keeps no more early results: retry later
+
+
+#: Those who answer a held request with its job: a result after them is a duplicate.
+WITH_THE_JOB = frozenset({AnsweredBy.CALLBACK, AnsweredBy.POLL, AnsweredBy.START})
+
+
+def spent_delivery(answered_by: AnsweredBy | None) -> Delivery:
+    """A result for a waiter already answered (``answered_by``; None: its client left
+    first): a duplicate if the job was its answer, else late, and wanted by nobody."""
+    return Delivery.DUPLICATE if answered_by in WITH_THE_JOB else Delivery.LATE
+
+
+def log_late(job_id: str) -> None:
+    """A job's result that came once its held request had ended without it."""
+    logger.info(
+        "job %s finished after its request had ended without it (its client left, or it "
+        "was answered by the deadline, the drain or as lost): its result is dropped",
+        job_id,
+    )
 
 
 def new_replica_id() -> str:
@@ -177,7 +197,7 @@ class Waiter:
             return Delivery.MISMATCH
         if self.settle(json_answer(result.body), AnsweredBy.CALLBACK, result.state):
             return Delivery.OK
-        return Delivery.DUPLICATE
+        return spent_delivery(self.answered_by)
 
     def bind(self, job_id: str) -> int:
         """The job server named the job: judge the results that came before, taking this
@@ -249,9 +269,9 @@ class WaiterRegistry:
         # Redis, so a callback reaching any of them is checked with one HMAC.
         self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
         self._waiters: dict[str, Waiter] = {}
-        # Tokens of waiters gone, kept only to tell a late duplicate from a never-issued
-        # token; True for those a status poll answered.
-        self._spent: OrderedDict[str, bool] = OrderedDict()
+        # Tokens of waiters gone, kept only to tell a duplicate or a late result from a
+        # never-issued token: who answered each (None: its client left first).
+        self._spent: OrderedDict[str, AnsweredBy | None] = OrderedDict()
         self._deadlines: collections.deque[Waiter] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._emptied = asyncio.Event()
@@ -358,7 +378,9 @@ class WaiterRegistry:
         (``EARLY``: judged later). An ``OK`` obliges the caller to :meth:`Waiter.respond`."""
         waiter = self._waiters.get(token)
         if waiter is None:
-            return Delivery.DUPLICATE if token in self._spent else Delivery.UNKNOWN
+            if token not in self._spent:
+                return Delivery.UNKNOWN
+            return spent_delivery(self._spent[token])
         return waiter.offer(result)
 
     async def deliver(self, token: str, result: Result) -> Delivery:
@@ -413,9 +435,9 @@ class WaiterRegistry:
 
     def answered_by_poll(self, token: str) -> bool:
         """Whether the gone waiter of ``token`` was answered by a status poll."""
-        return self._spent.get(token, False)
+        return self._spent.get(token) is AnsweredBy.POLL
 
     def _remember_spent(self, waiter: Waiter) -> None:
-        self._spent[waiter.token] = waiter.answered_by is AnsweredBy.POLL
+        self._spent[waiter.token] = waiter.answered_by
         if len(self._spent) > SPENT_TOKENS_KEPT:
             self._spent.popitem(last=False)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
+import pytest
+
 from tests.conftest import eventually
 from tests.proxy.conftest import ProxyFactory, ProxyUnderTest, sample
 
@@ -65,3 +71,24 @@ async def test_status_polls_that_get_no_answer_are_upstream_errors(
     assert answer.json()["state"] == "completed"
     assert sample(text, 'jobproxy_status_poll_fallbacks_total{answered_by="callback"}') == 1
     assert sample(text, 'jobproxy_job_duration_seconds_count{via="callback"}') == 1
+
+
+async def test_a_result_after_the_client_left_is_late_logged_and_counted(
+    proxy: ProxyUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client hangs up; its job's callback then comes: 404, logged at INFO, counted
+    as late (not as a duplicate)."""
+    request, job_id = await proxy.held_job()
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    await eventually(lambda: len(proxy.services.waiters) == 0)
+    with caplog.at_level(logging.INFO, logger="proxy"):
+        answer = await proxy.upstream.callback(job_id, proxy.upstream.finish(job_id))
+    text = (await proxy.client.get("/metrics")).text
+    assert answer.status_code == 404
+    assert sample(text, 'jobproxy_callbacks_total{outcome="late"}') == 1
+    assert sample(text, 'jobproxy_callbacks_total{outcome="duplicate"}') == 0
+    (record,) = [r for r in caplog.records if "its result is dropped" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert job_id in record.getMessage()

@@ -10,7 +10,8 @@ import re
 import orjson
 import pytest
 
-from proxy.errors import AtCapacity, ShuttingDown
+from proxy.answers import json_answer
+from proxy.errors import AtCapacity, JobTimeout, ShuttingDown
 from proxy.waiters import (
     MAX_EARLY_RESULTS,
     TOKEN_BYTES,
@@ -197,12 +198,35 @@ async def test_resolve_delivers_once() -> None:
     assert len(registry) == 0
 
 
-async def test_resolve_after_the_holder_left_is_a_duplicate() -> None:
-    """A result for a token whose waiter has gone is a duplicate, not unknown."""
+async def test_a_result_after_the_client_left_is_late() -> None:
+    """A result for a token whose waiter went without an answer (its client left) is
+    late: neither unknown nor a duplicate."""
     registry = WaiterRegistry("r", max_pending=10)
     with registry.hold() as waiter:
-        pass
+        waiter.bind("abc")
+    assert registry.resolve(waiter.token, RESULT) is Delivery.LATE
+
+
+async def test_a_result_after_the_deadline_is_late() -> None:
+    """A result for a waiter answered 504 is late, whether it is still held or gone."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        waiter.bind("abc")
+        assert waiter.fail(JobTimeout("too slow"), AnsweredBy.DEADLINE)
+        assert registry.resolve(waiter.token, RESULT) is Delivery.LATE
+    assert registry.resolve(waiter.token, RESULT) is Delivery.LATE
+
+
+async def test_a_result_after_its_job_was_answered_is_a_duplicate() -> None:
+    """A second result for a waiter its job answered (by callback or poll) is a
+    duplicate, held or gone."""
+    registry = WaiterRegistry("r", max_pending=10)
+    with registry.hold() as waiter:
+        waiter.bind("abc")
+        assert waiter.settle(json_answer(b"{}"), AnsweredBy.POLL, "completed")
+        assert registry.resolve(waiter.token, RESULT) is Delivery.DUPLICATE
     assert registry.resolve(waiter.token, RESULT) is Delivery.DUPLICATE
+    assert registry.answered_by_poll(waiter.token)
 
 
 async def test_resolve_of_a_never_issued_token_is_unknown() -> None:
@@ -343,7 +367,7 @@ async def test_results_kept_for_a_waiter_that_leaves_are_for_nobody() -> None:
     with registry.hold() as waiter:
         assert await registry.deliver(waiter.token, RESULT) is Delivery.EARLY
     assert waiter.early is None
-    assert registry.resolve(waiter.token, RESULT) is Delivery.DUPLICATE
+    assert registry.resolve(waiter.token, RESULT) is Delivery.LATE  # nobody got the job
 
 
 async def test_a_result_of_another_job_is_a_mismatch() -> None:
