@@ -112,15 +112,27 @@ def verify(settings: Settings, proof: str, account: str) -> int:
     try:
         check = check_bundle(settings.secret.encode(), decode_bundle(text), account)
     except InvalidBundle as exc:
-        print(f"INVALID: {exc}")
-        return PROOF_INVALID
+        return say([f"INVALID: {exc}"], PROOF_INVALID)
     if check.valid:
-        print(f"VALID: {check.describe()}")
-        return EXIT_OK
-    print(f"INVALID: {check.describe()}")
-    for failure in check.failures:
-        print(f"  job {failure.id}: {failure.reason}")
-    return PROOF_INVALID
+        return say([f"VALID: {check.describe()}"], EXIT_OK)
+    lines = [f"INVALID: {check.describe()}"]
+    lines += [f"  job {failure.id}: {failure.reason}" for failure in check.failures]
+    return say(lines, PROOF_INVALID)
+
+
+def say(lines: Sequence[str], code: int) -> int:
+    """Print ``lines`` on stdout and return ``code``; a reader that stopped reading (``|
+    head -1``) is no error: the rest goes nowhere, and the verdict stays the exit code."""
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit: point it at /dev/null first, so that
+        # flush finds nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return code
 
 
 def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:

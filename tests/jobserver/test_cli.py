@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -137,6 +138,26 @@ async def test_script_verify_exit_codes() -> None:
         "--secret", SECRET, "verify", bundle("forged"), "--account", "acme"
     )
     assert (code, out.count("\n")) == (1, 3)
+
+
+async def test_verify_into_a_closed_pipe_keeps_its_verdict_without_a_traceback() -> None:
+    """``jobserver verify ... | head -1``: the reader is gone before anything is written
+    (the pipe's read end is closed first, so every write fails); no traceback, and the
+    exit code is still the verdict."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            script_path("jobserver"),
+            *("--secret", SECRET, "verify", bundle("forged", jobs=50), "--account", "acme"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(process.communicate(), WAIT)
+    assert (process.returncode, err.decode()) == (PROOF_INVALID, "")
 
 
 async def test_script_bad_config_exits_nonzero_with_one_line(tmp_path: Path) -> None:
