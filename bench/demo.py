@@ -14,6 +14,7 @@ from bench.harness import ServerFailed, run_server, script_path
 
 JOBS = 50
 DEADLINE = 5.0
+CLIENT_GRACE = 2.0  # seconds the interrupted client gets to say so
 
 
 async def demo() -> int:
@@ -28,6 +29,12 @@ async def demo() -> int:
             client = await asyncio.create_subprocess_exec(script_path("jobclient"), *argv)
             try:
                 return await client.wait()
+            except asyncio.CancelledError:
+                # Ctrl-C reaches the whole process group: the client, interrupted too,
+                # says so itself; give it a moment before the servers stop under it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wait(), CLIENT_GRACE)
+                raise
             finally:
                 if client.returncode is None:
                     client.kill()
@@ -41,6 +48,7 @@ def main() -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("demo: interrupted; both servers stopped", file=sys.stderr)
         return 130
 
 

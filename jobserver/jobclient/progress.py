@@ -59,24 +59,50 @@ def terminal_columns(stream: TextIO) -> int:
     return columns or FALLBACK_COLUMNS
 
 
+class RunClock:
+    """The run's elapsed time on the report's own clock: from the first request sent to
+    the last answer, so that the progress shown at the end is the report's Total
+    Duration. Before any answer, from when the display began."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._began = clock()
+        self._first_sent: float | None = None
+        self._last_answered = -math.inf
+
+    def begin(self) -> None:
+        self._began = self._clock()
+
+    def heard(self, outcome: JobOutcome) -> None:
+        if self._first_sent is None or outcome.sent_at < self._first_sent:
+            self._first_sent = outcome.sent_at
+        self._last_answered = max(self._last_answered, outcome.answered_at)
+
+    def elapsed(self, *, final: bool = False) -> float:
+        """Seconds so far; ``final``: up to the last answer, as Total Duration counts."""
+        start = self._began if self._first_sent is None else self._first_sent
+        end = self._last_answered if final and self._first_sent is not None else self._clock()
+        return max(0.0, end - start)
+
+
 class ProgressLine:
     """The live line on a terminal, redrawn on every answer and every :data:`REFRESH_SECONDS`."""
 
     def __init__(
-        self, total: int, stream: TextIO, clock: Callable[[], float] = time.monotonic
+        self, total: int, stream: TextIO, clock: Callable[[], float] = time.perf_counter
     ) -> None:
         self._total = total
         self._stream = stream
-        self._clock = clock
+        self._run = RunClock(clock)
         self._done = 0
-        self._started = clock()
 
     def __call__(self, outcome: JobOutcome) -> None:
         self._done += 1
+        self._run.heard(outcome)
         self.draw()
 
-    def draw(self) -> None:
-        elapsed = self._clock() - self._started
+    def draw(self, *, final: bool = False) -> None:
+        elapsed = self._run.elapsed(final=final)
         line = progress_line(self._done, self._total, elapsed, terminal_columns(self._stream))
         self._stream.write("\r" + line)
         self._stream.flush()
@@ -84,7 +110,7 @@ class ProgressLine:
     @contextlib.asynccontextmanager
     async def shown(self) -> AsyncIterator[None]:
         """Show the line for the block (the run), then leave it with a blank line after it."""
-        self._started = self._clock()
+        self._run.begin()
         self.draw()
         ticker = asyncio.create_task(self._tick())
         try:
@@ -92,7 +118,7 @@ class ProgressLine:
         finally:
             ticker.cancel()
             await asyncio.wait([ticker])
-            self.draw()
+            self.draw(final=True)
             self._stream.write("\n\n")
             self._stream.flush()
 
@@ -103,7 +129,8 @@ class ProgressLine:
 
 
 class ProgressLines:
-    """Without a terminal: a plain count line each time another tenth of the jobs answered."""
+    """Without a terminal: a plain count line each time another tenth of the jobs answered,
+    its time counted as the report's Total Duration is."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
         self._total = total
@@ -111,13 +138,14 @@ class ProgressLines:
         self._answered = 0
         self._failed = 0
         self._next_line = min(total, max(1, int(total * PROGRESS_LINE_STEP)))
-        self._started = time.perf_counter()
+        self._run = RunClock()
 
     def __call__(self, outcome: JobOutcome) -> None:
         self._answered += 1
         self._failed += 0 if outcome.succeeded else 1
+        self._run.heard(outcome)
         if self._answered >= self._next_line:
-            elapsed = time.perf_counter() - self._started
+            elapsed = self._run.elapsed(final=True)
             print(
                 f"answered {self._answered}/{self._total} jobs "
                 f"({self._failed} failed) in {elapsed:.3f} s",

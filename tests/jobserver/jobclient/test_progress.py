@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from jobserver.jobclient.progress import MIN_BAR_WIDTH, ProgressLine, ProgressLines, progress_line
-from jobserver.jobclient.run import JobOutcome
+from jobserver.jobclient.run import JobOutcome, RunReport
 
 
 def test_finished_line_is_the_originals() -> None:
@@ -54,23 +54,42 @@ def outcome(number: int) -> JobOutcome:
 
 
 async def test_live_line_is_redrawn_in_place_and_left_with_a_blank_line() -> None:
-    """Each answer redraws the line after a carriage return; the end adds a blank line."""
+    """Each answer redraws the line after a carriage return; the end adds a blank line,
+    its time the run's Total Duration (first request sent to last answer)."""
     stream = io.StringIO()  # no terminal behind it: 80 columns
-    # Read at construction, at the start of the run, then at each of the four draws.
-    clock = iter([0.0, 10.0, 10.0, 10.5, 11.2, 11.3]).__next__
+    # Read at construction, at the start of the run, then at each answer's draw; the
+    # last draw counts to the last answer, as the report does.
+    clock = iter([0.0, 10.0, 10.0, 10.5, 11.2]).__next__
     progress = ProgressLine(2, stream, clock=clock)
     async with progress.shown():
-        progress(outcome(1))
-        progress(outcome(2))
+        progress(JobOutcome(1, 10.1, 10.5, failure="timed out"))
+        progress(JobOutcome(2, 10.2, 11.15, failure="timed out"))
     frames = stream.getvalue().removesuffix("\n\n").split("\r")
     assert frames == [
         "",
         progress_line(0, 2, 0.0, 80),
-        progress_line(1, 2, 0.5, 80),
-        progress_line(2, 2, 1.2, 80),
-        progress_line(2, 2, 1.3, 80),
+        progress_line(1, 2, 0.4, 80),
+        progress_line(2, 2, 1.1, 80),
+        progress_line(2, 2, 1.05, 80),
     ]
     assert stream.getvalue().endswith("100.00 % 1s\n\n")
+
+
+def test_the_last_plain_line_shows_the_reports_total_duration() -> None:
+    """The plain lines count from the first request sent, on the report's clock: the
+    last one is the report's Total Duration."""
+    stream = io.StringIO()
+    progress = ProgressLines(3, stream)
+    outcomes = [
+        JobOutcome(1, 100.002, 100.5, failure="x"),
+        JobOutcome(2, 100.0, 100.641606, failure="x"),
+        JobOutcome(3, 100.001, 100.6, failure="x"),
+    ]
+    for answered in outcomes:
+        progress(answered)
+    total = RunReport("u", "a", tuple(outcomes)).total
+    assert stream.getvalue().splitlines()[-1] == f"answered 3/3 jobs (3 failed) in {total:.3f} s"
+    assert f"{total:.3f}" == "0.642"
 
 
 def test_plain_lines_every_tenth_of_the_jobs() -> None:
