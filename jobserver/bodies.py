@@ -88,8 +88,10 @@ async def read_body(request: Request[Any], limit: int) -> bytes:
 
 def _json_object(body: bytes) -> dict[str, object]:
     try:
-        document = json.loads(body)
-    except ValueError:
+        document = _strict_json(body)
+    except _DuplicateKey as repeated:
+        raise BadRequest(f"{repeated.key}: the key appears more than once in one object") from None
+    except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(document, dict):
         raise BadRequest("the body must be a JSON object")
@@ -196,13 +198,19 @@ def preferred_wait(prefer: Iterable[str]) -> int | None:
 
 
 class _DuplicateKey(ValueError):
-    pass
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document = dict(pairs)
     if len(document) != len(pairs):
-        raise _DuplicateKey
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return document
 
 
@@ -210,12 +218,20 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _strict_json(body: bytes) -> Any:
+    """Strict JSON: no key twice in one object (:class:`_DuplicateKey` names it), no NaN
+    or Infinity."""
+    return json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
 def _strict_json_object(body: bytes) -> dict[str, object]:
     """The body as a JSON object: no repeated keys, no NaN or Infinity."""
     try:
-        document = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except _DuplicateKey:
-        raise InvalidPrediction("the body is not valid JSON: an object repeats a key") from None
+        document = _strict_json(body)
+    except _DuplicateKey as repeated:
+        raise InvalidPrediction(
+            f"the body is not valid JSON: an object repeats the key {repeated.key!r}"
+        ) from None
     except (ValueError, RecursionError):
         raise InvalidPrediction("the body is not valid JSON") from None
     if not isinstance(document, dict):

@@ -3,6 +3,7 @@ may be (the job server's own rule, passed on)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -50,13 +51,67 @@ def decode_json(data: bytes | str) -> Any:
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
+    """A JSON object as a client or a job server sent it: strict JSON, and no key twice
+    in one object (which JSON parsers settle differently: BadRequest names it)."""
     try:
         value = decode_json(body)
     except ValueError:
         raise BadRequest("the body is not JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("the body is not a JSON object")
+    if (key := repeated_key(body, value)) is not None:
+        raise BadRequest(f"{key}: the key appears more than once in one object")
     return value
+
+
+class _Repeated(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Repeated(key)
+        seen[key] = value
+    return seen
+
+
+def repeated_key(text: bytes, value: Any) -> str | None:
+    """The first key that an object of ``text`` (which decodes to ``value``) holds twice,
+    or None.
+
+    The decoder keeps the last of a repeated key, so the text is read again, pair by
+    pair, only when a key of ``value`` could be repeated: its quoted form appears in the
+    text more than once (a value may equal a key's name), or the text has escapes (a key
+    may be written in two ways). Most bodies are settled by a few ``bytes.count``.
+    """
+    if b"\\" not in text and not _may_repeat(text, value):
+        return None
+    try:
+        json.loads(text, object_pairs_hook=_unique_pairs)
+    except _Repeated as repeated:
+        return repeated.key
+    except RecursionError:  # nested deeper than this reader goes: as the decoder took it
+        return None
+    return None
+
+
+def _may_repeat(text: bytes, value: Any) -> bool:
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if text.count(orjson.dumps(key)) > 1:
+                    return True
+                if isinstance(child, dict | list):
+                    pending.append(child)
+        elif isinstance(node, list):
+            pending.extend(child for child in node if isinstance(child, dict | list))
+    return False
 
 
 # A client's own callback (wait: false), as the job server takes it: http(s):// or, as

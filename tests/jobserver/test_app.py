@@ -156,6 +156,8 @@ async def test_wait_false_requests_of_one_account_are_not_held_by_the_job() -> N
         (b'{"account": "acme", "callback": "mailto:someone@host"}', "callback"),
         (b'{"account": "acme", "callback": "8000/x"}', "callback"),
         (b"\xff\xfe", "JSON"),
+        (b'{"account": "me", "wait": true, "account": "you"}', "account: the key appears"),
+        (b'{"account": "acme", "wait": NaN}', "JSON"),
     ],
 )
 async def test_bad_start_bodies_are_400_naming_the_field(body: bytes, field: str) -> None:

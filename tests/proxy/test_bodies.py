@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from proxy.bodies import read_body
+from proxy.bodies import parse_object, read_body
 from proxy.errors import BadRequest, BodyTooLarge
 
 
@@ -84,3 +85,33 @@ async def test_non_ascii_digits_in_content_length_are_400(declared: str) -> None
     upload.request.scope["headers"] = [(b"content-length", declared.encode("latin-1"))]
     with pytest.raises(BadRequest):
         await read_body(upload.request, limit=100)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"account": "me", "wait": true, "account": "you"}', "account"),
+        (b'{"account": "me", "wait": true, "wait": false}', "wait"),
+        (b'{"account": "me", "input": {"x": 1, "x": 2}}', "x"),
+        (b'{"a": [{"k": 1, "k": 1}]}', "k"),
+        (b'{"\\u0061ccount": "me", "account": "you"}', "account"),  # the same key, escaped
+    ],
+)
+def test_a_key_twice_in_one_object_is_400_naming_it(body: bytes, key: str) -> None:
+    """Parsers settle a repeated key differently (first or last wins): refused."""
+    with pytest.raises(BadRequest) as refused:
+        parse_object(body)
+    assert refused.value.detail == f"{key}: the key appears more than once in one object"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"account": "wait", "wait": true}',  # a value that names a key
+        b'{"a": {"k": 1}, "b": {"k": 2}}',  # the same key in two objects
+        b'{"a": [{"k": 1}, {"k": 2}]}',
+        b'{"account": "m\\u00e9", "wait": true}',  # escapes, no key twice
+    ],
+)
+def test_the_same_key_in_different_objects_or_as_a_value_is_fine(body: bytes) -> None:
+    assert parse_object(body) == orjson.loads(body)
