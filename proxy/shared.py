@@ -86,6 +86,12 @@ HEARTBEAT_INTERVAL = 2.0
 REPLICA_TTL = 6.0  # seconds without a heartbeat after which a replica is gone
 
 
+def error_words(exc: BaseException) -> str:
+    """An error's words for a log line that goes on after them: redis-py's end in a full
+    stop ("... Connection refused.")."""
+    return str(exc).rstrip(". ") or type(exc).__name__
+
+
 def channel_of(replica: str) -> str:
     return f"{PREFIX}replica:{replica}"
 
@@ -239,7 +245,8 @@ class RedisBus:
                         self._dispatch(message)
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.subscribed.is_set():
-                    logger.warning("lost the Redis subscription: %s; reconnecting", exc)
+                    words = error_words(exc)
+                    logger.warning("lost the Redis subscription (%s); reconnecting", words)
                 self.subscribed.clear()
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_CAP, delay * 2)

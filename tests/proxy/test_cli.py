@@ -8,7 +8,8 @@ import pytest
 
 from proxy.__main__ import STARTUP_FAILURE, build_parser, main
 from proxy.config import Settings
-from tests.conftest import loopback_socket
+from proxy.shared import error_words
+from tests.conftest import loopback_socket, run_program
 
 
 @pytest.mark.parametrize(
@@ -69,3 +70,22 @@ def test_port_in_use_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) 
         port = taken.getsockname()[1]
         assert main(["--port", str(port)], environ={}) == STARTUP_FAILURE
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+async def test_the_proxy_logs_the_settings_it_was_given() -> None:
+    """At start-up the proxy logs each setting that differs from its default, secrets
+    masked, as the job server does."""
+    async with run_program(
+        "jobproxy", "--job-deadline", "12", "--callback-secret", "hush-hush"
+    ) as proxy:
+        log = proxy.log_tail()
+    (line,) = [line for line in log.splitlines() if "settings: " in line]
+    assert "job_deadline=12.0" in line
+    assert "callback_secret=***" in line
+    assert "hush-hush" not in log
+
+
+def test_a_redis_error_reads_as_words_a_log_line_goes_on_after() -> None:
+    refused = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    assert error_words(refused) == "Error 111 connecting to 127.0.0.1:6379. Connection refused"
+    assert error_words(TimeoutError()) == "TimeoutError"
