@@ -50,7 +50,7 @@ from proxy.services import LifespanState, Services, services_of
 from proxy.shared import RedisBus, connect
 from proxy.shared_jobs import SharedJobs
 from proxy.tracking import TrackedJobs
-from proxy.upstream import Upstream, build_client
+from proxy.upstream import Upstream, build_client, native_transport
 from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             settings.replica_id or new_replica_id(), settings.max_pending, settings.job_deadline
         )
         async with contextlib.AsyncExitStack() as resources:
-            client = await resources.enter_async_context(build_client(settings, transport))
+            native = native_transport(settings) if transport is None else None
+            client = await resources.enter_async_context(
+                build_client(settings, transport or native)
+            )
             tracked = TrackedJobs(settings.result_ttl, settings.max_results, dialect.failed)
             resources.callback(tracked.close)
             bus: RedisBus | None = None
@@ -107,7 +110,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             watch = OverdueWatch(settings, client, dialect, metrics.upstream_error)
             watching = asyncio.create_task(watch.run(), name="overdue-watch")
             resources.push_async_callback(_cancel, watching)
-            upstream = Upstream(client, settings, dialect)
+            upstream = Upstream(client, settings, dialect, native)
             heartbeats = asyncio.create_task(
                 tracked.send_heartbeats(settings.stream_heartbeat), name="stream-heartbeats"
             )

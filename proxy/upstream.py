@@ -55,25 +55,28 @@ JSON_HEADERS = ((b"content-type", b"application/json"),)
 KEEPALIVE_EXPIRY = 4.0
 
 
+def native_transport(settings: Settings) -> UpstreamTransport | None:
+    """The project's own transport (``proxy.transport``) when the settings choose it: a
+    keep-alive pool to the job server's origin, with idle connections given up before
+    uvicorn's own keep-alive timeout (5 s) would close them under a request."""
+    if settings.upstream_transport != "native":
+        return None
+    return UpstreamTransport(
+        settings.upstream_url,
+        max_connections=settings.upstream_max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+
+
 def build_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """The one outbound client of the proxy; ``transport`` lets tests plug in a fake.
-
-    By default its transport is the project's own (``proxy.transport``): a keep-alive
-    pool to the job server's origin, with idle connections given up before uvicorn's
-    own keep-alive timeout (5 s) would close them under a request.
-    """
+    """The one outbound client of the proxy, on ``transport``: the project's own
+    (:func:`native_transport`), or a test's fake; None: httpx's own pool."""
     limits = httpx.Limits(
         max_connections=settings.upstream_max_connections,
         max_keepalive_connections=settings.upstream_max_connections,
     )
-    if transport is None and settings.upstream_transport == "native":
-        transport = UpstreamTransport(
-            settings.upstream_url,
-            max_connections=settings.upstream_max_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-        )
     # The pool wait is bounded by each call's own timeout, never by a fixed pool timeout.
     timeout = httpx.Timeout(settings.start_timeout, pool=None)
     return httpx.AsyncClient(transport=transport, limits=limits, timeout=timeout)
@@ -386,12 +389,19 @@ class UpstreamAnswer:
 class Upstream:
     """The job server, as the proxy uses it."""
 
-    def __init__(self, client: httpx.AsyncClient, settings: Settings, dialect: Dialect) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        dialect: Dialect,
+        native: UpstreamTransport | None = None,
+    ) -> None:
+        """``native``: the project's transport that ``client`` was built on; starts then
+        go to it as prebuilt bytes, past the client's per-call work."""
         self._client = client
         self._dialect = dialect
         self._start_url = httpx.URL(settings.upstream_url.rstrip("/") + dialect.start_path)
-        transport = client._transport  # the client's own: the one it was built with
-        self._native = transport if isinstance(transport, UpstreamTransport) else None
+        self._native = native
         self.base_url = settings.upstream_url.rstrip("/")
         self._timeout = settings.start_timeout
         self._budget = settings.start_retry_budget
@@ -490,10 +500,7 @@ class Upstream:
         """
         connect = self._timeout if self._timeout < remaining else None
         native = self._native
-        # The prebuilt bytes go straight to the project's transport, past the client's
-        # per-call work, only when the client would use that transport for this URL
-        # (respx, in tests, puts its own in between: then the ordinary call is made).
-        if native is not None and self._client._transport_for_url(self._start_url) is native:
+        if native is not None:
             dialect = self._dialect
             wire = native.prebuilt(
                 dialect.start_method, dialect.start_path, call.content, headers=call.headers
