@@ -120,10 +120,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             services = Services(
                 settings=settings,
                 dialect=dialect,
-                client=client,
                 upstream=upstream,
                 waiters=waiters,
-                results=results,
                 bus=bus,
                 watch=watch,
                 keyed=keyed,
@@ -146,9 +144,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
 
     prefixes = callback_prefixes(settings.public_url)
     app = Starlette(
-        # Most requests to /proxy (and its aliases) and /callback never get this far:
-        # HotPaths serves them. These routes take the rest (Idempotency-Key, signed
-        # callbacks, other replicas' tokens) and answer other methods with 405.
+        # HotPaths serves the held paths, GET /jobs/{ref} and plain callbacks before
+        # they get this far: their routes here answer other methods with 405. Callbacks
+        # that are signed or for another replica's token take their route.
         routes=[
             *(Route(path, _served_by_hot_paths, methods=["POST"]) for path in held_paths),
             Route(f"{JOBS_PREFIX}{{ref}}", _served_by_hot_paths, methods=["GET"]),

@@ -157,7 +157,8 @@ class KeyedRequests:
         self, results: ResultStore, watch: OverdueWatch, settings: Settings, dialect: Dialect
     ) -> None:
         self._dialect = dialect
-        self._results = results
+        #: Where claims and results live: in this process, or in Redis.
+        self.results = results
         self._watch = watch
         self._settings = settings
         self._storing: set[asyncio.Task[None]] = set()
@@ -167,7 +168,7 @@ class KeyedRequests:
     ) -> Claim:
         """Claim ``key`` (the header's value) for ``waiter``'s job, or learn whose it is."""
         digest = fingerprint(job_request.fingerprint())
-        claim = await self._results.claim(
+        claim = await self.results.claim(
             scoped_key(job_request.lane, check_key(key)), digest, waiter.token, ref
         )
         waiter.keyed = claim.owner
@@ -175,15 +176,15 @@ class KeyedRequests:
 
     async def release(self, job_request: JobRequest, key: str, waiter: Waiter) -> None:
         """Surely no job exists for the key: a retry must start one."""
-        await _quietly(self._results.release(scoped_key(job_request.lane, key), waiter.token))
+        await _quietly(self.results.release(scoped_key(job_request.lane, key), waiter.token))
 
     async def bind(self, job_request: JobRequest, key: str, job_id: str) -> None:
         """The job server accepted the key's job: a retry can ask it about ``job_id``."""
-        await _quietly(self._results.bind_job(scoped_key(job_request.lane, key), job_id))
+        await _quietly(self.results.bind_job(scoped_key(job_request.lane, key), job_id))
 
     async def keep(self, waiter: Waiter, job: Job) -> None:
         """Keep a job's answer for the key's retries."""
-        await _quietly(self._results.put_result(waiter.token, job))
+        await _quietly(self.results.put_result(waiter.token, job))
 
     def decided(self, waiter: Waiter) -> None:
         """A keyed waiter's answer is decided: a job's answer is kept for the retries."""
@@ -214,7 +215,7 @@ class KeyedRequests:
         waiter.future = asyncio.get_running_loop().create_future()  # the drain answers here
         try:
             while True:
-                result = await self._results.get_result(claim.token)
+                result = await self.results.get_result(claim.token)
                 if result is None and poll is not None and poll.done():
                     result = poll.result()  # raises JobLost
                 if result is not None:
@@ -222,7 +223,7 @@ class KeyedRequests:
                     return json_answer(encode(result))
                 if job_request.held and poll is None:
                     scoped = scoped_key(job_request.lane, key)
-                    job_id = job_id or await self._results.job_id_for(scoped)
+                    job_id = job_id or await self.results.job_id_for(scoped)
                     if job_id is not None:
                         # The first request's holder may be gone: ask the job server too.
                         polling = self._watch.poll(

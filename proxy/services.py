@@ -7,12 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import TypedDict
 
-import httpx
 from starlette.requests import Request
 
 from proxy.config import Settings
 from proxy.dialect import Dialect
-from proxy.idempotency import KeyedRequests, ResultStore
+from proxy.idempotency import KeyedRequests
 from proxy.metrics import Metrics
 from proxy.overdue import OverdueWatch
 from proxy.shared import RedisBus
@@ -28,10 +27,8 @@ class Services:
 
     settings: Settings
     dialect: Dialect
-    client: httpx.AsyncClient
     upstream: Upstream
     waiters: WaiterRegistry
-    results: ResultStore
     bus: RedisBus | None
     watch: OverdueWatch
     keyed: KeyedRequests

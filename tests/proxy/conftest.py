@@ -53,7 +53,6 @@ class FakeJobServer:
     #: A job's status answered with this code instead of the job.
     status_codes: dict[str, int] = field(default_factory=dict)
     to_proxy: httpx.AsyncClient | None = None
-    proxy_services: Services | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(0xABC0000000001))
 
     def app(self) -> Starlette:
@@ -156,7 +155,6 @@ def proxy_factory() -> ProxyFactory:
                 httpx.AsyncClient(transport=transport, base_url=PROXY_URL) as to_proxy,
             ):
                 upstream.to_proxy = to_proxy
-                upstream.proxy_services = state["services"]
                 yield ProxyUnderTest(app, client, upstream, state["services"], served)
 
     return build

@@ -198,8 +198,7 @@ async def test_a_request_without_a_key_does_no_idempotency_work(
     proxy: ProxyUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Neither a plain held request nor its callback touches the Idempotency-Key store."""
-    assert proxy.upstream.proxy_services is not None
-    results = proxy.upstream.proxy_services.results
+    results = proxy.services.keyed.results
     calls: list[str] = []
     for name in ("claim", "bind_job", "release", "job_id_for", "put_result", "get_result"):
         original = getattr(results, name)
