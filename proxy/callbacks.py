@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import parse_object, read_body, receive_body
-from proxy.dialect import Dialect
+from proxy.dialect import Dialect, UnreadableJob
 from proxy.errors import (
     BadRequest,
     BadSignature,
@@ -79,12 +79,11 @@ def verify_signature(
 def parse_job(body: bytes, dialect: Dialect) -> tuple[Job, Result]:
     """A callback body: a JSON object with a job id and a state where the dialect says."""
     job = parse_object(body)
-    job_id = dialect.job_id_at.get(job)
-    if not isinstance(job_id, str) or not job_id:
-        raise BadRequest(f"the callback body has no job id ({dialect.job_id_at.name})")
-    state = dialect.state(job)
-    if state is None:
-        raise BadRequest(f"the callback body has no job state ({dialect.state_at.name})")
+    try:
+        job_id, state = dialect.read(job)
+    except UnreadableJob as exc:
+        raise BadRequest(f"the callback body is not a job: {exc}") from None
+    assert state is not None  # read() requires one
     return job, Result(job_id, state, body)
 
 

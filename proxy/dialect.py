@@ -44,6 +44,10 @@ class DialectError(ValueError):
     """A dialect that cannot be used: the message names the file and the key."""
 
 
+class UnreadableJob(ValueError):
+    """What the job server sent is not a job of the dialect: the message says why."""
+
+
 @dataclass(frozen=True, slots=True)
 class Pointer:
     """A JSON pointer (RFC 6901) into an object: ``/a/b`` is ``("a", "b")``."""
@@ -194,14 +198,27 @@ class Dialect:
 
     # -- a job as the job server writes it
 
-    def job_id(self, job: Any) -> str:
-        """The job's id; UpstreamBadResponse when the answer has none usable."""
+    def read(self, job: Any, *, with_state: bool = True) -> tuple[str, str | None]:
+        """A job as the job server wrote it (a start's answer, a callback, a status
+        answer): its id and its state, where the dialect says. The one reading of a job:
+        UnreadableJob says what is missing; ``with_state=False`` lets a start's answer
+        come without a state."""
+        if not isinstance(job, dict):
+            raise UnreadableJob("it is not a JSON object")
         job_id = self.job_id_at.get(job)
         if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_LENGTH:
-            raise UpstreamBadResponse(
-                f"the job server's answer has no valid job id at {self._at(self.job_id_at)}"
-            )
-        return job_id
+            raise UnreadableJob(f"it has no valid job id at {self._at(self.job_id_at)}")
+        state = self.state(job)
+        if state is None and with_state:
+            raise UnreadableJob(f"it has no job state at {self._at(self.state_at)}")
+        return job_id, state
+
+    def job_id(self, job: Any) -> str:
+        """The id of the job a start's answer names; UpstreamBadResponse when none."""
+        try:
+            return self.read(job, with_state=False)[0]
+        except UnreadableJob as exc:
+            raise UpstreamBadResponse(f"the job server's answer is not a job: {exc}") from None
 
     def state(self, job: Any) -> str | None:
         state = self.state_at.get(job)

@@ -135,6 +135,10 @@ class UpstreamBadResponse(UpstreamError):
     error = "upstream_bad_response"
 
 
+class UpstreamTimedOut(UpstreamBadResponse):
+    """The job server did not answer in time (its client sees upstream_bad_response)."""
+
+
 class JobLost(UpstreamError):
     """The job server accepted the job but no longer knows it, or cannot be asked about it."""
 

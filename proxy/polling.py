@@ -31,9 +31,10 @@ from typing import Any, NamedTuple
 import httpx
 
 from proxy.bodies import decode_json
-from proxy.dialect import Dialect, load_dialect
-from proxy.errors import JobLost, JobTimeout
+from proxy.dialect import Dialect, UnreadableJob, load_dialect
+from proxy.errors import JobLost, JobTimeout, UpstreamError, UpstreamTimedOut
 from proxy.jobs import parse_retry_after
+from proxy.upstream import job_server_errors
 
 logger = logging.getLogger(__name__)
 
@@ -252,11 +253,19 @@ async def _poll_once(
     try:
         # httpx timeouts bound each network step; asyncio.timeout bounds the whole request.
         async with asyncio.timeout(budget):
-            response = await client.get(url, timeout=httpx.Timeout(budget))
-    except (httpx.TimeoutException, TimeoutError) as exc:
-        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "), "status_timeout")
-    except httpx.TransportError as exc:
-        return _Failure(f"{type(exc).__name__}: {exc}".rstrip(": "), "status_unreachable")
+            with job_server_errors(httpx.URL(url)):
+                response = await client.get(url, timeout=httpx.Timeout(budget))
+    except TimeoutError:
+        return _Failure(f"no answer within {budget:.2f} s", "status_timeout")
+    except UpstreamError as exc:
+        timed_out = isinstance(exc, UpstreamTimedOut)
+        return _Failure(str(exc.detail), "status_timeout" if timed_out else "status_unreachable")
+    return _read_answer(response, job_id, dialect)
+
+
+def _read_answer(
+    response: httpx.Response, job_id: str, dialect: Dialect
+) -> dict[str, Any] | _Failure:
     status = response.status_code
     if status in (429, 503):
         return _Failure(f"HTTP {status}", retry_after=retry_after_seconds(response), busy=True)
@@ -264,26 +273,15 @@ async def _poll_once(
         return _Failure("HTTP 404", not_found=True)
     if not response.is_success:
         return _Failure(f"HTTP {status}")
-    return _parse_job(response, job_id, dialect)
-
-
-def _parse_job(
-    response: httpx.Response, job_id: str, dialect: Dialect
-) -> dict[str, Any] | _Failure:
     try:
         job = decode_json(response.content)
-    except ValueError:
-        return _Failure("an answer that is not JSON", "status_bad_response")
+        named, _ = dialect.read(job)
+    except ValueError as exc:  # not JSON, or UnreadableJob
+        why = f"not a job: {exc}" if isinstance(exc, UnreadableJob) else "not JSON"
+        return _Failure(f"a status answer that is {why}", "status_bad_response")
     # The answer must name the job asked about: any other is no answer about it.
-    if not isinstance(job, dict) or dialect.job_id_at.get(job) != job_id:
-        return _Failure(
-            f"a status answer of another job, or none: {response.text[:200]!r}",
-            "status_bad_response",
-        )
-    if dialect.state(job) is None:
-        return _Failure(
-            f"a malformed status answer: {response.text[:200]!r}", "status_bad_response"
-        )
+    if named != job_id:
+        return _Failure(f"a status answer of another job ({named})", "status_bad_response")
     answer: dict[str, Any] = job
     return answer
 

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from proxy.answers import encode
 from proxy.bodies import decode_json
-from proxy.dialect import Dialect
+from proxy.dialect import Dialect, UnreadableJob
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim
 from proxy.jobs import Job
@@ -287,10 +287,12 @@ class RedisBus:
 
     def _resolve(self, token: str, job: Job) -> bool:
         """Hand a result from Redis to its waiter, answering it soon; True if it counted."""
-        job_id, state = self._dialect.job_id_at.get(job), self._dialect.state(job)
-        if not isinstance(job_id, str) or state is None:
-            logger.warning("ignored a result without a job id or state for token %s", token)
+        try:
+            job_id, state = self._dialect.read(job)
+        except UnreadableJob as exc:
+            logger.warning("ignored a result for token %s that is not a job: %s", token, exc)
             return False
+        assert state is not None  # read() requires one
         delivery = self._waiters.resolve(token, Result(job_id, state, encode(job)))
         if delivery is Delivery.OK:
             waiter = self._waiters.get(token)

@@ -39,7 +39,9 @@ from proxy.dialect import Dialect
 from proxy.errors import (
     JobTimeout,
     UpstreamBadResponse,
+    UpstreamError,
     UpstreamRejected,
+    UpstreamTimedOut,
     UpstreamUnavailable,
     said,
 )
@@ -106,7 +108,7 @@ def job_server_errors(url: httpx.URL) -> Iterator[None]:
                 f"cannot reach the job server at {url} ({_reason(exc)})"
             ) from exc
         if isinstance(exc, httpx.TimeoutException):
-            raise UpstreamBadResponse(
+            raise UpstreamTimedOut(
                 f"the job server did not answer in time ({_reason(exc)})"
             ) from exc
         raise UpstreamBadResponse(
@@ -523,10 +525,11 @@ class Upstream:
 
     async def reachable(self, timeout: float) -> bool:
         """Whether the job server answers HTTP at all (any status below 500)."""
+        url = f"{self.base_url}{self._dialect.status_of('0000000000000000')}"
         try:
-            probe = self._dialect.status_of("0000000000000000")
-            response = await self._client.get(f"{self.base_url}{probe}", timeout=timeout)
-        except httpx.HTTPError:
+            with job_server_errors(httpx.URL(url)):
+                response = await self._client.get(url, timeout=timeout)
+        except UpstreamError:
             return False
         return response.status_code < 500
 

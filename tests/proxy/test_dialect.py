@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.dialect import MAX_LANE_LENGTH, DialectError, JobRequest, load_dialect
+from proxy.dialect import MAX_LANE_LENGTH, DialectError, JobRequest, UnreadableJob, load_dialect
 from proxy.errors import BadRequest, UpstreamBadResponse
 
 WORK_SAMPLE = load_dialect("work-sample")
@@ -222,3 +222,26 @@ def test_an_unknown_dialect_name_says_what_there_is() -> None:
     """Neither a built-in name nor a file: the error lists the built-in ones."""
     with pytest.raises(DialectError, match="work-sample, predictions"):
         load_dialect("graphql")
+
+
+@pytest.mark.parametrize(
+    ("job", "why"),
+    [
+        ([1], "not a JSON object"),
+        ({"state": "completed"}, "no valid job id at /id"),
+        ({"id": "", "state": "completed"}, "no valid job id at /id"),
+        ({"id": "x" * 1_000, "state": "completed"}, "no valid job id at /id"),
+        ({"id": 7, "state": "completed"}, "no valid job id at /id"),
+        ({"id": "abc"}, "no job state at /state"),
+        ({"id": "abc", "state": 3}, "no job state at /state"),
+    ],
+)
+def test_a_job_is_read_in_one_place_and_what_is_missing_is_said(job: object, why: str) -> None:
+    """Callbacks, status answers and starts' answers are read by Dialect.read."""
+    with pytest.raises(UnreadableJob, match=why):
+        WORK_SAMPLE.read(job)
+
+
+def test_a_starts_answer_may_come_without_a_state() -> None:
+    assert WORK_SAMPLE.read({"id": "abc"}, with_state=False) == ("abc", None)
+    assert PREDICTIONS.read({"id": "p", "status": "starting"}) == ("p", "starting")
