@@ -2,7 +2,7 @@
 
 Layers, lowest first: the defaults below, a TOML file (``--config PATH`` or
 ``JOBSERVER_CONFIG=PATH``), the environment (``JOBSERVER_<NAME>``, handed in as a mapping)
-and command-line flags (``--kebab-name``), see :mod:`jobserver.settings_layers`. Every
+and command-line flags (``--kebab-name``), see :mod:`infra.settings_layers`. Every
 field carries its description and bounds, so the CLI, the checks and the documentation in
 ``config/jobserver.toml`` cannot drift apart.
 """
@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from jobserver.settings_layers import ConfigError, LayeredSettings
+from infra.settings_layers import ConfigError, LayeredSettings
 
 __all__ = ["ConfigError", "Settings", "webhook_key"]
 

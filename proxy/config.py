@@ -2,7 +2,7 @@
 
 Precedence, lowest first: the defaults below, the TOML file (``--config PATH``, or
 ``JOBPROXY_CONFIG=PATH`` without the flag), environment variables ``JOBPROXY_<NAME>``
-and command-line flags ``--<name>`` (see :mod:`proxy.settings_layers`).
+and command-line flags ``--<name>`` (see :mod:`infra.settings_layers`).
 ``config/proxy.toml`` documents every setting with its default.
 """
 
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from infra.settings_layers import ConfigError, LayeredSettings
 from proxy.dialect import DialectError, load_dialect
-from proxy.settings_layers import ConfigError, LayeredSettings
 
 __all__ = ["ConfigError", "Settings", "reachable_url", "signing_key"]
 

@@ -1,5 +1,5 @@
-"""The settings design both programs share: twin modules, one error wording, a flag for
-every setting."""
+"""The settings design both programs share (``infra.settings_layers``): one error wording,
+a flag for every setting."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ import pytest
 
 import jobserver.__main__
 import jobserver.config
-import jobserver.settings_layers
 import proxy.__main__
 import proxy.config
-import proxy.settings_layers
+from infra.settings_layers import LayeredSettings
 
 
 @dataclass(frozen=True)
 class Program:
     name: str
     prefix: str
-    settings: Any  # proxy's or jobserver's Settings: twins, so no common base class
+    settings: type[LayeredSettings]
     error: type[Exception]
     build_parser: Callable[[], argparse.ArgumentParser]
     main: Callable[[Sequence[str] | None, Mapping[str, str] | None], int]
@@ -48,14 +47,7 @@ JOBSERVER = Program(
 PROGRAMS = pytest.mark.parametrize("program", [PROXY, JOBSERVER], ids=lambda p: p.name)
 
 
-def test_the_twin_modules_are_identical() -> None:
-    """proxy/settings_layers.py and jobserver/settings_layers.py are the same file."""
-    proxy_twin = Path(proxy.settings_layers.__file__).read_text()
-    jobserver_twin = Path(jobserver.settings_layers.__file__).read_text()
-    assert proxy_twin == jobserver_twin, "change both settings_layers.py files alike"
-
-
-def load_error(program: Program, **layers: object) -> str:
+def load_error(program: Program, **layers: Any) -> str:
     """The message of the error ``program``'s settings raise for ``layers``."""
     with pytest.raises(program.error) as error:
         program.settings.load(**layers)

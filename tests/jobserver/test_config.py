@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from infra.settings_layers import env_name, flag_name
 from jobserver.config import ConfigError, Settings
-from jobserver.settings_layers import env_name, flag_name
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "config" / "jobserver.toml"
 

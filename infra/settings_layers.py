@@ -14,9 +14,8 @@ Unknown prefixed environment variables are reported through ``warn`` and ignored
 file are an error. :meth:`LayeredSettings.add_flags` gives each setting its
 ``--kebab-name`` flag, with its description and default in ``--help``.
 
-This file has an identical twin: ``proxy/settings_layers.py`` and
-``jobserver/settings_layers.py``, since the two packages never import each other
-(DESIGN §1). Change both; ``tests/test_settings_layers.py`` checks that they match.
+Both programs' settings derive from it (``proxy.config``, ``jobserver.config``), so a
+bad value reads the same in either; ``tests/test_settings_layers.py`` checks that.
 """
 
 from __future__ import annotations
