@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infra.errors import error_body
 from jobserver import openapi, predictions
 from jobserver.bodies import StartRequest, parse_start_request, parse_verify_request, read_body
 from jobserver.callbacks import CallbackSender
@@ -75,12 +76,12 @@ def begin_drain(state: Mapping[str, Any]) -> None:
 def _error_response(
     status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONAnswer:
-    return JSONAnswer({"error": error, "detail": detail}, status_code=status, headers=headers)
+    return JSONAnswer(error_body(error, detail), status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONAnswer(exc.body(), status_code=exc.status, headers=exc.headers())
+    return JSONAnswer(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _invalid_bundle(request: Request, exc: Exception) -> Response:

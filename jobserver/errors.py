@@ -2,8 +2,10 @@
 
 Handlers and the job runner raise these; ``jobserver.app`` answers them as JSON
 ``{"error": "<word>", "detail": "<sentence>"}`` (:meth:`ApiError.body`, with the headers
-of :meth:`ApiError.headers`) in its one ``EXCEPTION_HANDLERS`` table.
-No handler builds an error response by hand.
+of :attr:`ApiError.headers`) in its one ``EXCEPTION_HANDLERS`` table.
+No handler builds an error response by hand. That shape, and whole-second
+``Retry-After``, is :class:`infra.errors.AnsweredError`'s, which the proxy's errors share;
+the hierarchy below is the job server's own.
 
     ApiError                    500 internal_error; each subclass sets status and word
     ├── BadRequest              400 bad_request: the body is not a valid request
@@ -42,58 +44,46 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.errors import AnsweredError
 from jobserver.proofs import BundleCheck
 
 
-class ApiError(Exception):
+class ApiError(AnsweredError):
     """An error answered to the client; subclasses set the status and the word."""
 
-    status = 500
-    error = "internal_error"
-
     def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
-
-    def headers(self) -> dict[str, str] | None:
-        if self.retry_after is None:
-            return None
-        return {"retry-after": str(self.retry_after)}
+        super().__init__(detail, retry_after=retry_after)
 
 
 class BadRequest(ApiError):
-    status = 400
+    status_code = 400
     error = "bad_request"
 
 
 class BodyTooLarge(ApiError):
-    status = 413
+    status_code = 413
     error = "body_too_large"
 
 
 class JobNotFound(ApiError):
-    status = 404
+    status_code = 404
     error = "not_found"
 
 
 class StatusFailed(ApiError):
-    status = 500
+    status_code = 500
     error = "status_failed"
 
 
 class AccountUnknown(ApiError):
-    status = 422
+    status_code = 422
     error = "unknown_account"
 
 
 class InvalidProof(ApiError):
     """A readable bundle with proofs that do not check: the answer lists them."""
 
-    status = 422
+    status_code = 422
     error = "invalid_proof"
 
     def __init__(self, check: BundleCheck) -> None:
@@ -116,13 +106,13 @@ class StartRefused(ApiError):
     def __init__(self, status: int, detail: str) -> None:
         # A 503 tells the client when to come back, as a real overloaded server would.
         super().__init__(detail, retry_after=1 if status == 503 else None)
-        self.status = status
+        self.status_code = status
 
 
 class QueueFull(ApiError):
     """``max_running`` jobs run and ``queue_size`` more wait: no room for another."""
 
-    status = 503
+    status_code = 503
     error = "busy"
 
     def __init__(self, running: int, queued: int, retry_after: int) -> None:
@@ -133,7 +123,7 @@ class QueueFull(ApiError):
 
 
 class ShuttingDown(ApiError):
-    status = 503
+    status_code = 503
     error = "shutting_down"
 
     def __init__(self) -> None:
@@ -141,7 +131,7 @@ class ShuttingDown(ApiError):
 
 
 class ClientGone(ApiError):
-    status = 499
+    status_code = 499
     error = "client_closed"
 
     def __init__(self) -> None:
@@ -149,7 +139,7 @@ class ClientGone(ApiError):
 
 
 class RequestTimeout(ApiError):
-    status = 504
+    status_code = 504
     error = "timeout"
 
 
@@ -161,20 +151,21 @@ class DetailOnly(ApiError):
 
 
 class Unauthenticated(DetailOnly):
-    status = 401
+    status_code = 401
     error = "unauthenticated"
 
-    def headers(self) -> dict[str, str] | None:
+    @property
+    def headers(self) -> dict[str, str]:
         return {"www-authenticate": "Bearer"}
 
 
 class InvalidPrediction(DetailOnly):
-    status = 422
+    status_code = 422
     error = "invalid_prediction"
 
 
 class PredictionNotFound(DetailOnly):
-    status = 404
+    status_code = 404
     error = "not_found"
 
     def __init__(self) -> None:

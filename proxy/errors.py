@@ -3,7 +3,10 @@
 Library errors (httpx, Redis) are translated into these at one boundary each
 (``proxy.upstream`` and ``proxy.shared``); ``proxy.app`` maps them to JSON responses in
 one exception handler. Route handlers never build error responses by hand. An error
-about a job that the job server did start carries its ``job_id`` in the body.
+about a job that the job server did start carries its ``job_id`` in the body. The
+shape of every error answer (``{"error", "detail"}``, whole-second ``Retry-After``) is
+that of their base, :class:`infra.errors.AnsweredError`, which the job server's errors
+share; the hierarchy below is the proxy's own.
 
     ProxyError                      500 internal_error
     ├── BadRequest                  400 bad_request
@@ -33,31 +36,26 @@ from typing import Any
 
 import orjson
 
+from infra.errors import AnsweredError
 from proxy.answers import Answer, encode, json_answer
 
 #: The most characters of a job server's answer an error's sentence quotes.
 SAID_LENGTH = 200
 
 
-class ProxyError(Exception):
+class ProxyError(AnsweredError):
     """Base of every error the proxy answers with; ``detail`` is a human sentence."""
 
-    status_code: int = 500
-    error: str = "internal_error"
-
-    def __init__(self, detail: Any = None, *, job_id: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail if detail is not None else (self.__doc__ or "").strip()
+    def __init__(
+        self, detail: Any = None, *, job_id: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
         #: The job server's job this error is about, when one was started: the client
         #: can follow it (``GET /status/{id}``) instead of starting another.
         self.job_id = job_id
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {}
-
     def body(self) -> dict[str, Any]:
-        body = {"error": self.error, "detail": self.detail}
+        body = super().body()
         if self.job_id is not None:
             body["job_id"] = self.job_id
         return body
@@ -182,12 +180,7 @@ class Unavailable(ProxyError):
     def __init__(
         self, detail: Any = None, *, retry_after: float = 1.0, job_id: str | None = None
     ) -> None:
-        super().__init__(detail, job_id=job_id)
-        self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        super().__init__(detail, job_id=job_id, retry_after=retry_after)
 
 
 class AtCapacity(Unavailable):
