@@ -7,12 +7,16 @@ the bodies against them. Schemathesis fuzzes the server against it.
 :func:`document` puts together the part of the dialect the server speaks (its paths and
 components: the work sample's, :func:`work_sample_part`, is here; the predictions
 dialect's is :func:`jobserver.predictions.openapi_part`) and the routes every dialect has.
+The document's form (its frame, error answers, ``/healthz`` and ``/openapi.json``) is
+:mod:`infra.openapi`'s, as the proxy's is.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import infra.openapi
+from infra.openapi import JSON, error, json_content, ref
 from jobserver import proofs
 from jobserver.bodies import (
     ACCOUNT_MAX_LENGTH,
@@ -27,33 +31,12 @@ JOB_ID_PATTERN = "^[1-9a-f][0-9a-f]{12,15}$"  # 13 to 16 digits, no leading zero
 STARTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 PROOF_PATTERN = f"^{proofs.PROOF_PATTERN.pattern}$"
 
-JSON = "application/json"
 TOO_LARGE = "the body is larger than {} bytes"
+#: The Retry-After of a 503 (``jobserver.errors``: at capacity, an injected fault).
+RETRY_AFTER = infra.openapi.retry_after(minimum=0, required=False)
 
 #: What a dialect adds to the document: its paths, and its components by section.
 Part = tuple[dict[str, Any], dict[str, Any]]
-
-
-def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def json_content(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    """An answer or body of ``schema``, in JSON."""
-    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
-
-
-def error(description: str, *, retry_after: bool = False, schema: str = "Error") -> dict[str, Any]:
-    """An error answer, with a Retry-After header when ``retry_after``."""
-    if not retry_after:
-        return json_content(ref(schema), description)
-    headers = {
-        "Retry-After": {
-            "description": "seconds to wait before trying again",
-            "schema": {"type": "integer", "minimum": 0},
-        }
-    }
-    return json_content(ref(schema), description, headers=headers)
 
 
 def _work_sample_schemas() -> dict[str, Any]:
@@ -202,11 +185,7 @@ def _common_schemas() -> dict[str, Any]:
                 },
             },
         },
-        "Error": {
-            "type": "object",
-            "required": ["error", "detail"],
-            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-        },
+        "Error": infra.openapi.error_schema(),
     }
 
 
@@ -250,7 +229,8 @@ def work_sample_part(settings: Settings) -> Part:
         "413": error(TOO_LARGE.format(settings.max_body_size)),
         "500": error("an injected fault, or a bug"),
         "503": error(
-            "at capacity (max_running + queue_size), or an injected fault", retry_after=True
+            "at capacity (max_running + queue_size), or an injected fault",
+            retry_after=RETRY_AFTER,
         ),
         "504": error("the request did not end within request_timeout"),
     }
@@ -312,20 +292,8 @@ def _common_paths(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness",
-                "operationId": "healthz",
-                "responses": {"200": json_content(ref("Health"), "the server is up")},
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {"200": json_content({"type": "object"}, "the OpenAPI document")},
-            }
-        },
+        "/healthz": infra.openapi.liveness_route("the server is up"),
+        "/openapi.json": infra.openapi.document_route(),
     }
 
 
@@ -334,19 +302,13 @@ def document(
 ) -> dict[str, Any]:
     """The OpenAPI 3.0 document of this server's API: a dialect's ``paths`` and
     ``components`` (:data:`Part`), and the routes every dialect has."""
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "jobserver",
-            "version": "0.1.0",
-            "description": (
-                "A simulated job server: one request at a time per account, jobs that run "
-                "for a while, proofs of completion and signed callbacks."
-            ),
-        },
-        "paths": paths | _common_paths(settings),
-        "components": {
+    return infra.openapi.document(
+        "jobserver",
+        "A simulated job server: one request at a time per account, jobs that run for a "
+        "while, proofs of completion and signed callbacks.",
+        paths=paths | _common_paths(settings),
+        components={
             **components,
             "schemas": components.get("schemas", {}) | _common_schemas(),
         },
-    }
+    )

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infra.openapi import JSON, error, json_content, ref
 from jobserver import openapi
 from jobserver.bodies import (
     CALLBACK_MAX_LENGTH,
@@ -44,7 +45,6 @@ from jobserver.config import Settings
 from jobserver.errors import PredictionNotFound
 from jobserver.faults import RandomStreams
 from jobserver.jobs import CallbackEvent, Job, JobState, utc_timestamp
-from jobserver.openapi import JSON, error, json_content, ref
 from jobserver.starts import (
     AppState,
     Dialect,
@@ -187,7 +187,7 @@ def openapi_part(settings: Settings) -> openapi.Part:
             f"seconds pass (at most {PREFER_WAIT_MAX}, the default), then answer it as it stands"
         ),
     }
-    not_found = openapi.error("no such prediction, or it expired", schema="Detail")
+    not_found = error("no such prediction, or it expired", schema="Detail")
     webhook = {
         "predictionEvent": {
             "{$request.body#/webhook}": {
@@ -239,7 +239,7 @@ def openapi_part(settings: Settings) -> openapi.Part:
                     "500": error("an injected fault, or a bug"),
                     "503": error(
                         "at capacity (max_running + queue_size), or an injected fault",
-                        retry_after=True,
+                        retry_after=openapi.RETRY_AFTER,
                     ),
                     "504": error("the request did not end within request_timeout"),
                 },

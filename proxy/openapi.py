@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.openapi import (
+    JSON,
+    document,
+    document_route,
+    error,
+    error_schema,
+    json_content,
+    liveness_route,
+    ref,
+    retry_after,
+)
 from proxy.bodies import CALLBACK_URL, MAX_ACCOUNT_LENGTH, MAX_CALLBACK_LENGTH
 from proxy.dialect import Dialect
 from proxy.idempotency import MAX_KEY_LENGTH
@@ -18,29 +29,9 @@ CALLBACK_PATTERN = f"^{CALLBACK_URL}$"
 # Printable ASCII without surrounding spaces, which HTTP would strip.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 
-_JSON = "application/json"
 _PROMETHEUS = "text/plain"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": schema}}, **extra}
-
-
-def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-    if not retry_after:
-        return _json(_ref("Error"), description)
-    headers = {
-        "Retry-After": {
-            "description": "seconds to wait before trying again",
-            "required": True,
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    }
-    return _json(_ref("Error"), description, headers=headers)
+# Every 503 of the proxy has one (``proxy.errors.Unavailable``).
+_RETRY_AFTER = retry_after(minimum=1, required=True)
 
 
 SCHEMAS: dict[str, Any] = {
@@ -126,19 +117,13 @@ SCHEMAS: dict[str, Any] = {
             "pending": {"type": "integer", "minimum": 0},
         },
     },
-    "Error": {
-        "type": "object",
-        "required": ["error", "detail"],
-        "properties": {
-            "error": {"type": "string", "description": "a short machine word"},
-            "detail": {"type": "string", "description": "a human sentence"},
-            "job_id": {
-                "type": "string",
-                "description": "the job server's job the error is about, when one was started",
-            },
-            "upstream": {"description": "upstream_rejected: the job server's answer, whole"},
+    "Error": error_schema(
+        job_id={
+            "type": "string",
+            "description": "the job server's job the error is about, when one was started",
         },
-    },
+        upstream={"description": "upstream_rejected: the job server's answer, whole"},
+    ),
 }
 
 _IDEMPOTENCY_KEY = {
@@ -203,16 +188,16 @@ def _start_operation(operation_id: str, summary: str) -> dict[str, Any]:
         "summary": summary,
         "operationId": operation_id,
         "parameters": [_IDEMPOTENCY_KEY, _PREFER, _ACCEPT],
-        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("JobRequest")}}},
+        "requestBody": {"required": True, "content": {JSON: {"schema": ref("JobRequest")}}},
         "responses": {
             "200": {
                 "description": "wait true: the finished job (a failed job too, with state "
                 "failed), or its events with Accept: text/event-stream; wait false: the job "
                 "server's answer",
-                "content": {_JSON: {"schema": _ref("Job")}, **_EVENT_STREAM},
+                "content": {JSON: {"schema": ref("Job")}, **_EVENT_STREAM},
             },
-            "202": _json(
-                _ref("RunningJob"),
+            "202": json_content(
+                ref("RunningJob"),
                 "Prefer: the job goes on; come back at Location",
                 headers={
                     **_LOCATION,
@@ -220,31 +205,27 @@ def _start_operation(operation_id: str, summary: str) -> dict[str, Any]:
                     "Preference-Applied": {"schema": {"type": "string"}},
                 },
             ),
-            "400": _error("the body is not a valid job request; the detail names the field"),
-            "413": _error("the body is larger than max_body_size"),
-            "422": _error("this Idempotency-Key was used with another body"),
-            "4XX": _error("the job server refused the request (upstream_rejected)"),
-            "502": _error(
+            "400": error("the body is not a valid job request; the detail names the field"),
+            "413": error("the body is larger than max_body_size"),
+            "422": error("this Idempotency-Key was used with another body"),
+            "4XX": error("the job server refused the request (upstream_rejected)"),
+            "502": error(
                 "the job server is unreachable, answered something unusable, or lost the "
                 "job (job_lost, with job_id)"
             ),
-            "503": _error("at capacity, shutting down, or Redis unreachable", retry_after=True),
-            "504": _error("the job did not finish within job_deadline"),
+            "503": error(
+                "at capacity, shutting down, or Redis unreachable", retry_after=_RETRY_AFTER
+            ),
+            "504": error("the job did not finish within job_deadline"),
         },
     }
 
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {
-        "title": "jobproxy",
-        "version": "0.1.0",
-        "description": (
-            "Holds blocking job requests open while the job runs on a job server that "
-            "allows one connection per account, and answers them when its callback arrives."
-        ),
-    },
-    "paths": {
+OPENAPI: dict[str, Any] = document(
+    "jobproxy",
+    "Holds blocking job requests open while the job runs on a job server that allows one "
+    "connection per account, and answers them when its callback arrives.",
+    paths={
         "/proxy": {"post": _start_operation("proxy", "Run a job, holding the request until done")},
         "/start": {"post": _start_operation("start", "Alias of POST /proxy")},
         "/": {"post": _start_operation("root", "Alias of POST /proxy, at the bare base URL")},
@@ -265,8 +246,8 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {
                     "required": True,
                     "content": {
-                        _JSON: {
-                            "schema": _ref("CallbackJob"),
+                        JSON: {
+                            "schema": ref("CallbackJob"),
                             "example": {
                                 "id": "0123456789abcdef",
                                 "state": "completed",
@@ -277,12 +258,12 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "200": _json(_ref("CallbackReceipt"), "the callback was taken"),
-                    "400": _error("the body is not a job, or not the job of this token"),
-                    "401": _error("the signature is missing, stale or wrong (secret set)"),
-                    "404": _error("unknown or already answered token"),
-                    "413": _error("the body is larger than max_body_size"),
-                    "503": _error("Redis is unreachable (shared mode)", retry_after=True),
+                    "200": json_content(ref("CallbackReceipt"), "the callback was taken"),
+                    "400": error("the body is not a job, or not the job of this token"),
+                    "401": error("the signature is missing, stale or wrong (secret set)"),
+                    "404": error("unknown or already answered token"),
+                    "413": error("the body is larger than max_body_size"),
+                    "503": error("Redis is unreachable (shared mode)", retry_after=_RETRY_AFTER),
                 },
             }
         },
@@ -313,31 +294,27 @@ OPENAPI: dict[str, Any] = {
                         "description": "the finished job, the job still running (with "
                         "Retry-After), or its events",
                         "content": {
-                            _JSON: {"schema": {"oneOf": [_ref("Job"), _ref("RunningJob")]}},
+                            JSON: {"schema": {"oneOf": [ref("Job"), ref("RunningJob")]}},
                             **_EVENT_STREAM,
                         },
                     },
-                    "404": _error("no job is known by this ref (never issued, or expired)"),
-                    "502": _error("the job ended in an upstream error"),
-                    "503": _error("the job ended when the proxy shut down", retry_after=True),
-                    "504": _error("the job did not finish within job_deadline"),
+                    "404": error("no job is known by this ref (never issued, or expired)"),
+                    "502": error("the job ended in an upstream error"),
+                    "503": error(
+                        "the job ended when the proxy shut down", retry_after=_RETRY_AFTER
+                    ),
+                    "504": error("the job did not finish within job_deadline"),
                 },
             }
         },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness",
-                "operationId": "healthz",
-                "responses": {"200": _json(_ref("Health"), "the proxy is up")},
-            }
-        },
+        "/healthz": liveness_route("the proxy is up"),
         "/readyz": {
             "get": {
                 "summary": "Readiness: the job server (and Redis, if used) is reachable",
                 "operationId": "readyz",
                 "responses": {
-                    "200": _json(_ref("Ready"), "ready; pending counts held requests"),
-                    "503": _error("a dependency is unreachable", retry_after=True),
+                    "200": json_content(ref("Ready"), "ready; pending counts held requests"),
+                    "503": error("a dependency is unreachable", retry_after=_RETRY_AFTER),
                 },
             }
         },
@@ -353,16 +330,10 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
-            }
-        },
+        "/openapi.json": document_route(),
     },
-    "components": {"schemas": SCHEMAS},
-}
+    components={"schemas": SCHEMAS},
+)
 
 
 def openapi_document(dialect: Dialect) -> dict[str, Any]:
