@@ -36,9 +36,9 @@ from typing import Any
 
 import uvicorn
 
-from infra.serving import bind_socket, listening_url
+from infra.serving import bind_socket, listening_url, tune_gc
 from proxy.config import Settings
-from proxy.server import tune_gc, uvicorn_config
+from proxy.server import uvicorn_config
 
 STARTUP_FAILURE = 3
 HOLD_PATH = "/hold"

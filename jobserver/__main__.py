@@ -13,7 +13,6 @@ names the TOML file when ``--config`` is not given.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import math
 import os
@@ -25,7 +24,14 @@ from pathlib import Path
 import uvicorn
 
 from infra.head import bounded_head_protocol
-from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
+from infra.serving import (
+    OrderlyServer,
+    bind_socket,
+    changed_settings,
+    configure_logging,
+    listening_url,
+    tune_gc,
+)
 from jobserver.app import begin_drain, create_app
 from jobserver.config import ConfigError, Settings
 from jobserver.proofs import InvalidBundle, check_bundle, decode_bundle
@@ -38,8 +44,6 @@ EXIT_OK = 0
 PROOF_INVALID = 1
 USAGE_ERROR = 2  # argparse's own exit code
 STARTUP_FAILURE = 3  # as uvicorn's
-GC_THRESHOLD = 7_000
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 USAGE = """\
 jobserver [--host 127.0.0.1] [--port 8001] [--config PATH] [--<setting> VALUE ...]
@@ -137,14 +141,10 @@ def say(lines: Sequence[str], code: int) -> int:
 
 def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     """Run the server until SIGTERM or SIGINT; exit 0 then."""
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(settings.log_level)
     for warning in warnings:
         logger.warning("%s", warning)
-    # httpx logs every request at INFO: one line per callback would swamp a benchmark.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    # Thousands of jobs in flight allocate fast; the default young-generation threshold
-    # (700) would run a collection every few requests.
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
+    tune_gc()
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from infra.serving import configure_logging
 from proxy.config import ConfigError, Settings
 from proxy.server import serve
 
@@ -52,15 +53,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"jobproxy: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     for warning in warnings:
         logger.warning("%s", warning)
-    # httpx logs every outbound request at INFO: one line per job is noise, and CPU.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
         started = serve(settings)
     except OSError as exc:

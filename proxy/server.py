@@ -20,7 +20,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from infra.head import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADERS, bounded_head_protocol
-from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url
+from infra.serving import OrderlyServer, bind_socket, changed_settings, listening_url, tune_gc
 from proxy.app import create_app
 from proxy.config import Settings, reachable_url
 from proxy.healthcheck import forget_address, record_address
@@ -30,14 +30,6 @@ logger = logging.getLogger(__name__)
 
 # After the drain every held request has its answer; this bounds sending them.
 CLOSE_GRACE = 5
-GC_THRESHOLD = 7_000
-
-
-def tune_gc() -> None:
-    """The collector's settings for a process that holds thousands of requests."""
-    # Each held request allocates a few dozen objects; with thousands in flight the
-    # default young-generation threshold (700) runs a collection every few requests.
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
 def uvicorn_config(
