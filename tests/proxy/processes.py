@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from bench.harness import ServerProcess, script_path
-from tests.conftest import run_program
+from tests.conftest import eventually, run_program
 from tests.proxy.conftest import sample
 
 
@@ -58,8 +58,14 @@ async def metric(proxy_url: str, name: str) -> float:
 async def wait_for_metric(
     proxy_url: str, name: str, reached: Callable[[float], bool], timeout: float = 10
 ) -> float:
-    """Poll another process's metric until ``reached``: no event crosses the process line."""
-    async with asyncio.timeout(timeout):
-        while not reached(value := await metric(proxy_url, name)):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    """Poll another process's metric until ``reached``: no event crosses the process line.
+    Returns the value that reached it."""
+    value = 0.0
+
+    async def is_reached() -> bool:
+        nonlocal value
+        value = await metric(proxy_url, name)
+        return reached(value)
+
+    await eventually(is_reached, timeout=timeout, interval=0.02)
     return value

@@ -59,9 +59,12 @@ async def test_jobs_a_restarted_job_server_forgot_are_answered_job_lost() -> Non
             for n in range(100)
         ]
         await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 100)
-        async with asyncio.timeout(10):
-            while (await client.get(f"{forgetful.url}/healthz")).json()["jobs_started"] < 100:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+
+        async def all_started() -> bool:
+            health = (await client.get(f"{forgetful.url}/healthz")).json()
+            return bool(health["jobs_started"] >= 100)
+
+        await eventually(all_started, timeout=10, interval=0.05)
         await forgetful.stop()
         port = forgetful.url.rsplit(":", 1)[1]
         async with run_program("jobserver", "--port", port):
@@ -122,9 +125,11 @@ async def test_while_draining_callbacks_get_in_and_new_requests_get_503() -> Non
         ]
         await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 5)
         proxy.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            while (await client.get(f"{proxy.url}/readyz")).status_code != 503:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+
+        async def draining() -> bool:
+            return (await client.get(f"{proxy.url}/readyz")).status_code == 503
+
+        await eventually(draining, timeout=10)
         late = await client.post(f"{proxy.url}/proxy", json={"account": "x", "wait": True})
         polled = await metric(proxy.url, 'jobproxy_status_poll_fallbacks_total{answered_by="poll"}')
         answers = await asyncio.gather(*held)

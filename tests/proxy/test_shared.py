@@ -18,7 +18,7 @@ from bench.harness import ServerProcess
 from proxy.dialect import load_dialect
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
 from proxy.waiters import WaiterRegistry, token_mac
-from tests.conftest import closed_port, run_program
+from tests.conftest import closed_port, eventually, run_program
 from tests.proxy.conftest import jobclient_in_process
 from tests.proxy.processes import metric, wait_for_metric
 
@@ -88,9 +88,12 @@ async def replica(
 
 
 async def wait_for_ready(proxy: ServerProcess) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(10):
-        while (await client.get(f"{proxy.url}/readyz")).status_code != 200:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    async with httpx.AsyncClient() as client:
+
+        async def ready() -> bool:
+            return (await client.get(f"{proxy.url}/readyz")).status_code == 200
+
+        await eventually(ready, timeout=10, interval=0.02)
 
 
 async def jobs_started(jobserver: ServerProcess) -> int:
@@ -126,9 +129,11 @@ async def test_retry_on_another_replica_gets_the_same_job(redis_server: RedisSer
     ):
         first = asyncio.ensure_future(client.post(f"{a.url}/proxy", json=body, headers=headers))
         await wait_for_metric(a.url, "jobproxy_pending_jobs", lambda v: v >= 1)
-        async with asyncio.timeout(5):
-            while await jobs_started(jobserver) < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+
+        async def job_started() -> bool:
+            return await jobs_started(jobserver) >= 1
+
+        await eventually(job_started, timeout=5, interval=0.02)
         a.process.send_signal(signal.SIGKILL)
         with pytest.raises(httpx.TransportError):
             await first
@@ -225,9 +230,13 @@ async def redis_keys(redis_url: str) -> tuple[int, int]:
 
 async def wait_for_replicas(proxy: ServerProcess, expected: list[str]) -> None:
     """Until ``proxy`` sees exactly ``expected`` as the live replicas."""
-    async with httpx.AsyncClient() as client, asyncio.timeout(15):
-        while (await client.get(f"{proxy.url}/readyz")).json().get("replicas") != expected:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    async with httpx.AsyncClient() as client:
+
+        async def seen() -> bool:
+            replicas = (await client.get(f"{proxy.url}/readyz")).json().get("replicas")
+            return bool(replicas == expected)
+
+        await eventually(seen, timeout=15, interval=0.05)
 
 
 async def test_forged_callbacks_write_nothing_to_redis(redis_server: RedisServer) -> None:
