@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import uvicorn
 from _pytest.terminal import TerminalReporter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bench import harness
 from bench.harness import ServerProcess
@@ -150,10 +150,14 @@ async def app_lifespan(app: ASGIApp) -> AsyncIterator[tuple[ASGIApp, dict[str, A
     as uvicorn gives it) and that state itself, for tests that look inside.
     """
     state: dict[str, Any] = {}
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
     scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
-    running = asyncio.create_task(app(scope, inbox.get, outbox.put))
+
+    async def run_lifespan() -> None:
+        await app(scope, inbox.get, outbox.put)
+
+    running = asyncio.create_task(run_lifespan())
 
     async def step(message: str) -> None:
         await inbox.put({"type": f"lifespan.{message}"})

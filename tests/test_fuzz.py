@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import ignored_auth, not_a_server_error
 
 from jobserver.app import create_app as create_jobserver_app
+from jobserver.config import DialectName
 from jobserver.config import Settings as JobServerSettings
 from proxy.app import create_app as create_proxy_app
 from proxy.config import Settings as ProxySettings
@@ -81,7 +82,7 @@ def _proxy_app() -> Any:
     return create_proxy_app(proxy_settings, transport=httpx.MockTransport(FakeJobServer().handle))
 
 
-def _jobserver_app(dialect: str = "work-sample") -> Any:
+def _jobserver_app(dialect: DialectName = "work-sample") -> Any:
     jobserver_settings = JobServerSettings(
         dialect=dialect,
         job_duration=0.01,

@@ -38,7 +38,8 @@ async def test_ctrl_c_during_the_demo_says_it_was_interrupted() -> None:
         async with httpx.AsyncClient(base_url=found.group(1).decode()) as client:
 
             async def jobs_running() -> bool:
-                return (await client.get("/healthz")).json()["jobs_started"] >= 1
+                started: int = (await client.get("/healthz")).json()["jobs_started"]
+                return started >= 1
 
             await eventually(jobs_running, timeout=WAIT)
         os.killpg(process.pid, signal.SIGINT)

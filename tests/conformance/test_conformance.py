@@ -47,7 +47,7 @@ async def system(
     kind = UPSTREAMS[shape]
     async with (
         kind.run(faults) as upstream,
-        proxy_in_front(upstream, upstream_dialect=kind.speaker.dialect, **settings) as proxy,
+        proxy_in_front(upstream.url, upstream_dialect=kind.speaker.dialect, **settings) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=WAIT) as http,
     ):
         yield upstream, proxy, Client(http, kind.speaker)

@@ -114,11 +114,6 @@ class TasksServer:
         return JSONResponse({"task": task})
 
 
-@dataclass
-class Served:
-    url: str
-
-
 @contextlib.asynccontextmanager
 async def tasks_system(
     tmp_path: Path, server: TasksServer, **settings: Any
@@ -134,7 +129,7 @@ async def tasks_system(
     )
     async with (
         run_server(app) as url,
-        proxy_in_front(Served(url), upstream_dialect=str(dialect), **settings) as proxy,
+        proxy_in_front(url, upstream_dialect=str(dialect), **settings) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=WAIT) as client,
     ):
         yield client

@@ -40,7 +40,7 @@ async def test_signed_callbacks_are_taken(dialect: str) -> None:
     speaker: Speaker = SPEAKERS[dialect]
     async with (
         signing_simulator(dialect, SECRET) as upstream,
-        proxy_in_front(upstream, upstream_dialect=dialect, callback_secret=SECRET) as proxy,
+        proxy_in_front(upstream.url, upstream_dialect=dialect, callback_secret=SECRET) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=20) as client,
     ):
         answers = await asyncio.gather(
@@ -67,7 +67,7 @@ async def test_callbacks_signed_with_another_secret_are_refused(dialect: str) ->
     wrong = "whsec_" + "YW5vdGhlci1zZWNyZXQtYWx0b2dldGhlcg=="
     async with (
         signing_simulator(dialect, wrong) as upstream,
-        proxy_in_front(upstream, upstream_dialect=dialect, callback_secret=SECRET) as proxy,
+        proxy_in_front(upstream.url, upstream_dialect=dialect, callback_secret=SECRET) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=20) as client,
     ):
         answers = await asyncio.gather(

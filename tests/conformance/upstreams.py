@@ -73,8 +73,12 @@ SPEAKERS = {
 class Upstream(Protocol):
     """A running job server, as the conformance tests see it."""
 
-    url: str
     honours_disconnects: bool
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
+        ...
 
     async def count(self, name: str) -> int:
         """``jobs_started``, ``status_polls`` or ``starts_abandoned`` so far."""
@@ -200,12 +204,13 @@ class ProxyInFront:
 
 
 @contextlib.asynccontextmanager
-async def proxy_in_front(upstream: Upstream, **settings: Any) -> AsyncIterator[ProxyInFront]:
-    """The proxy app on a real port in front of ``upstream``, its own callbacks included."""
+async def proxy_in_front(upstream_url: str, **settings: Any) -> AsyncIterator[ProxyInFront]:
+    """The proxy app on a real port in front of the job server at ``upstream_url``, its own
+    callbacks included."""
     sock = loopback_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     proxy_settings = Settings(
-        **{"upstream_url": upstream.url, "public_url": url, "poll_initial": 0.3, **settings}
+        **{"upstream_url": upstream_url, "public_url": url, "poll_initial": 0.3, **settings}
     )
     async with (
         app_lifespan(create_app(proxy_settings)) as (app, state),

@@ -32,11 +32,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from jobserver.app import AppState, create_app
+from jobserver.app import create_app
 from jobserver.callbacks import CallbackSender
 from jobserver.config import Settings
 from jobserver.connections import IDLE_EXPIRY, ConnectionPool
 from jobserver.faults import FaultInjector, RandomStreams
+from jobserver.starts import AppState
 from tests.conftest import app_lifespan, loopback_socket, run_server
 
 FAST_JOBS: dict[str, Any] = {"job_duration": 0.05, "job_duration_spread": 0.0}
@@ -85,8 +86,8 @@ class HeldReceiver:
     answer until :meth:`release`; ``arrived`` gets each callback's job as it comes."""
 
     def __init__(self) -> None:
-        self.arrived: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-        self.jobs: list[dict[str, str]] = []
+        self.arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.jobs: list[dict[str, Any]] = []
         self._released = asyncio.Event()
 
     def transport(self) -> httpx.ASGITransport:
@@ -99,7 +100,7 @@ class HeldReceiver:
 
         return httpx.ASGITransport(Starlette(routes=[Route("/hook", hook, methods=["POST"])]))
 
-    async def next(self, timeout: float = DELIVERY_TIMEOUT) -> dict[str, str]:
+    async def next(self, timeout: float = DELIVERY_TIMEOUT) -> dict[str, Any]:
         """The next callback's job, waiting at most ``timeout`` seconds."""
         return await asyncio.wait_for(self.arrived.get(), timeout)
 

@@ -67,8 +67,11 @@ def as_request(origin: Origin, data: bytes) -> httpx.Request:
     request_line, *lines = head.decode("ascii").split("\r\n")
     method, target, version = request_line.split(" ")
     assert (method, version) == ("POST", "HTTP/1.1")
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
-    assert all(len(header) == 2 for header in headers)
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        name, colon, value = line.partition(":")
+        assert colon, line
+        headers.append((name.strip(), value.strip()))
     url = f"{origin.scheme}://{origin.host}:{origin.port}{target}"
     # httpx keeps the content-length given (it only fills in missing headers).
     request = httpx.Request(method, url, headers=headers, content=body)

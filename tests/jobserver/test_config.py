@@ -133,7 +133,7 @@ def test_settings_are_frozen() -> None:
     """Settings cannot change after start-up."""
     settings = Settings()
     with pytest.raises(ValidationError, match="frozen"):
-        settings.port = 1  # type: ignore[misc]
+        settings.port = 1
 
 
 def test_unknown_env_variables_are_warned_about_and_ignored(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -150,7 +151,7 @@ async def test_a_body_within_the_bound_is_read_and_the_connection_kept(answer: b
 
 async def test_a_receiver_that_never_answers_is_abandoned_after_its_attempts() -> None:
     """Each attempt ends at callback_timeout; after callback_attempts the callback is abandoned."""
-    settings = {"callback_attempts": 3, "callback_timeout": 0.05}
+    settings: dict[str, Any] = {"callback_attempts": 3, "callback_timeout": 0.05}
     async with raw_receiver([None] * 3) as receiver, sender_over(**settings) as sender:
         sender.schedule(httpx.URL(receiver.url), PAYLOAD, "job")
         assert await sender.drain(WAIT) == 0

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from jobserver.config import Settings
@@ -169,7 +170,7 @@ async def test_runner_completes_a_job_with_a_proof() -> None:
     store = JobStore(ttl=60.0)
     finished: list[Job] = []
     runner = make_runner(store, finished, secret="s")
-    job = runner.submit("acme", "http://127.0.0.1:1/cb")
+    job = runner.submit("acme", httpx.URL("http://127.0.0.1:1/cb"))
     await asyncio.wait_for(job.finished.wait(), WAIT)
     assert job.state is JobState.COMPLETED
     assert job.started_at is not None

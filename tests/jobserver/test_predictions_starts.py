@@ -113,7 +113,8 @@ async def test_start_latency_and_network_latency_delay_a_create(setting: str, tr
     """start_latency is spent once in the gate; latency on the way in (to the gate, where
     the create path is counted) and on the way out."""
     seconds = 0.2
-    async with predictions_inside(job_duration=60.0, **{setting: seconds}) as (client, _):
+    latency: dict[str, Any] = {setting: seconds}
+    async with predictions_inside(job_duration=60.0, **latency) as (client, _):
         began = time.monotonic()
         response = await create_prediction(client)
         elapsed = time.monotonic() - began
@@ -276,7 +277,11 @@ async def leave_at_the_gate(app: ASGIApp) -> int:
         "server": ("jobserver", 80),
         "client": ("127.0.0.1", 1),
     }
-    served = asyncio.create_task(app(scope, receive, send))
+
+    async def serve() -> None:
+        await app(scope, receive, send)
+
+    served = asyncio.create_task(serve())
     await asyncio.wait_for(watching.wait(), WAIT)
     inbox.put_nowait({"type": "http.disconnect"})
     await asyncio.wait_for(served, WAIT)

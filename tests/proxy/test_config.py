@@ -125,7 +125,7 @@ def test_with_changes_checks_the_new_values() -> None:
     with pytest.raises(ValidationError):
         settings.with_changes(poll_backoff_cap=0.001)
     with pytest.raises(ValidationError):
-        settings.port = 1  # type: ignore[misc]
+        settings.port = 1
     assert settings.port == 8000
 
 

@@ -20,7 +20,7 @@ PREDICTIONS = load_dialect("predictions")
 
 
 def _parse(fields: Any) -> JobRequest:
-    return WORK_SAMPLE.parse(json.dumps(fields).encode(), [], None)
+    return WORK_SAMPLE.parse(json.dumps(fields).encode(), [], False)
 
 
 def test_minimal_request() -> None:

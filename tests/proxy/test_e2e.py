@@ -61,8 +61,8 @@ async def test_jobs_a_restarted_job_server_forgot_are_answered_job_lost() -> Non
         await wait_for_metric(proxy.url, "jobproxy_pending_jobs", lambda v: v >= 100)
 
         async def all_started() -> bool:
-            health = (await client.get(f"{forgetful.url}/healthz")).json()
-            return bool(health["jobs_started"] >= 100)
+            started: int = (await client.get(f"{forgetful.url}/healthz")).json()["jobs_started"]
+            return started >= 100
 
         await eventually(all_started, timeout=10, interval=0.05)
         await forgetful.stop()

@@ -130,7 +130,7 @@ async def test_wait_false_retry_gets_the_same_running_answer(proxy: ProxyUnderTe
 @pytest.mark.parametrize("key", [b"", b"k" * 256, "clé".encode(), b"tab\there"])
 async def test_malformed_key_is_400(proxy: ProxyUnderTest, key: bytes) -> None:
     """An empty, overlong, non-ASCII or unprintable Idempotency-Key is a 400."""
-    response = await proxy.client.post("/proxy", json=BODY, headers={"Idempotency-Key": key})
+    response = await proxy.client.post("/proxy", json=BODY, headers={b"Idempotency-Key": key})
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["detail"]
 
