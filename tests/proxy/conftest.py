@@ -13,11 +13,13 @@ import contextlib
 import itertools
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,7 +34,9 @@ from jobserver.jobclient.run import run_jobs
 from jobserver.jobclient.verdict import judge, render_json
 from proxy.app import create_app
 from proxy.config import Settings
+from proxy.dialect import load_dialect
 from proxy.services import Services
+from proxy.upstream import Upstream, UpstreamAnswer
 from tests.conftest import app_lifespan, run_server
 
 PROXY_URL = "http://proxy.test"
@@ -164,6 +168,35 @@ def proxy_factory() -> ProxyFactory:
 async def proxy(proxy_factory: ProxyFactory) -> AsyncIterator[ProxyUnderTest]:
     async with proxy_factory() as built:
         yield built
+
+
+# The upstream client on its own (test_upstream.py, test_upstream_lanes.py).
+
+WORK_SAMPLE = load_dialect("work-sample")
+RUNNING = {"state": "running", "id": "0123456789abcdef"}
+
+
+def upstream_settings(**overrides: Any) -> Settings:
+    """The proxy's settings for an Upstream of its own, on httpx's pool unless overridden."""
+    values: dict[str, Any] = {
+        "upstream_url": UPSTREAM_URL,
+        "upstream_transport": "httpx",
+        "start_retry_budget": 2.0,
+        "start_timeout": 1.0,
+    }
+    return Settings(**(values | overrides))
+
+
+def start_in_lane(
+    upstream: Upstream, body: dict[str, Any], **options: Any
+) -> Awaitable[UpstreamAnswer]:
+    """Start ``body``'s job in the lane of its account, as the held path does."""
+    return upstream.start(body["account"], orjson.dumps(body), **options)
+
+
+def soon(seconds: float = 30.0) -> float:
+    """A deadline ``seconds`` from now."""
+    return time.monotonic() + seconds
 
 
 def sample(metrics: str, name: str) -> float:
