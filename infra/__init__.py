@@ -1,4 +1,5 @@
-"""What both servers need and neither owns: serving infrastructure, never protocol rules.
+"""What both servers need and neither owns: serving infrastructure and the HTTP/1.1 client
+(:mod:`infra.http1`), never protocol rules.
 
 ``proxy`` and ``jobserver`` never import each other; both may import this package. The
 job protocol's rules (request bodies, job ids, callback checks) are not here: each
