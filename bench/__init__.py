@@ -21,11 +21,12 @@ and the load generator alike.
 Modules: :mod:`bench.options` (what shapes a bench), :mod:`bench.servers` (starting the
 servers under test), :mod:`bench.scenarios` (what runs), :mod:`bench.load`,
 :mod:`bench.http`, :mod:`bench.dialects` and :mod:`bench.outcomes` (the generator, its
-HTTP client, the APIs it speaks, and what an answer means), :mod:`bench.floor` (the
-serving stack alone), :mod:`bench.procfs` (what a process spent), :mod:`bench.counters`
-(the proxy's own counters), :mod:`bench.stats` (the arithmetic), :mod:`bench.targets`
-(the verdicts), :mod:`bench.report` (tables, JSON), :mod:`bench.plot` (the PNGs),
-:mod:`bench.system` (machine, open-file limit).
+requests on the project's HTTP/1.1 client :mod:`infra.http1`, the APIs it speaks, and
+what an answer means), :mod:`bench.floor` (the serving stack alone), :mod:`bench.procfs`
+(what a process spent), :mod:`bench.counters` (the proxy's own counters),
+:mod:`bench.stats` (the arithmetic), :mod:`bench.targets` (the verdicts),
+:mod:`bench.report` (tables, JSON), :mod:`bench.plot` (the PNGs), :mod:`bench.system`
+(machine, open-file limit).
 
 Beside the benchmarks, the project's other tools that drive both servers at once:
 :mod:`bench.harness` (start a server's console script and wait for its ready line; the

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 
-from bench.http import MalformedResponse, fetch
+from bench.http import fetch
+from bench.outcomes import FAILURES
 
 SCRAPE_TIMEOUT = 5.0
 PREFIX = "jobproxy_"
@@ -37,7 +38,7 @@ async def scrape_counters(base_url: str) -> dict[str, float]:
     """The proxy's counters now; empty when it cannot say (the run's figures still stand)."""
     try:
         answer = await fetch(f"{base_url}/metrics", SCRAPE_TIMEOUT)
-    except (OSError, TimeoutError, MalformedResponse):
+    except FAILURES:
         return {}
     if answer.status != 200:
         return {}
@@ -48,7 +49,7 @@ async def scrape_sample(base_url: str, series: str) -> float | None:
     """One sample of the proxy's ``/metrics`` now (a gauge, say); None when it cannot say."""
     try:
         answer = await fetch(f"{base_url}/metrics", SCRAPE_TIMEOUT)
-    except (OSError, TimeoutError, MalformedResponse):
+    except FAILURES:
         return None
     for line in answer.body.decode(errors="replace").splitlines():
         name, _, value = line.rpartition(" ")

@@ -32,8 +32,9 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench.dialects import DIALECT_NAMES, DIALECTS, DialectName
-from bench.http import HttpAnswer, HttpConnection, MalformedResponse, build_get, build_post
+from bench.http import build_get, build_post, origin_of
 from bench.outcomes import (
+    FAILURES,
     LEFT,
     Verdict,
     error_kind,
@@ -41,8 +42,10 @@ from bench.outcomes import (
     final_event,
     first_examples,
     judge,
+    server_timing,
 )
 from bench.system import files_needed, raise_open_file_limit
+from infra.http1 import Answer, Http1Connection, Origin, open_connection
 
 Form = Literal["plain", "stream", "async"]
 
@@ -163,12 +166,11 @@ FORM_HEADERS = {
 
 
 async def _exchange(
-    host: str, port: int, request: bytes, plan: LoadPlan, written: list[float]
-) -> HttpAnswer | None:
+    origin: Origin, request: bytes, plan: LoadPlan, written: list[float]
+) -> Answer | None:
     """One request on a connection of its own (``written`` gets when it was on its way);
     None when the plan's client left first."""
-    loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(HttpConnection, host, port)
+    connection = await open_connection(origin)
     try:
         pending_answer = connection.send(request)
         written.append(time.perf_counter())
@@ -176,6 +178,7 @@ async def _exchange(
             return await pending_answer
         done, _ = await asyncio.wait((pending_answer,), timeout=plan.leave_after)
         if not done:
+            pending_answer.cancel()
             connection.reset()
             return None
         return pending_answer.result()
@@ -184,7 +187,7 @@ async def _exchange(
 
 
 async def _concurrent_request(
-    host: str, port: int, request: bytes, deadline: float, plan: LoadPlan
+    origin: Origin, request: bytes, deadline: float, plan: LoadPlan
 ) -> Sent:
     sent_at = time.time()
     started = time.perf_counter()
@@ -192,19 +195,19 @@ async def _concurrent_request(
     written: list[float] = []
     try:
         async with asyncio.timeout_at(deadline):
-            answer = await _exchange(host, port, request, plan, written)
+            answer = await _exchange(origin, request, plan, written)
             if answer is None:
                 return Sent(started, written[0], time.perf_counter(), Verdict(LEFT), None)
             if plan.form == "stream":
                 answer = final_event(answer)
             elif plan.form == "async" and answer.status == 202:
                 lag = server_timing(answer, b"accept")
-                location = urlsplit(answer.headers.get(b"location", b"").decode()).path
+                location = urlsplit((answer.header(b"location") or b"").decode()).path
                 wait = f"Prefer: wait={max(1, int(plan.timeout))}\r\n"
-                get = build_get(host, port, location, headers=wait)
-                answer = await _exchange(host, port, get, plan, []) or answer
+                get = build_get(origin.host, origin.port, location, headers=wait)
+                answer = await _exchange(origin, get, plan, []) or answer
         verdict = judge(answer, wait=plan.wait, dialect=DIALECTS[plan.dialect])
-    except (OSError, TimeoutError, MalformedResponse) as exc:
+    except FAILURES as exc:
         verdict = failure(error_kind(exc, connected=bool(written)), exc)
     start_delay = None if verdict.started_at is None else verdict.started_at - sent_at
     return Sent(
@@ -212,27 +215,14 @@ async def _concurrent_request(
     )
 
 
-def server_timing(answer: HttpAnswer, metric: bytes) -> float | None:
-    """Seconds a ``Server-Timing`` header gives for ``metric`` (its ``dur``, in ms)."""
-    for entry in answer.headers.get(b"server-timing", b"").split(b","):
-        name, _, params = entry.strip().partition(b";")
-        if name == metric and params.startswith(b"dur="):
-            try:
-                return float(params[4:]) / 1_000
-            except ValueError:
-                return None
-    return None
-
-
 async def run_concurrent(plan: LoadPlan) -> LoadResult:
     """Every request at once, each on its own connection."""
-    parts = urlsplit(plan.url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    origin = origin_of(plan.url)
     requests = [
         build_post(
-            host,
-            port,
-            parts.path,
+            origin.host,
+            origin.port,
+            urlsplit(plan.url).path,
             _body(plan, number),
             keep_alive=False,
             headers=FORM_HEADERS[plan.form] + _headers(plan, number),
@@ -243,7 +233,7 @@ async def run_concurrent(plan: LoadPlan) -> LoadResult:
     began = time.perf_counter()
     deadline = asyncio.get_running_loop().time() + plan.timeout
     results = await asyncio.gather(
-        *(_concurrent_request(host, port, request, deadline, plan) for request in requests)
+        *(_concurrent_request(origin, request, deadline, plan) for request in requests)
     )
     finished_at = [sent.finished - began for sent in results]
     written = [sent.written - began for sent in results if sent.written is not None]
@@ -261,33 +251,35 @@ async def run_concurrent(plan: LoadPlan) -> LoadResult:
 
 
 async def run_sequential(plan: LoadPlan) -> LoadResult:
-    """One request after another on one kept-alive connection (reopened after an error)."""
-    parts = urlsplit(plan.url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    """One request after another on one kept-alive connection (reopened after an error,
+    or when it cannot be reused)."""
+    origin, path = origin_of(plan.url), urlsplit(plan.url).path
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     finished_at: list[float] = []
     outcomes: list[str] = []
     start_delays: list[float | None] = []
     verdicts: list[Verdict] = []
-    connection: HttpConnection | None = None
+    connection: Http1Connection | None = None
     cpu_before = _cpu_seconds()
     began = time.perf_counter()
     deadline = loop.time() + plan.timeout
     for number in range(plan.jobs):
         body, headers = _body(plan, number), _headers(plan, number)
-        request = build_post(host, port, parts.path, body, keep_alive=True, headers=headers)
+        request = build_post(origin.host, origin.port, path, body, keep_alive=True, headers=headers)
         sent = time.perf_counter()
         sent_at = time.time()
-        connected = connection is not None and not connection.closed
+        connected = False
         try:
             async with asyncio.timeout_at(deadline):
-                if connection is None or connection.closed:
-                    _, connection = await loop.create_connection(HttpConnection, host, port)
-                    connected = True
+                if connection is None or not connection.reusable():
+                    if connection is not None:
+                        connection.close()
+                    connection = await open_connection(origin)
+                connected = True
                 answer = await connection.send(request)
             verdict = judge(answer, wait=plan.wait, dialect=DIALECTS[plan.dialect])
-        except (OSError, TimeoutError, MalformedResponse) as exc:
+        except FAILURES as exc:
             verdict = failure(error_kind(exc, connected=connected), exc)
             if connection is not None:
                 connection.close()

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
+import httpx
+
 from bench.dialects import DIALECTS, BenchDialect
-from bench.http import HttpAnswer, MalformedResponse, ResponseIncomplete
+from infra.http1 import Answer, AnswerIncomplete, AnswerMalformed
 
 OK = "ok"
 LEFT = "left"  # the client reset its connection before an answer, as the plan said
@@ -41,7 +43,7 @@ def failure(outcome: str, evidence: bytes | BaseException) -> Verdict:
 
 
 def judge(
-    answer: HttpAnswer, *, wait: bool, dialect: BenchDialect = DIALECTS["work-sample"]
+    answer: Answer, *, wait: bool, dialect: BenchDialect = DIALECTS["work-sample"]
 ) -> Verdict:
     """``"ok"`` for the answer the protocol promises, else a short word for what came."""
     # A job server may answer a held job as it answers an accepted one (201 Created).
@@ -66,7 +68,7 @@ def judge(
     return failure("bad-job", answer.body)
 
 
-def final_event(answer: HttpAnswer) -> HttpAnswer:
+def final_event(answer: Answer) -> Answer:
     """A stream of Server-Sent Events as the answer its final event stands for: a job's
     JSON (completed, failed) as a 200, the proxy's error as a 502; no final event, as it
     came."""
@@ -79,10 +81,22 @@ def final_event(answer: HttpAnswer) -> HttpAnswer:
         elif line.startswith(b"data: "):
             data += line[6:]
     if name in (b"completed", b"failed"):
-        return HttpAnswer(200, data)
+        return Answer(200, data)
     if name == b"error":
-        return HttpAnswer(502, data)
-    return HttpAnswer(599, answer.body)
+        return Answer(502, data)
+    return Answer(599, answer.body)
+
+
+def server_timing(answer: Answer, metric: bytes) -> float | None:
+    """Seconds a ``Server-Timing`` header gives for ``metric`` (its ``dur``, in ms)."""
+    for entry in (answer.header(b"server-timing") or b"").split(b","):
+        name, _, params = entry.strip().partition(b";")
+        if name == metric and params.startswith(b"dur="):
+            try:
+                return float(params[4:]) / 1_000
+            except ValueError:
+                return None
+    return None
 
 
 def _unix_time(timestamp: object) -> float | None:
@@ -104,23 +118,34 @@ def _error_word(body: bytes) -> str:
     return ""
 
 
+# What a request may meet on its way: the client's errors, the OS's, the deadline.
+FAILURES = (httpx.TransportError, OSError, TimeoutError)
+
 # Most specific first: ConnectionRefusedError and friends are OSErrors too.
 ERROR_WORDS: tuple[tuple[type[BaseException], str], ...] = (
     (TimeoutError, "timeout"),
+    (httpx.TimeoutException, "timeout"),
     (ConnectionRefusedError, "refused"),
     (ConnectionResetError, "reset"),
-    (ResponseIncomplete, "closed-early"),
-    (MalformedResponse, "malformed"),
+    (AnswerIncomplete, "closed-early"),
+    (AnswerMalformed, "malformed"),
 )
 
 
 def error_kind(exc: BaseException, *, connected: bool) -> str:
-    """A short word for a failed request; ``connect-`` marks failures before connecting."""
+    """A short word for a failed request, the first that fits in its chain of causes (a
+    client's error wraps the OS's); ``connect-`` marks failures before connecting."""
     prefix = "" if connected else "connect-"
-    word = next((word for kind, word in ERROR_WORDS if isinstance(exc, kind)), None)
-    if word is None and isinstance(exc, OSError) and exc.errno is not None:
-        word = errno.errorcode.get(exc.errno, str(exc.errno)).lower()
-    return prefix + (word or type(exc).__name__)
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 5:
+        chain.append(chain[-1].__cause__)
+    for error in chain:
+        word = next((word for kind, word in ERROR_WORDS if isinstance(error, kind)), None)
+        if word is None and isinstance(error, OSError) and error.errno is not None:
+            word = errno.errorcode.get(error.errno, str(error.errno)).lower()
+        if word is not None:
+            return prefix + word
+    return prefix + type(exc).__name__
 
 
 def first_examples(verdicts: Iterable[Verdict]) -> dict[str, str]:

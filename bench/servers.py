@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from bench.harness import ServerProcess, run_server
-from bench.http import MalformedResponse, fetch
+from bench.http import fetch
 from bench.options import BenchOptions, Transport
+from bench.outcomes import FAILURES
 
 HOST = "127.0.0.1"
 # The proxy must never refuse the bench's own load with 503: leave room above the run.
@@ -53,7 +54,7 @@ async def read_health(server: ServerProcess) -> dict[str, int]:
     try:
         answer = await fetch(f"{server.url}/healthz", HEALTHZ_TIMEOUT)
         document = json.loads(answer.body)
-    except (OSError, TimeoutError, MalformedResponse, ValueError):
+    except (*FAILURES, ValueError):
         return {}
     if not isinstance(document, dict):
         return {}

@@ -1,4 +1,5 @@
-"""What both servers need and neither owns: serving infrastructure, never protocol rules.
+"""What both servers need and neither owns: serving infrastructure and the HTTP/1.1 client
+(:mod:`infra.http1`), never protocol rules.
 
 ``settings_layers`` (settings from defaults, a TOML file, the environment and flags),
 ``serving`` (uvicorn, its socket and signals), ``head`` (the bounded request head),

@@ -43,8 +43,9 @@ from typing import Any, Literal
 
 import httpx
 
+from infra import http1
 from jobserver.config import Settings, webhook_key
-from jobserver.connections import ConnectionPool, ExchangeFailed, Origin
+from jobserver.connections import ConnectionPool, ExchangeFailed, Origin, exchange_failed
 from jobserver.faults import FaultInjector, RandomStreams
 from jobserver.jobs import Job, cancel_all
 
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = b"jobserver-callbacks/0.1"
 MESSAGE_ID_BYTES = 12
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def webhook_signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -64,17 +64,20 @@ def webhook_signature(key: bytes, message_id: str, timestamp: int, body: bytes) 
 
 def callback_origin(url: httpx.URL) -> Origin:
     """Where ``url``'s connections go; :class:`ValueError` for a scheme other than http(s)."""
-    if url.scheme not in DEFAULT_PORTS:
-        raise ValueError(f"a callback URL is http or https, not {url.scheme!r}: {url}")
-    return Origin(url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme])
+    try:
+        return Origin.of(url)
+    except ValueError:
+        raise ValueError(f"a callback URL is http or https, not {url.scheme!r}: {url}") from None
 
 
 def request_head(url: httpx.URL, body_length: int) -> bytes:
     """The request line and the headers every attempt of a callback shares."""
-    return (
-        b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nuser-agent: %s\r\n"
-    ) % (url.raw_path, url.netloc, body_length, USER_AGENT)
+    headers = (
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % body_length),
+        (b"user-agent", USER_AGENT),
+    )
+    return http1.request_head("POST", url.raw_path, url.netloc, headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +377,7 @@ class CallbackSender:
             except TimeoutError:
                 raise ExchangeFailed(f"no answer within {self._timeout:g} s") from None
             except httpx.TransportError as exc:
-                raise ExchangeFailed(f"{type(exc).__name__}: {exc}") from exc
+                raise exchange_failed(exc) from exc
         return response.status_code
 
     def retry_delay(self, attempt: int) -> float:

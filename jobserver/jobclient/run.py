@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
+from infra.http1 import AnswerIncomplete, ConnectionPool, Http1Transport
 from jobserver.proofs import CompletedJob, is_proof_shaped
 
 DEFAULT_TIMEOUT = 120.0
@@ -30,7 +29,7 @@ DEFAULT_TIMEOUT = 120.0
 BODY_EXCERPT_CHARS = 200
 
 # Signs, anywhere in an error's chain of causes, that the server dropped the connection.
-DISCONNECTED = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
+DISCONNECTED = (AnswerIncomplete, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass(frozen=True)
@@ -123,22 +122,24 @@ def check_job(body: dict[str, Any]) -> CompletedJob | str:
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a transport failure: no traceback reaches the user.
 
-    httpx-aiohttp maps aiohttp's errors loosely (a refused connection or a dropped one
-    arrives as ``httpx.ConnectTimeout``, a garbled status line not mapped at all), so
-    the reason is read from the whole chain of causes, not from the outer type.
+    The reason is read from the whole chain of causes, not from the outer type alone:
+    a transport's error wraps the operating system's (a refused connection is an
+    ``httpx.ConnectError`` caused by ``ConnectionRefusedError``).
     """
     chain = _causes(exc)
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
         return "connection refused"
     if any(isinstance(e, DISCONNECTED) for e in chain):
         return "connection closed by the server"
-    library = next((e for e in chain if isinstance(e, aiohttp.ClientError)), exc)
-    if isinstance(library, aiohttp.ServerTimeoutError | httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    message = " ".join(str(library).split())[:BODY_EXCERPT_CHARS]
-    if isinstance(library, aiohttp.ClientConnectorError | httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError):
+        # The operating system's words, when it gave the reason: not the wrapping's.
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        message = " ".join(str(cause).split())[:BODY_EXCERPT_CHARS]
         return f"cannot connect: {message}" if message else "cannot connect"
-    name = type(library).__name__
+    message = " ".join(str(exc).split())[:BODY_EXCERPT_CHARS]
+    name = type(exc).__name__
     return f"{name}: {message}" if message else name
 
 
@@ -163,7 +164,7 @@ async def _run_one(
         result = check_answer(response)
     except TimeoutError:
         result = "timed out"
-    except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+    except (httpx.HTTPError, OSError) as exc:
         result = describe_error(exc)
     answered_at = time.perf_counter()
     if isinstance(result, str):
@@ -184,16 +185,17 @@ async def run_jobs(
 
     One client serves all requests, with a pool as large as the run, so that every
     request is in flight together rather than queued for a connection. By default the
-    client rides on the httpx-aiohttp transport; ``transport`` replaces it (tests pass
-    ``httpx.ASGITransport`` or ``httpx.MockTransport``). ``on_progress`` is called with
-    each outcome as it arrives.
+    client rides on the project's HTTP/1.1 transport (:mod:`infra.http1`); ``transport``
+    replaces it (tests pass ``httpx.ASGITransport`` or ``httpx.MockTransport``).
+    ``on_progress`` is called with each outcome as it arrives.
     """
     if transport is None:
         # httpx's own pool slows down as connections multiply: measured on loopback
-        # against a fake 0.5 s job, 1,000 jobs took 8.2 s through it and 1.6 s through
-        # aiohttp's (200 jobs: 2.1 s and 0.7 s; 50 jobs: 0.65 s and 0.55 s), overhead
+        # against a fake 0.5 s job (medians of 5 runs), 1,000 jobs took 7.4 s through
+        # it, 1.25 s through aiohttp's (httpx-aiohttp) and 1.07 s through this one
+        # (200 jobs: 1.76, 0.71 and 0.62 s; 50 jobs: 0.62, 0.54 and 0.535 s), overhead
         # that Total Duration would otherwise charge to the server under test.
-        transport = AiohttpTransport(limits=httpx.Limits(max_connections=jobs))
+        transport = Http1Transport(ConnectionPool(jobs))
     async with httpx.AsyncClient(
         transport=transport, timeout=httpx.Timeout(request_timeout)
     ) as client:

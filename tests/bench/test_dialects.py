@@ -10,11 +10,11 @@ import pytest
 
 from bench.__main__ import EXIT_OK, build_parser, main, options_from
 from bench.dialects import DIALECTS
-from bench.http import HttpAnswer
 from bench.load import LoadPlan, _body, _headers, parse_plan
 from bench.options import BenchOptions
 from bench.outcomes import OK, judge
 from bench.servers import proxy_environment
+from infra.http1 import Answer
 
 PREDICTIONS = DIALECTS["predictions"]
 SUCCEEDED = {
@@ -26,7 +26,7 @@ SUCCEEDED = {
 
 
 def outcome(status: int, body: object, *, wait: bool = True) -> str:
-    answer = HttpAnswer(status, json.dumps(body).encode())
+    answer = Answer(status, json.dumps(body).encode())
     return judge(answer, wait=wait, dialect=PREDICTIONS).outcome
 
 
@@ -35,7 +35,7 @@ def test_a_prediction_is_judged_by_its_status_output_and_started_at() -> None:
     or a 201 of the job server; anything else is named."""
     assert outcome(200, SUCCEEDED) == OK
     assert outcome(201, SUCCEEDED) == OK
-    held = judge(HttpAnswer(200, json.dumps(SUCCEEDED).encode()), wait=True, dialect=PREDICTIONS)
+    held = judge(Answer(200, json.dumps(SUCCEEDED).encode()), wait=True, dialect=PREDICTIONS)
     assert held.started_at == pytest.approx(1_796_409_256.311)
     assert outcome(200, {**SUCCEEDED, "status": "failed"}) == "state-failed"
     assert outcome(200, {**SUCCEEDED, "output": None}) == "bad-job"

@@ -10,13 +10,13 @@ import pytest
 
 from bench.__main__ import EXIT_OK, main
 from bench.holds import HoldResult
-from bench.http import HttpAnswer
-from bench.load import LoadResult, server_timing
-from bench.outcomes import OK, final_event
+from bench.load import LoadResult
+from bench.outcomes import OK, final_event, server_timing
 from bench.procfs import ProcessUsage
 from bench.scenarios import MeasuredRun
 from bench.stats import summarize
 from bench.targets import hold_targets
+from infra.http1 import Answer
 
 JOB = (
     b'{"id":"abc","state":"completed","startedAt":"2026-01-02T03:04:05.678Z","proof":"'
@@ -66,14 +66,14 @@ def test_a_stream_is_judged_by_its_final_event() -> None:
     """The final event's data stands for the job; an error event for a 502."""
     stream = b"id: 1\nevent: accepted\ndata: {}\n\nid: 2\nevent: completed\ndata: " + JOB + b"\n\n"
     error = b'id: 1\nevent: error\ndata: {"error":"job_timeout"}\n\n'
-    assert final_event(HttpAnswer(200, stream)) == HttpAnswer(200, JOB)
-    assert final_event(HttpAnswer(200, error)).status == 502
-    assert final_event(HttpAnswer(200, b": keep-alive\n\n")).status == 599
+    assert final_event(Answer(200, stream)) == Answer(200, JOB)
+    assert final_event(Answer(200, error)).status == 502
+    assert final_event(Answer(200, b": keep-alive\n\n")).status == 599
 
 
 def test_server_timing_gives_seconds() -> None:
     """Server-Timing's dur is in milliseconds; the generator records seconds."""
-    answer = HttpAnswer(202, b"", {b"server-timing": b"db;dur=3, accept;dur=1.5"})
+    answer = Answer(202, b"", [(b"server-timing", b"db;dur=3, accept;dur=1.5")])
     assert server_timing(answer, b"accept") == pytest.approx(0.0015)
     assert server_timing(answer, b"other") is None
 

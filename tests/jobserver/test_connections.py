@@ -1,7 +1,8 @@
 """Callbacks on the wire: keep-alive, closed and expired connections, bad answers, bounds.
 
-Each test sends callbacks through a CallbackSender on a real ConnectionPool to a raw
-receiver whose answers it scripts byte for byte.
+Each test sends callbacks through a CallbackSender on a real ConnectionPool (or the
+pool alone) to a raw receiver whose answers it scripts byte for byte; the last ones
+check how a failed exchange is worded.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from jobserver.connections import ConnectionPool, Origin
+from infra import http1
+from jobserver.connections import ConnectionPool, ExchangeFailed, Origin, exchange_failed
 from tests.conftest import closed_port
+from tests.infra.http1.servers import RawServer, answering
 from tests.jobserver.servers import OK_ANSWER, raw_receiver, sender_over
 
 WAIT = 5.0
@@ -215,3 +218,56 @@ async def test_https_callbacks_are_delivered_over_tls() -> None:
     assert requests[0].headers["host"] == url.removeprefix("https://")
     assert server_names == ["localhost"]
     assert sender.delivered == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", 200),
+        (b"HTTP/1.1 503 Busy\r\ncontent-length: 10\r\n\r\nabc", 503),
+        (b"HTTP/1.1 200 OK\r\ncontent-le", None),
+        (b"", None),
+    ],
+    ids=["200-cut", "503-cut", "head-cut", "nothing"],
+)
+async def test_a_receiver_that_hangs_up_after_its_head_has_given_its_verdict(
+    answer: bytes, verdict: int | None
+) -> None:
+    """A receiver that closes once its answer's head is whole is answered by its status;
+    one that closes before that fails the attempt."""
+    request = b"POST / HTTP/1.1\r\nhost: receiver\r\ncontent-length: 0\r\n\r\n"
+    async with (
+        RawServer(answering(answer, then_close=True)) as receiver,
+        ConnectionPool(1) as pool,
+    ):
+        origin = Origin.of(receiver.url)
+        if verdict is None:
+            with pytest.raises(ExchangeFailed, match="connection closed before the answer"):
+                await pool.post(origin, lambda: request, WAIT)
+        else:
+            assert await pool.post(origin, lambda: request, WAIT) == verdict
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (http1.AnswerTooLarge("x"), "answer body over 64 KiB"),
+        (http1.AnswerMalformed("bad status line"), "malformed answer: bad status line"),
+        (http1.AnswerIncomplete("x"), "connection closed before the answer"),
+        (http1.ConnectionBroken("x"), "connection closed before the answer"),
+        (httpx.ConnectTimeout("no connection within 1 s"), "cannot connect: ConnectTimeout"),
+        (httpx.ReadError("x"), "ReadError: x"),
+    ],
+)
+def test_transport_errors_become_one_line(error: httpx.TransportError, words: str) -> None:
+    """Each transport error is worded once, the same through the pool or a client."""
+    assert str(exchange_failed(error)).startswith(words)
+
+
+def test_a_refused_connection_is_worded_by_its_cause() -> None:
+    """A refused connection names the OS's error, not the client's wrapping."""
+    error = httpx.ConnectError("cannot connect to http://receiver")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    assert str(exchange_failed(error)) == (
+        "cannot connect: ConnectionRefusedError: [Errno 111] Connection refused"
+    )

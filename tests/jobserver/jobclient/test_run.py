@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 from typing import Any
 
 import httpx
 import pytest
 from starlette.responses import JSONResponse, Response
 
-from jobserver.jobclient.run import JobOutcome, run_jobs
+from jobserver.jobclient.run import JobOutcome, describe_error, run_jobs
 from jobserver.jobclient.verdict import Verdict, judge
 from jobserver.proofs import make_proof
 from tests.conftest import closed_port, loopback_socket
@@ -123,9 +124,10 @@ async def test_connection_refused_is_reported_per_job() -> None:
     ("reply", "reason"),
     [
         (b"", "connection closed by the server"),
-        (b"garbage\r\n\r\n", "ClientResponseError: 400, message="),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", "ClientPayloadError: "),
+        (b"garbage\r\n\r\n", "AnswerMalformed: unparsable answer from http://127.0.0.1:"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", "connection closed by the server"),
     ],
+    ids=["dropped", "garbled", "cut-off"],
 )
 async def test_broken_http_is_reported_per_job(reply: bytes, reason: str) -> None:
     """A dropped connection, a garbled status line or a cut-off body fail only that job."""
@@ -167,6 +169,16 @@ async def test_httpx_transport_errors_are_reported_per_job(
     report = await run_jobs(URL, ACCOUNT, 1, transport=httpx.MockTransport(handler))
     assert report.outcomes[0].failure is not None
     assert report.outcomes[0].failure.startswith(reason)
+
+
+def test_a_connect_error_is_worded_by_the_operating_systems_reason() -> None:
+    """A connection that cannot be made names the operating system's reason, not the
+    transport's wrapping of it."""
+    error = httpx.ConnectError("cannot connect to http://jobs.invalid")
+    error.__cause__ = socket.gaierror(-2, "Name or service not known")
+    assert describe_error(error) == "cannot connect: [Errno -2] Name or service not known"
+    timeout = httpx.ConnectTimeout("no connection to http://10.0.0.1 within 5 s")
+    assert describe_error(timeout) == "timed out"
 
 
 async def test_jobs_run_concurrently() -> None:
