@@ -180,18 +180,30 @@ async def app_lifespan(app: ASGIApp) -> AsyncIterator[tuple[ASGIApp, dict[str, A
             await running
 
 
-FIGURES = pytest.StashKey[list[str]]()
-
-
 @pytest.fixture
 def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Record a measured figure; it is printed in the summary at the end of the run."""
-    figures = request.config.stash.setdefault(FIGURES, [])
-    return figures.append
+    """Record a measured figure; it is printed in the summary at the end of the run.
+
+    The figure travels in the test's report, so it reaches the summary also when the
+    test ran in another process (pytest-xdist).
+    """
+
+    def record(line: str) -> None:
+        request.node.user_properties.append(("figure", line))
+
+    return record
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
-    figures = config.stash.get(FIGURES, [])
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    # Every test's teardown report carries what it recorded, whichever process ran it.
+    figures = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport) and report.when == "teardown"
+        for name, value in report.user_properties
+        if name == "figure"
+    ]
     if figures:
         terminalreporter.section("measured figures")
         for line in figures:

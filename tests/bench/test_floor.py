@@ -22,7 +22,8 @@ async def test_held_batches_release_when_full_and_give_up_when_late() -> None:
     assert await batches.hold()
     assert await asyncio.wait_for(asyncio.gather(*held), 5.0) == [True, True]
     late = floor.HeldBatches(3, timeout=0.01)
-    assert await asyncio.wait_for(asyncio.gather(late.hold(), late.hold()), 5.0) == [False, False]
+    both = asyncio.gather(late.hold(), late.hold())
+    assert list(await asyncio.wait_for(both, 5.0)) == [False, False]
     assert await floor.HeldBatches(1, timeout=30.0).hold()
 
 

@@ -26,6 +26,7 @@ from infra.http1 import (
     open_connection,
     request,
 )
+from infra.http1.connection import DEFAULT_MAX_ANSWER_SIZE
 from tests.conftest import closed_port, loopback_socket, run_server
 from tests.infra.http1.servers import (
     OK,
@@ -40,9 +41,11 @@ WAIT = 5.0
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, **options: int) -> AsyncIterator[Http1Connection]:
+async def connected(
+    url: str, *, max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE
+) -> AsyncIterator[Http1Connection]:
     """A connection to ``url``'s origin for the block."""
-    connection = await open_connection(Origin.of(url), **options)
+    connection = await open_connection(Origin.of(url), max_answer_size=max_answer_size)
     try:
         yield connection
     finally:

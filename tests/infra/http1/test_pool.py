@@ -128,7 +128,9 @@ async def test_an_end_not_yet_handled_is_found_before_writing(ending: str) -> No
                 server_side.close()
             else:
                 server_side.shutdown(socket.SHUT_WR)
-            client_socket = next(iter(pool._alive)).transport.get_extra_info("socket")
+            client_transport = next(iter(pool._alive)).transport
+            assert client_transport is not None
+            client_socket = client_transport.get_extra_info("socket")
             # Block, without letting the loop run, until the end reached the client's
             # socket: the pool can find it only by looking there.
             readable, _, _ = select.select([client_socket.fileno()], [], [], 5)
