@@ -35,23 +35,27 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.answers import JSON_MEDIA_TYPE, as_response, encode, send_answer
 from proxy.callbacks import is_plain, receive_callback, receive_plain
 from proxy.config import Settings, signing_key
+from proxy.deliveries import AnsweredBy
 from proxy.dialect import Dialect, load_dialect
 from proxy.errors import (
     NotReady,
     ProxyError,
 )
-from proxy.holding import held, read_wishes
+from proxy.holding import held
 from proxy.idempotency import KeyedRequests, LocalResults, ResultStore
 from proxy.metrics import Metrics
 from proxy.openapi import openapi_document
 from proxy.overdue import OverdueWatch
+from proxy.prefer import read_wishes
 from proxy.resource import JOBS_PREFIX, job_resource
 from proxy.services import LifespanState, Services, services_of
 from proxy.shared import RedisBus, connect
 from proxy.shared_jobs import SharedJobs
+from proxy.tokens import new_replica_id
 from proxy.tracking import TrackedJobs
-from proxy.upstream import Upstream, build_client, native_transport
-from proxy.waiters import AnsweredBy, Waiter, WaiterRegistry, new_replica_id
+from proxy.upstream import Upstream
+from proxy.upstream_client import build_client, native_transport
+from proxy.waiters import Waiter, WaiterRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -248,10 +252,10 @@ POLLED_ENDS = frozenset({AnsweredBy.CALLBACK, AnsweredBy.POLL, AnsweredBy.LOST})
 
 
 def observe(services: Services, waiter: Waiter) -> None:
-    """Learn from an answered job: its duration, and how its answer came; keep a keyed
-    one's result for the key's retries."""
-    if waiter.keyed:
-        services.keyed.decided(waiter)
+    """Learn from an answered job: its duration, and how its answer came; hand it to its
+    keeper, if it has one."""
+    if waiter.keeper is not None:
+        waiter.keeper(waiter)
     answered_by = waiter.answered_by
     if waiter.poll is not None and answered_by in POLLED_ENDS:
         services.metrics.poll_fallback(answered_by)

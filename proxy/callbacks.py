@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, as_response, encode, json_answer, send_answer
 from proxy.bodies import parse_object, read_body, receive_body
+from proxy.deliveries import Delivery
 from proxy.dialect import Dialect, UnreadableJob
 from proxy.errors import (
     BadRequest,
@@ -44,7 +45,7 @@ from proxy.errors import (
 from proxy.jobs import Job
 from proxy.metrics import Outcome
 from proxy.services import Services, services_of
-from proxy.waiters import Delivery, Result, log_late
+from proxy.waiters import Result, log_late
 
 logger = logging.getLogger(__name__)
 

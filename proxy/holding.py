@@ -26,74 +26,30 @@ listeners for the others. The held coroutine only waits for its request to end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import math
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
 from proxy.answers import Answer, Headers, encode, json_answer, send_answer
 from proxy.bodies import receive_body
+from proxy.deliveries import AnsweredBy
 from proxy.dialect import JobRequest
 from proxy.errors import ClientGone, ProxyError, UpstreamError
 from proxy.idempotency import Claim
 from proxy.metrics import Outcome
-from proxy.prefer import NONE, Preferences, parse_prefer
+from proxy.prefer import Wishes, idempotency_key
+from proxy.resource import answer_tracked
 from proxy.services import Services
-from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob, new_ref
+from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, new_ref
 from proxy.upstream import StartProgress, UpstreamAnswer
-from proxy.waiters import AnsweredBy, Waiter
+from proxy.waiters import Waiter
 
 T = TypeVar("T")
 
-EVENT_STREAM = b"text/event-stream"
 # Seconds a start runs before its client is watched for leaving (see until_client_leaves).
 WATCH_AFTER = 0.02
-
-
-@dataclass(frozen=True, slots=True)
-class Wishes:
-    """What a request's headers ask of the proxy, read in one pass."""
-
-    keyed: bool = False
-    prefer: Preferences = NONE
-    stream: bool = False
-
-    @property
-    def asks_proxy(self) -> bool:
-        """Whether the client asked the proxy to hold or track its job (a dialect that
-        holds by ``Prefer`` holds only such requests)."""
-        return self.stream or self.prefer.any
-
-    @property
-    def tracked(self) -> bool:
-        """Whether the client may come back to its job (it gets a ref): a bare ``Prefer:
-        wait`` holds until the deadline, as a plain hold."""
-        wait = self.prefer.wait
-        return self.stream or self.prefer.respond_async or (wait is not None and wait < math.inf)
-
-
-PLAIN = Wishes()
-
-
-def read_wishes(scope: Scope) -> Wishes:
-    """The request's ``Idempotency-Key``, ``Prefer`` and ``Accept``, in one pass."""
-    keyed = stream = False
-    prefer: list[str] = []
-    for name, value in scope["headers"]:
-        if name == b"idempotency-key":
-            keyed = True
-        elif name == b"prefer":
-            prefer.append(value.decode("latin-1"))
-        elif name == b"accept" and EVENT_STREAM in value:
-            stream = True
-    if not (keyed or stream or prefer):
-        return PLAIN
-    return Wishes(keyed, parse_prefer(prefer) if prefer else NONE, stream)
 
 
 class HeldJob:
@@ -160,7 +116,7 @@ async def held(
         job_request = services.dialect.parse(body, scope["headers"], wishes.asks_proxy)
         tracked = job_request.held and wishes.tracked
         with services.waiters.hold() as waiter:
-            key = _key(scope) if wishes.keyed else None
+            key = idempotency_key(scope) if wishes.keyed else None
             ref = new_ref() if tracked else None
             if key is not None:
                 claim = await services.keyed.claim(waiter, job_request, key, ref)
@@ -202,7 +158,7 @@ async def held(
                 # sent (the response is complete) or the client has gone.
                 while (await receive())["type"] != "http.disconnect":
                     pass
-            if waiter.keyed and not waiter.settled:
+            if waiter.keeper is not None and not waiter.settled:
                 services.waiters.detach(waiter)  # its result is wanted by the key's retries
             outcome = waiter.outcome if waiter.settled else ClientGone.error
     except ProxyError as exc:
@@ -212,11 +168,6 @@ async def held(
         raise
     finally:
         services.metrics.request(outcome)
-
-
-def _key(scope: Scope) -> str:
-    key: bytes = next(value for name, value in scope["headers"] if name == b"idempotency-key")
-    return key.decode("latin-1")
 
 
 TrackedForm = Callable[[HeldJob, Receive, Send, Wishes], Coroutine[Any, Any, str]]
@@ -288,7 +239,7 @@ async def _held_at_most(job: HeldJob, receive: Receive, send: Send, wishes: Wish
         answered = poll.answered
         poll.close()
     if not answered:
-        if waiter.keyed and not waiter.settled:
+        if waiter.keeper is not None and not waiter.settled:
             services.waiters.detach(waiter)  # its result is wanted by the key's retries
         return ClientGone.error
     return Outcome.ACCEPTED if waiter.detached and not waiter.settled else waiter.outcome
@@ -315,62 +266,6 @@ async def _follow(
     )
     await send_answer(send, answer)
     return waiter.outcome or Outcome.FORWARDED
-
-
-async def answer_tracked(
-    services: Services,
-    tracked: TrackedJob,
-    wishes: Wishes,
-    receive: Receive,
-    send: Send,
-    *,
-    come_back: bool,
-    last_event_id: int = 0,
-) -> str:
-    """Answer with a tracked job in the form ``wishes`` ask: its events (from
-    ``last_event_id``), its answer within ``Prefer: wait=N``, or at once. A job still
-    running is answered ``202`` to come back later (``come_back``, a retry of a ``POST``),
-    else ``200`` running (``GET /jobs/{ref}``). Returns the outcome word."""
-    try:
-        location = services.job_url(tracked.ref)
-        if wishes.stream:
-            stream = EventStream(send)
-            stream.start([*SSE_HEADERS, (b"location", location.encode())])
-            stream.replay(tracked.events_after(last_event_id))
-            if tracked.final is None:
-                tracked.listeners.append(stream)
-            services.tracked.open_stream(stream)
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            finally:
-                services.tracked.close_stream(stream)
-                with contextlib.suppress(ValueError):
-                    tracked.listeners.remove(stream)
-            return Outcome.STREAMED
-        running = functools.partial(_running, services, tracked, come_back=come_back)
-        if tracked.final is not None or wishes.prefer.wait is None:
-            await send_answer(send, tracked.final or running())
-            return Outcome.FOLLOWED
-        poll = LongPoll(send, tracked)
-        poll.wait(min(wishes.prefer.wait, services.settings.job_deadline), running)
-        try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        finally:
-            poll.close()
-        return Outcome.FOLLOWED
-    finally:
-        services.tracked.let_go(tracked)  # a mirror nobody here reads goes
-
-
-def _running(services: Services, tracked: TrackedJob, *, come_back: bool) -> Answer:
-    """A tracked job still running: ``202`` and where to come back, or ``200`` as it is."""
-    headers: Headers = [(b"retry-after", b"%d" % services.retry_after(tracked.started_at))]
-    if not come_back:
-        return json_answer(encode(tracked.running), 200, headers)
-    headers.append((b"location", services.job_url(tracked.ref).encode()))
-    return json_answer(encode(tracked.running), 202, headers)
 
 
 def _come_back(services: Services, waiter: Waiter, *, respond_async: bool = False) -> Answer:

@@ -171,7 +171,8 @@ class KeyedRequests:
         claim = await self.results.claim(
             scoped_key(job_request.lane, check_key(key)), digest, waiter.token, ref
         )
-        waiter.keyed = claim.owner
+        if claim.owner:
+            waiter.keeper = self.decided
         return claim
 
     async def release(self, job_request: JobRequest, key: str, waiter: Waiter) -> None:

@@ -47,11 +47,12 @@ import httpx
 
 from proxy.answers import encode, json_answer
 from proxy.config import Settings
+from proxy.deliveries import AnsweredBy
 from proxy.dialect import Dialect
 from proxy.errors import JobLost, JobTimeout
 from proxy.jobs import Job
 from proxy.polling import LostJob, PollSchedule, wait_for_job
-from proxy.waiters import AnsweredBy, Waiter
+from proxy.waiters import Waiter
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from proxy.bodies import decode_json
 from proxy.dialect import Dialect, UnreadableJob, load_dialect
 from proxy.errors import JobLost, JobTimeout, UpstreamError, UpstreamTimedOut
 from proxy.jobs import parse_retry_after
-from proxy.upstream import job_server_errors
+from proxy.upstream_client import job_server_errors
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The ``Prefer`` request header (RFC 7240): how long a client will hold.
+"""What a held request's headers ask of the proxy (:class:`Wishes`): an
+``Idempotency-Key``, an event stream (``Accept: text/event-stream``), and the ``Prefer``
+request header (RFC 7240): how long a client will hold.
 
 Only two preferences mean something to the proxy: ``wait=N`` (hold at most N seconds;
 a bare ``wait`` holds until the job's deadline, as clients of predictions-style APIs
@@ -13,6 +15,8 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from starlette.types import Scope
 
 # token = 1*tchar (RFC 9110); a value is a token or a quoted-string.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -95,3 +99,53 @@ def _wait_seconds(argument: str | None) -> float | None:
     if _WAIT_SECONDS.fullmatch(argument) is None:
         return None  # not a number of seconds: ignored, as an unknown preference is
     return float(argument)
+
+
+EVENT_STREAM = b"text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Wishes:
+    """What a request's headers ask of the proxy, read in one pass."""
+
+    keyed: bool = False
+    prefer: Preferences = NONE
+    stream: bool = False
+
+    @property
+    def asks_proxy(self) -> bool:
+        """Whether the client asked the proxy to hold or track its job (a dialect that
+        holds by ``Prefer`` holds only such requests)."""
+        return self.stream or self.prefer.any
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the client may come back to its job (it gets a ref): a bare ``Prefer:
+        wait`` holds until the deadline, as a plain hold."""
+        wait = self.prefer.wait
+        return self.stream or self.prefer.respond_async or (wait is not None and wait < math.inf)
+
+
+PLAIN = Wishes()
+
+
+def read_wishes(scope: Scope) -> Wishes:
+    """The request's ``Idempotency-Key``, ``Prefer`` and ``Accept``, in one pass."""
+    keyed = stream = False
+    prefer: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            keyed = True
+        elif name == b"prefer":
+            prefer.append(value.decode("latin-1"))
+        elif name == b"accept" and EVENT_STREAM in value:
+            stream = True
+    if not (keyed or stream or prefer):
+        return PLAIN
+    return Wishes(keyed, parse_prefer(prefer) if prefer else NONE, stream)
+
+
+def idempotency_key(scope: Scope) -> str:
+    """The request's ``Idempotency-Key`` (it has one: ``Wishes.keyed``)."""
+    key: bytes = next(value for name, value in scope["headers"] if name == b"idempotency-key")
+    return key.decode("latin-1")

@@ -14,11 +14,17 @@ Anyone holding the ref may read the job, like a pre-signed URL.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from starlette.types import Receive, Scope, Send
 
+from proxy.answers import Answer, Headers, encode, json_answer, send_answer
 from proxy.errors import UnknownJob
-from proxy.holding import answer_tracked, read_wishes
+from proxy.metrics import Outcome
+from proxy.prefer import Wishes, read_wishes
 from proxy.services import Services
+from proxy.tracking import SSE_HEADERS, EventStream, LongPoll, TrackedJob
 
 JOBS_PREFIX = "/jobs/"
 
@@ -48,3 +54,59 @@ async def job_resource(
         come_back=False,
         last_event_id=last_event_id(scope),
     )
+
+
+async def answer_tracked(
+    services: Services,
+    tracked: TrackedJob,
+    wishes: Wishes,
+    receive: Receive,
+    send: Send,
+    *,
+    come_back: bool,
+    last_event_id: int = 0,
+) -> str:
+    """Answer with a tracked job in the form ``wishes`` ask: its events (from
+    ``last_event_id``), its answer within ``Prefer: wait=N``, or at once. A job still
+    running is answered ``202`` to come back later (``come_back``, a retry of a ``POST``),
+    else ``200`` running (``GET /jobs/{ref}``). Returns the outcome word."""
+    try:
+        location = services.job_url(tracked.ref)
+        if wishes.stream:
+            stream = EventStream(send)
+            stream.start([*SSE_HEADERS, (b"location", location.encode())])
+            stream.replay(tracked.events_after(last_event_id))
+            if tracked.final is None:
+                tracked.listeners.append(stream)
+            services.tracked.open_stream(stream)
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            finally:
+                services.tracked.close_stream(stream)
+                with contextlib.suppress(ValueError):
+                    tracked.listeners.remove(stream)
+            return Outcome.STREAMED
+        running = functools.partial(_running, services, tracked, come_back=come_back)
+        if tracked.final is not None or wishes.prefer.wait is None:
+            await send_answer(send, tracked.final or running())
+            return Outcome.FOLLOWED
+        poll = LongPoll(send, tracked)
+        poll.wait(min(wishes.prefer.wait, services.settings.job_deadline), running)
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            poll.close()
+        return Outcome.FOLLOWED
+    finally:
+        services.tracked.let_go(tracked)  # a mirror nobody here reads goes
+
+
+def _running(services: Services, tracked: TrackedJob, *, come_back: bool) -> Answer:
+    """A tracked job still running: ``202`` and where to come back, or ``200`` as it is."""
+    headers: Headers = [(b"retry-after", b"%d" % services.retry_after(tracked.started_at))]
+    if not come_back:
+        return json_answer(encode(tracked.running), 200, headers)
+    headers.append((b"location", services.job_url(tracked.ref).encode()))
+    return json_answer(encode(tracked.running), 202, headers)

@@ -35,18 +35,13 @@ from redis.exceptions import RedisError
 
 from proxy.answers import encode
 from proxy.bodies import decode_json
+from proxy.deliveries import Delivery
 from proxy.dialect import Dialect, UnreadableJob
 from proxy.errors import BusUnavailable, IdempotencyConflict
 from proxy.idempotency import Claim
 from proxy.jobs import Job
-from proxy.waiters import (
-    Delivery,
-    Result,
-    WaiterRegistry,
-    log_late,
-    replica_of,
-    token_is_genuine,
-)
+from proxy.tokens import replica_of, token_is_genuine
+from proxy.waiters import Result, WaiterRegistry, log_late
 
 logger = logging.getLogger(__name__)
 

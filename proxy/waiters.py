@@ -1,86 +1,37 @@
 """Waiters: the futures that park held client requests until their job's result arrives.
 
-A waiter is registered under a fresh, unguessable callback token *before* the job is
-started upstream, so a callback can never arrive before its waiter exists. A token is
-``<replica>.<128 random bits>.<128-bit MAC>``: the replica that holds the waiter, and a
-MAC with that replica's key, so that any replica can refuse a forged token at once. The holder
-removes its waiter in a ``finally`` (see :meth:`WaiterRegistry.hold`), whatever happened:
-answered, timed out, client gone or shut down.
+A waiter is registered under a fresh, unguessable callback token (``proxy.tokens``)
+*before* the job is started upstream, so a callback can never arrive before its waiter
+exists. The holder removes its waiter in a ``finally`` (see :meth:`WaiterRegistry.hold`),
+whatever happened: answered, timed out, client gone or shut down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import hashlib
-import hmac
 import logging
 import math
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from starlette.types import Send
 
 from proxy.answers import Answer, json_answer, send_answer
+from proxy.deliveries import AnsweredBy, Delivery, spent_delivery
 from proxy.errors import AtCapacity, JobTimeout, ProxyError, ShuttingDown
+from proxy.tokens import new_token, new_token_key
 from proxy.tracking import TrackedJob
 
 logger = logging.getLogger(__name__)
 
-TOKEN_BYTES = 16  # 128 bits of randomness per callback token
-MAC_BYTES = 16  # a token's MAC, so that any replica can tell a forged one at once
-TOKEN_KEY_BYTES = 32
-REPLICA_ID_BYTES = 4
 SPENT_TOKENS_KEPT = 16_384  # only to tell a late duplicate from a never-issued token
 # Results kept for a waiter whose job is not named yet: a job server sends one; a few
 # more (duplicates, another job's by mistake) are judged too, beyond that it must retry.
 MAX_EARLY_RESULTS = 4
-
-
-class AnsweredBy(str, Enum):
-    """Who decided a held request's answer."""
-
-    #: The job server's callback brought the job.
-    CALLBACK = "callback"
-    #: A status poll found the job finished (its callback was presumed lost).
-    POLL = "poll"
-    #: Status polls showed the job lost (unknown, or not to be asked about): 502.
-    LOST = "lost"
-    #: The answer to /start already carried the finished job.
-    START = "start"
-    #: The job did not finish within job_deadline: 504.
-    DEADLINE = "deadline"
-    #: The proxy shut down before the job finished: 503.
-    DRAIN = "drain"
-
-
-class Delivery(str, Enum):
-    """What became of a result handed to the registry."""
-
-    OK = "ok"
-    STORED = "stored"  # kept for an Idempotency-Key retry; no waiter is listening now
-    DUPLICATE = "duplicate"  # its waiter was answered with the job already
-    LATE = "late"  # its waiter ended without the job (client gone, deadline, drain, lost)
-    UNKNOWN = "unknown"
-    MISMATCH = "mismatch"  # another job's result on this waiter's token: refused
-    EARLY = "early"  # came before /start named the job: kept, judged once the id is known
-    CROWDED = "crowded"  # came early, but the waiter keeps no more early results: retry later
-
-
-#: Those who answer a held request with its job: a result after them is a duplicate.
-WITH_THE_JOB = frozenset({AnsweredBy.CALLBACK, AnsweredBy.POLL, AnsweredBy.START})
-
-
-def spent_delivery(answered_by: AnsweredBy | None) -> Delivery:
-    """A result for a waiter already answered (``answered_by``; None: its client left
-    first): a duplicate if the job was its answer, else late, and wanted by nobody."""
-    return Delivery.DUPLICATE if answered_by in WITH_THE_JOB else Delivery.LATE
 
 
 def log_late(job_id: str) -> None:
@@ -90,28 +41,6 @@ def log_late(job_id: str) -> None:
         "was answered by the deadline, the drain or as lost): its result is dropped",
         job_id,
     )
-
-
-def new_replica_id() -> str:
-    return secrets.token_hex(REPLICA_ID_BYTES)
-
-
-def replica_of(token: str) -> str:
-    """The replica named by a callback token (``<replica>.<random>.<mac>``), or ``""``."""
-    replica, dot, _ = token.partition(".")
-    return replica if dot else ""
-
-
-def token_mac(key: bytes, stem: str) -> str:
-    """The MAC part of a token: 128 bits of HMAC-SHA256(key, stem), base64url."""
-    digest = hmac.new(key, stem.encode(), hashlib.sha256).digest()[:MAC_BYTES]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def token_is_genuine(token: str, key: bytes) -> bool:
-    """Whether ``token`` was issued with ``key`` (one HMAC, compared in constant time)."""
-    stem, dot, mac = token.rpartition(".")
-    return bool(dot) and hmac.compare_digest(mac.encode(), token_mac(key, stem).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +78,9 @@ class Waiter:
     future: asyncio.Future[Answer] | None = None
     deadline: float = math.inf  # time.monotonic() by which it is answered, 504 if need be
     released: bool = False
-    keyed: bool = False  # its request carried an Idempotency-Key
+    #: Keeps its answer once decided, for requests to come (an Idempotency-Key's
+    #: retries); a waiter with a keeper goes on when its client leaves.
+    keeper: Callable[[Waiter], None] | None = None
     poll: asyncio.Task[None] | None = None
     early: list[Result] | None = None
     #: The job as clients may come back to it (GET /jobs/{ref}), when they may.
@@ -267,7 +198,7 @@ class WaiterRegistry:
         self.job_deadline = job_deadline
         # Signs this replica's tokens; in shared mode the other replicas learn it from
         # Redis, so a callback reaching any of them is checked with one HMAC.
-        self.token_key = secrets.token_bytes(TOKEN_KEY_BYTES)
+        self.token_key = new_token_key()
         self._waiters: dict[str, Waiter] = {}
         # Tokens of waiters gone, kept only to tell a duplicate or a late result from a
         # never-issued token: who answered each (None: its client left first).
@@ -296,8 +227,7 @@ class WaiterRegistry:
             raise ShuttingDown("the proxy is shutting down")
         if len(self._waiters) >= self.max_pending:
             raise AtCapacity(f"the proxy already holds {self.max_pending} requests")
-        stem = f"{self.replica_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
-        token = f"{stem}.{token_mac(self.token_key, stem)}"
+        token = new_token(self.replica_id, self.token_key)
         waiter = Waiter(token, deadline=time.monotonic() + self.job_deadline, registry=self)
         self._waiters[token] = waiter
         self._deadlines.append(waiter)

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.answers import json_answer
 from proxy.config import Settings
+from proxy.deliveries import AnsweredBy
 from proxy.dialect import load_dialect
 from proxy.overdue import (
     LATE_FACTOR,
@@ -22,7 +23,7 @@ from proxy.overdue import (
     Lateness,
     OverdueWatch,
 )
-from proxy.waiters import AnsweredBy, Waiter
+from proxy.waiters import Waiter
 from tests.conftest import eventually
 
 INITIAL = 0.5

@@ -17,7 +17,8 @@ from httpx_sse import aconnect_sse
 from bench.harness import ServerProcess
 from proxy.dialect import load_dialect
 from proxy.shared import REPLICAS_KEY, RedisBus, connect
-from proxy.waiters import WaiterRegistry, token_mac
+from proxy.tokens import token_mac
+from proxy.waiters import WaiterRegistry
 from tests.conftest import closed_port, eventually, run_program
 from tests.proxy.conftest import jobclient_in_process
 from tests.proxy.processes import metric, wait_for_metric

@@ -20,14 +20,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from proxy.errors import JobTimeout, UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
-from proxy.upstream import (
-    RETRY_CAP,
-    Upstream,
-    backoff_delay,
-    build_client,
-    native_transport,
-    nothing_was_sent,
-)
+from proxy.upstream import RETRY_CAP, Upstream, backoff_delay
+from proxy.upstream_client import build_client, native_transport, nothing_was_sent
 from tests.conftest import closed_port, run_server
 from tests.proxy.conftest import (
     RUNNING,

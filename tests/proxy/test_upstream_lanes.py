@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from proxy.errors import JobTimeout
-from proxy.upstream import AccountLanes, Fate, Upstream, build_client
+from proxy.lanes import AccountLanes, Fate
+from proxy.upstream import Upstream
+from proxy.upstream_client import build_client
 from tests.proxy.conftest import RUNNING, WORK_SAMPLE, soon, start_in_lane, upstream_settings
 
 

@@ -11,20 +11,10 @@ import orjson
 import pytest
 
 from proxy.answers import json_answer
+from proxy.deliveries import AnsweredBy, Delivery
 from proxy.errors import AtCapacity, JobTimeout, ShuttingDown
-from proxy.waiters import (
-    MAX_EARLY_RESULTS,
-    TOKEN_BYTES,
-    AnsweredBy,
-    Delivery,
-    Result,
-    Waiter,
-    WaiterRegistry,
-    new_replica_id,
-    replica_of,
-    token_is_genuine,
-    token_mac,
-)
+from proxy.tokens import TOKEN_BYTES, new_replica_id, replica_of, token_is_genuine, token_mac
+from proxy.waiters import MAX_EARLY_RESULTS, Result, Waiter, WaiterRegistry
 
 JOB = {"id": "abc", "state": "completed"}
 BODY = orjson.dumps(JOB)
