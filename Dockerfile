@@ -31,7 +31,7 @@ ENV JOBPROXY_ADDRESS_FILE=/tmp/jobproxy.url
 EXPOSE 8000
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-m", "proxy.healthcheck"]
+    CMD ["python", "-m", "proxy.serving.healthcheck"]
 
 # The same console script and flags the end-to-end tests start (with port 0 there).
 CMD ["jobproxy", "--host", "0.0.0.0", "--port", "8000"]

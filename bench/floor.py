@@ -1,7 +1,7 @@
 """``python -m bench.floor``: the floor of the serving stack, to see the proxy's own share.
 
 A raw ASGI app (no Starlette, no routing, no JSON parsing) served the way the proxy is
-served, by ``proxy.server``'s own configuration: uvicorn with uvloop and httptools, no
+served, by ``proxy.serving.server``'s own configuration: uvicorn with uvloop and httptools, no
 log config, no access log, no server or date header, the proxy's default backlog and its
 garbage-collector settings; lifespan off, as the app has nothing to set up. Whatever the
 proxy spends above this app is the proxy's own.
@@ -38,7 +38,7 @@ import uvicorn
 
 from infra.serving import bind_socket, listening_url, tune_gc
 from proxy.config import Settings
-from proxy.server import uvicorn_config
+from proxy.serving.server import uvicorn_config
 
 STARTUP_FAILURE = 3
 HOLD_PATH = "/hold"

@@ -1,6 +1,6 @@
 """The form of an OpenAPI 3.0 document, the same for both servers.
 
-Each server writes its own document by hand (``proxy.openapi``, ``jobserver.openapi``),
+Each server writes its own document by hand (``proxy.serving.openapi``, ``jobserver.openapi``),
 stating its own routes, limits and request rules; what is here is only their common
 form: the document's frame, references, JSON bodies, error answers in the shape of
 :mod:`infra.errors`, and the routes every server has (``/healthz``, ``/openapi.json``).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from infra.serving import configure_logging
 from proxy.config import ConfigError, Settings
-from proxy.server import serve
+from proxy.serving.server import serve
 
 logger = logging.getLogger("jobproxy")
 

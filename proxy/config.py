@@ -18,7 +18,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from infra.settings_layers import ConfigError, LayeredSettings
-from proxy.dialect import DialectError, load_dialect
+from proxy.dialects.dialect import DialectError, load_dialect
 
 __all__ = ["ConfigError", "Settings", "reachable_url", "signing_key"]
 

@@ -1,10 +1,10 @@
 """The proxy's errors, each carrying the HTTP answer it becomes.
 
 Library errors (httpx, Redis) are translated into these at one boundary each
-(``proxy.upstream`` and ``proxy.shared``); ``proxy.app`` maps them to JSON responses in
-one exception handler. Route handlers never build error responses by hand. An error
-about a job that the job server did start carries its ``job_id`` in the body. The
-shape of every error answer (``{"error", "detail"}``, whole-second ``Retry-After``) is
+(``proxy.upstream.client`` and ``proxy.shared.bus``); ``proxy.serving.app`` maps them to
+JSON responses in one exception handler. Route handlers never build error responses by
+hand. An error about a job that the job server did start carries its ``job_id`` in the
+body. The shape of every error answer (``{"error", "detail"}``, whole-second ``Retry-After``) is
 that of their base, :class:`infra.errors.AnsweredError`, which the job server's errors
 share; the hierarchy below is the proxy's own.
 

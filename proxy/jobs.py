@@ -1,5 +1,5 @@
 """A job as the job server writes it: JSON whose id, state and final states the dialect
-(``proxy.dialect``) says where to find; and the one reading of ``Retry-After``."""
+(``proxy.dialects.dialect``) says where to find; and the one reading of ``Retry-After``."""
 
 from __future__ import annotations
 

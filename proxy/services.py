@@ -10,15 +10,15 @@ from typing import TypedDict
 from starlette.requests import Request
 
 from proxy.config import Settings
-from proxy.dialect import Dialect
-from proxy.idempotency import KeyedRequests
-from proxy.metrics import Metrics
-from proxy.overdue import OverdueWatch
-from proxy.shared import RedisBus
-from proxy.shared_jobs import SharedJobs
-from proxy.tracking import TrackedJob, TrackedJobs
-from proxy.upstream import Upstream
-from proxy.waiters import WaiterRegistry
+from proxy.dialects.dialect import Dialect
+from proxy.holding.keyed import KeyedRequests
+from proxy.holding.tracking import TrackedJob, TrackedJobs
+from proxy.polling.overdue import OverdueWatch
+from proxy.serving.metrics import Metrics
+from proxy.shared.bus import RedisBus
+from proxy.shared.jobs import SharedJobs
+from proxy.upstream.start import Upstream
+from proxy.waiting.waiters import WaiterRegistry
 
 
 @dataclass(slots=True)

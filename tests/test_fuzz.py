@@ -26,9 +26,9 @@ from schemathesis.checks import ignored_auth, not_a_server_error
 from jobserver.app import create_app as create_jobserver_app
 from jobserver.config import DialectName
 from jobserver.config import Settings as JobServerSettings
-from proxy.app import create_app as create_proxy_app
 from proxy.config import Settings as ProxySettings
-from proxy.openapi import OPENAPI
+from proxy.serving.app import create_app as create_proxy_app
+from proxy.serving.openapi import OPENAPI
 
 PROXY_URL = "http://proxy.test"
 UPSTREAM_URL = "http://jobserver.test"

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.dialect import DialectError, load_dialect
+from proxy.dialects.dialect import DialectError, load_dialect
 from tests.conformance.upstreams import proxy_in_front
 from tests.conftest import run_server
 

@@ -20,9 +20,9 @@ import httpx
 
 from jobserver.app import create_app as create_jobserver_app
 from jobserver.config import Settings as JobServerSettings
-from proxy.app import create_app
 from proxy.config import Settings
 from proxy.services import Services
+from proxy.serving.app import create_app
 from tests.conftest import app_lifespan, eventually, loopback_socket, run_server
 from tests.upstreams.aioserver import AioServer, AioServerConfig, run_aioserver
 

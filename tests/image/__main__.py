@@ -58,7 +58,7 @@ PROXY_PORT = 8000
 JOBSERVER_PORT = 8001
 BALANCER_PORT = 8080
 OTHER_PORT = 18000
-HEALTHCHECK = ["CMD", "python", "-m", "proxy.healthcheck"]
+HEALTHCHECK = ["CMD", "python", "-m", "proxy.serving.healthcheck"]
 #: Longer than the 10 s an engine waits by default between SIGTERM and SIGKILL: only
 #: the stop_grace_period of compose.yaml (30 s) lets these jobs finish.
 HELD_JOB_SECONDS = 12

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 import bench.floor
 import jobserver.__main__
-import proxy.server
+import proxy.serving.server
 import tests.conftest
 from infra.serving import OrderlyServer
 
@@ -37,7 +37,7 @@ CALLED: dict[str, tuple[Kind, list[str]]] = {
 #: The subclasses of uvicorn.Server that the code and its tests run.
 OURS = (
     OrderlyServer,
-    proxy.server.ProxyServer,
+    proxy.serving.server.ProxyServer,
     jobserver.__main__.JobServerProcess,
     bench.floor.FloorServer,
     tests.conftest._ServerInTest,

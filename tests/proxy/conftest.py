@@ -32,11 +32,11 @@ from jobserver.config import Settings as JobServerSettings
 from jobserver.jobclient.__main__ import DEFAULT_DEADLINE, EXIT_FAILED, EXIT_PASSED
 from jobserver.jobclient.run import run_jobs
 from jobserver.jobclient.verdict import judge, render_json
-from proxy.app import create_app
 from proxy.config import Settings
-from proxy.dialect import load_dialect
+from proxy.dialects.dialect import load_dialect
 from proxy.services import Services
-from proxy.upstream import Upstream, UpstreamAnswer
+from proxy.serving.app import create_app
+from proxy.upstream.start import Upstream, UpstreamAnswer
 from tests.conftest import app_lifespan, run_server
 
 PROXY_URL = "http://proxy.test"

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.__main__ import STARTUP_FAILURE, build_parser, main
 from proxy.config import Settings
-from proxy.shared import error_words
+from proxy.shared.bus import error_words
 from tests.conftest import loopback_socket, run_program
 
 

@@ -10,7 +10,7 @@ import pytest
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import UpstreamBadResponse, said
-from proxy.upstream import _answer
+from proxy.upstream.start import _answer
 from tests.proxy.conftest import FakeJobServer, ProxyFactory
 
 JSON_TYPE = "application/json; charset=utf-8"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from proxy.polling import retry_after_seconds
+from proxy.polling.status import retry_after_seconds
 
 
 @pytest.mark.parametrize(
