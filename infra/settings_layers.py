@@ -24,6 +24,7 @@ import argparse
 import functools
 import logging
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -152,6 +153,26 @@ class LayeredSettings(BaseSettings):
             group.add_argument(
                 flag_name(name), dest=name, default=argparse.SUPPRESS, help=text, **shape
             )
+
+    @classmethod
+    def from_command_line(
+        cls, options: argparse.Namespace, environ: Mapping[str, str], program: str
+    ) -> tuple[Self, list[str]] | None:
+        """The settings of a command line (its ``config`` option, ``environ``, the flags
+        given) and the warnings met on the way, to be logged once logging is set up; None
+        when a setting is bad, after saying which on stderr as ``<program>: ...``."""
+        warnings: list[str] = []
+        try:
+            settings = cls.load(
+                config_path=getattr(options, "config", None),
+                env=environ,
+                flags=cls.given_flags(options),
+                warn=warnings.append,
+            )
+        except ConfigError as exc:
+            print(f"{program}: {exc}", file=sys.stderr)
+            return None
+        return settings, warnings
 
     @classmethod
     def given_flags(cls, options: argparse.Namespace) -> dict[str, object]:

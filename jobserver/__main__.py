@@ -33,7 +33,7 @@ from infra.serving import (
     tune_gc,
 )
 from jobserver.app import begin_drain, create_app
-from jobserver.config import ConfigError, Settings
+from jobserver.config import Settings
 from jobserver.proofs import InvalidBundle, check_bundle, decode_bundle
 
 # Not __name__: that is "__main__" under `python -m jobserver`, and the ready line should
@@ -94,17 +94,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error("verify needs --account NAME: a proof bundle does not name its account")
     if account is not None and not command:
         parser.error("--account belongs to the verify command")
-    warnings: list[str] = []
-    try:
-        settings = Settings.load(
-            config_path=getattr(options, "config", None),
-            env=os.environ if environ is None else environ,
-            flags=Settings.given_flags(options),
-            warn=warnings.append,
-        )
-    except ConfigError as exc:
-        print(f"jobserver: {exc}", file=sys.stderr)
+    loaded = Settings.from_command_line(
+        options, os.environ if environ is None else environ, "jobserver"
+    )
+    if loaded is None:
         return STARTUP_FAILURE
+    settings, warnings = loaded
     if command and account:
         return verify(settings, command[1], account)
     return serve(settings, warnings)

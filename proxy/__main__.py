@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from infra.serving import configure_logging
-from proxy.config import ConfigError, Settings
+from proxy.config import Settings
 from proxy.serving.server import serve
 
 logger = logging.getLogger("jobproxy")
@@ -42,17 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``jobproxy`` console script; returns the exit code."""
     options = build_parser().parse_args(argv)
-    warnings: list[str] = []
-    try:
-        settings = Settings.load(
-            config_path=options.config,
-            env=os.environ if environ is None else environ,
-            flags=Settings.given_flags(options),
-            warn=warnings.append,
-        )
-    except ConfigError as exc:
-        print(f"jobproxy: {exc}", file=sys.stderr)
+    loaded = Settings.from_command_line(
+        options, os.environ if environ is None else environ, "jobproxy"
+    )
+    if loaded is None:
         return STARTUP_FAILURE
+    settings, warnings = loaded
     configure_logging(settings.log_level)
     for warning in warnings:
         logger.warning("%s", warning)
