@@ -70,11 +70,14 @@ class Client:
         return [self.speaker.state(answer.json()) for answer in answers]
 
 
-@every_upstream
+@pytest.mark.parametrize(
+    "shape", [name for name in UPSTREAMS if not name.startswith("work-sample/")]
+)
 async def test_fifty_jobs_of_one_lane_are_answered_within_the_jobclients_deadline(
     shape: str,
 ) -> None:
-    """50 held jobs of one lane (account, token) are answered, each its own, within 5 s."""
+    """50 held jobs of one lane (account, token) are answered, each its own, within 5 s
+    (in the work sample's dialect, the jobclient itself checks that: the test below)."""
     async with system(shape) as (_, _proxy, client):
         began = time.monotonic()
         answers = await client.held(FIFTY)
