@@ -27,7 +27,7 @@ class Delivery(str, Enum):
     """What became of a result handed to the registry."""
 
     OK = "ok"
-    STORED = "stored"  # kept for an Idempotency-Key retry; no waiter is listening now
+    STORED = "stored"  # kept in Redis for its replica, which is not listening now
     DUPLICATE = "duplicate"  # its waiter was answered with the job already
     LATE = "late"  # its waiter ended without the job (client gone, deadline, drain, lost)
     UNKNOWN = "unknown"

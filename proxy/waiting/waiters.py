@@ -78,8 +78,8 @@ class Waiter:
     future: asyncio.Future[Answer] | None = None
     deadline: float = math.inf  # time.monotonic() by which it is answered, 504 if need be
     released: bool = False
-    #: Keeps its answer once decided, for requests to come (an Idempotency-Key's
-    #: retries); a waiter with a keeper goes on when its client leaves.
+    #: Keeps its answer once decided, for requests to come (``KeyedRequests`` sets it);
+    #: a waiter with a keeper goes on when its client leaves.
     keeper: Callable[[Waiter], None] | None = None
     poll: asyncio.Task[None] | None = None
     early: list[Result] | None = None
